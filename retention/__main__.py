@@ -1,0 +1,5 @@
+"""``python -m retention`` is the ``retention`` command."""
+
+from retention.cli import main
+
+raise SystemExit(main())

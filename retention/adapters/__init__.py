@@ -1,0 +1,97 @@
+"""The one small interface through which the agent talks to a mail server.
+
+``adapters/imap.py`` and ``adapters/pop3.py`` implement ``MailSession``; ``adapters/fake.py``
+is an in-memory implementation for unit tests. No other module opens a socket to a mail
+server, and no adapter decides policy: adapters read what is there and do exactly what
+they are told to exactly the messages they are named.
+
+Invariants every implementation keeps:
+
+* Identity. Every ``MessageRef`` carries the UIDVALIDITY it was read under (RFC 3501
+  2.3.1.1). ``delete``/``move``/``fetch`` first re-check the folder's UIDVALIDITY and raise
+  ``UidValidityChanged`` (a ``FolderSkipped``) rather than act on a ref that may now name
+  another message. POP3 refs carry a UIDL; message numbers are mapped from UIDL within
+  the same session only.
+* Exactness. ``delete`` removes exactly the named messages and nothing else: IMAP uses
+  ``UID STORE +FLAGS.SILENT (\\Deleted)`` then ``UID EXPUNGE`` of exactly those UIDs
+  (RFC 4315), never a bare ``EXPUNGE`` or ``CLOSE``, which would also remove messages
+  another client flagged ``\\Deleted``. A server without UIDPLUS makes ``delete`` raise
+  ``ProtocolError``. ``move`` uses ``UID MOVE`` (RFC 6851) or ``UID COPY`` + ``COPYUID``
+  check + the same exact delete.
+* Read-only sessions. A session opened with ``readonly=True`` (dry-run) uses ``EXAMINE``
+  and ``BODY.PEEK`` only and refuses every state-changing call with ``ProtocolError``:
+  nothing on the server changes, flags included.
+* Commit. IMAP changes are durable when the call returns. POP3 ``DELE`` is committed only
+  by ``commit()`` (a successful ``QUIT``); ``close()`` without ``commit()`` ends the session
+  without committing (RFC 1939 section 6), so nothing is half-deleted.
+* Errors. Failures are raised as the typed errors of ``retention.errors``; messages name
+  host and server reply, never a password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from retention.model import FolderInfo, FolderSnapshot, MessageRef, Usage
+from retention.model import Protocol as MailProtocol
+
+
+class MailSession(Protocol):
+    """One authenticated session on one account (see the module docstring for invariants)."""
+
+    protocol: MailProtocol
+    readonly: bool
+
+    def capabilities(self) -> frozenset[str]:
+        """Server capabilities, upper-case (``UIDPLUS``, ``MOVE``, ``QUOTA``; POP3 ``CAPA``)."""
+        ...
+
+    def list_folders(self) -> list[FolderInfo]:
+        """Every folder, decoded names with ``/`` as separator, special-use attributes.
+
+        POP3: a single ``INBOX``.
+        """
+        ...
+
+    def usage(self, folders: Sequence[FolderInfo] | None = None) -> Usage:
+        """Storage in use: the server's quota (``GETQUOTAROOT INBOX``, bytes) where offered.
+
+        Otherwise the summed sizes of ``folders`` (all folders when None) with
+        ``limit_bytes=None`` and ``source="sum"``; the caller applies the policy's limit.
+        POP3: ``STAT`` octets, ``source="sum"``.
+        """
+        ...
+
+    def scan(self, folder: FolderInfo, *, with_sent: bool = True) -> FolderSnapshot:
+        """Metadata of every message in ``folder``, read-only (EXAMINE, BODY.PEEK, TOP).
+
+        Fetched in batches (bounded memory per round trip, command lines under 8 KB).
+        ``with_sent`` asks for the Date header (IMAP: cheap; POP3: one ``TOP n 0`` each).
+        Messages whose headers are missing or garbage are returned with ``sent=None``.
+        """
+        ...
+
+    def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
+        """The exact bytes of each message (``BODY.PEEK[]``; POP3 ``RETR``), in batches.
+
+        All refs are in one folder. Raises ``UidValidityChanged`` when it moved on; a ref
+        that no longer exists is simply not yielded.
+        """
+        ...
+
+    def delete(self, refs: Sequence[MessageRef]) -> set[MessageRef]:
+        """Remove exactly these messages (all in one folder); return the refs removed."""
+        ...
+
+    def move(self, refs: Sequence[MessageRef], to_folder: str) -> set[MessageRef]:
+        """Move exactly these messages to ``to_folder`` (created when missing)."""
+        ...
+
+    def commit(self) -> None:
+        """Make pending changes durable (POP3: ``QUIT``); IMAP: a no-op."""
+        ...
+
+    def close(self) -> None:
+        """Leave without committing anything still pending (POP3: no ``QUIT``). Idempotent."""
+        ...

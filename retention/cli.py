@@ -1,0 +1,225 @@
+"""The ``retention`` command: check, run, usage, history, serve.
+
+Exit codes: 0 every account succeeded; 1 an account failed (the others still ran);
+2 a usage or configuration error (each problem printed as ``FILE:LINE: field: message``,
+never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from retention import __version__
+from retention.errors import ConfigError
+from retention.policy import Account, Config, effective_allow_empty, effective_clock, load_config
+from retention.policy import warnings as config_warnings
+from retention.units import (
+    format_count_or_percent,
+    format_duration,
+    format_percent,
+    format_size,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="retention", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"retention {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", type=Path, default=None,
+                        help="policy file (default: $RETENTION_CONFIG)")
+
+    sp = sub.add_parser("check", help="validate a policy file and print the effective policy")
+    with_config(sp)
+    sp = sub.add_parser("run", help="one pass over the accounts (add --dry-run to only report)")
+    with_config(sp)
+    sp.add_argument("--dry-run", action="store_true", help="read-only: report what would happen")
+    sp.add_argument("--account", action="append", default=[], metavar="NAME",
+                    help="only this account (repeatable)")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.add_argument("--output", type=Path, help="write the report here instead of stdout")
+    sp = sub.add_parser("usage", help="measure usage against the limit, change nothing")
+    with_config(sp)
+    sp.add_argument("--account", action="append", default=[], metavar="NAME")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp = sub.add_parser("history", help="the audit log of what the agent removed")
+    with_config(sp)
+    sp.add_argument("--account", action="append", default=[], metavar="NAME")
+    sp.add_argument("--since", default=None, help="only entries newer than this (e.g. 30d)")
+    sp.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    sp = sub.add_parser("serve", help="run as a service: scheduler + Prometheus metrics")
+    with_config(sp)
+    return p
+
+
+def _config_path(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    env = os.environ.get("RETENTION_CONFIG")
+    if env:
+        return Path(env)
+    raise ConfigError("no policy file: pass -c FILE or set RETENTION_CONFIG")
+
+
+def _select(config: Config, names: Sequence[str]) -> list[Account]:
+    known = {a.name for a in config.accounts}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown account {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
+        )
+    return [a for a in config.accounts if not names or a.name in names]
+
+
+def describe(config: Config) -> str:
+    """The effective policy per account, with every default filled in (``check``)."""
+    out = [f"policy file: {config.source}", f"state_dir: {config.state_dir}"]
+    for acct in config.accounts:
+        pol = config.policy_of(acct)
+        q = pol.quota
+        out.append("")
+        out.append(
+            f"account {acct.name}: {acct.protocol} {acct.host}:{acct.effective_port()} "
+            f"security={acct.security}{'' if acct.tls_verify else ' (certificate NOT verified)'}"
+            f" user={acct.username} policy={acct.policy}"
+        )
+        if config.is_held(acct):
+            out.append("  HOLD: report only, nothing will be changed")
+        out.append(f"  schedule: {config.schedule_of(acct)}")
+        protect = ", ".join(pol.protect) if acct.protocol == "imap" else "(ignored for POP3)"
+        out.append(f"  protect: {protect}; keep_within: {format_duration(pol.keep_within)}")
+        limit = format_size(q.limit) if q.limit is not None else "server quota"
+        out.append(
+            f"  quota: limit={limit} warn_above={format_percent(q.warn_above)} "
+            f"clean_above={format_percent(q.clean_above)} clean_to={format_percent(q.clean_to)} "
+            f"max_delete_per_run={format_count_or_percent(q.max_delete_per_run)}"
+        )
+        for i, rule in enumerate(pol.rules, 1):
+            conds = [f"folders={rule.folders}"]
+            if rule.exclude_folders:
+                conds.append(f"exclude={rule.exclude_folders}")
+            if rule.older_than is not None:
+                conds.append(f"older_than={format_duration(rule.older_than)}")
+            if rule.before is not None:
+                conds.append(f"before={rule.before.isoformat()}")
+            if rule.larger_than is not None:
+                conds.append(f"larger_than={format_size(rule.larger_than)}")
+            if rule.smaller_than is not None:
+                conds.append(f"smaller_than={format_size(rule.smaller_than)}")
+            if rule.protect is not None:
+                conds.append(f"protect={rule.protect}")
+            out.append(
+                f"  rule {i} {rule.name}: when={rule.when} {' '.join(conds)} "
+                f"clock={effective_clock(rule, acct.protocol).value} "
+                f"-> {rule.action.describe()} "
+                f"allow_empty_folder={str(effective_allow_empty(rule, acct.protocol)).lower()}"
+            )
+        if not pol.rules:
+            out.append("  (no rules: nothing will ever be removed)")
+    return "\n".join(out) + "\n"
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)
+
+
+def _cmd_check(config: Config) -> int:
+    for w in config_warnings(config):
+        print(f"{config.source}: warning: {w}", file=sys.stderr)
+    sys.stdout.write(describe(config))
+    return EXIT_OK
+
+
+def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from retention import report
+    from retention.runner import run_all
+
+    accounts = _select(config, args.account)
+    result = run_all(config, [a.name for a in accounts], dry_run=args.dry_run)
+    text = report.to_json(result) if args.format == "json" else report.to_text(result)
+    _emit(text, args.output)
+    for a in result.accounts:
+        if a.status == "error":
+            print(f"retention: account {a.account} failed ({a.error_kind}): {a.error}",
+                  file=sys.stderr)
+    return result.exit_code
+
+
+def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
+    from retention import report
+    from retention.runner import measure_account
+
+    results = [measure_account(config, a) for a in _select(config, args.account)]
+    if args.format == "json":
+        sys.stdout.write(report.usage_json(results))
+    else:
+        for r in results:
+            if r.status != "ok":
+                print(f"{r.account:20} {r.status}: {r.error}")
+                continue
+            limit = report.human_size(r.limit_bytes) if r.limit_bytes else "unknown"
+            ratio = f"{100 * r.usage_bytes / r.limit_bytes:.1f}%" if (
+                r.usage_bytes is not None and r.limit_bytes) else "-"
+            print(f"{r.account:20} {report.human_size(r.usage_bytes):>10} of {limit:>10} "
+                  f"{ratio:>7}  ({r.usage_source})")
+    return EXIT_FAILED if any(r.status == "error" for r in results) else EXIT_OK
+
+
+def _cmd_history(config: Config, args: argparse.Namespace) -> int:
+    from retention.history import history
+
+    _select(config, args.account)
+    sys.stdout.write(history(config, accounts=args.account, since=args.since, fmt=args.format))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        path = _config_path(args.config)
+        if args.command == "serve":
+            from retention.service import serve
+
+            return serve(path)
+        config = load_config(path)
+        if args.command == "check":
+            return _cmd_check(config)
+        if args.command == "run":
+            return _cmd_run(config, args)
+        if args.command == "usage":
+            return _cmd_usage(config, args)
+        if args.command == "history":
+            return _cmd_history(config, args)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unknown command {args.command}")

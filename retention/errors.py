@@ -1,0 +1,123 @@
+"""The exception tree; every error knows its consequence.
+
+* RetentionError
+  * ConfigError            exit 2: the policy file or the command line is wrong
+  * AccountError           the account fails this run (status error, exit 1); others go on
+    * ConnectError         retried within the run (twice, with backoff)
+    * TlsError             not retried: a certificate does not fix itself
+    * AuthError            never retried in the same run: retries could lock the account
+    * ProtocolError        a NO/BAD answer or a missing capability (e.g. no UIDPLUS)
+    * SecretError          the password is unset or unreadable
+    * ArchiveError         an archive target failed; nothing unverified is deleted
+    * AccountLocked        another agent holds this account: skipped, not failed
+  * FolderSkipped          skip one folder, go on with the others (e.g. UIDVALIDITY changed)
+  * JournalError           abort: never act without a journal
+
+Messages never carry secrets: adapters build them from server replies and host names only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+ErrorKind = Literal["auth", "tls", "connect", "protocol", "config", "archive", "other"]
+
+
+class RetentionError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem in a policy file: printed as ``FILE:LINE: field: message``."""
+
+    path: Path | None
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}: " if self.path is not None else ""
+        field = f"{self.field}: " if self.field else ""
+        return f"{where}{field}{self.message}"
+
+
+class ConfigError(RetentionError):
+    """The policy file or the command line is invalid (exit 2)."""
+
+    exit_code: ClassVar[int] = 2
+
+    def __init__(self, problems: list[Problem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem(None, None, "", problems)]
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class AccountError(RetentionError):
+    """The account fails this run; the other accounts still run."""
+
+    kind: ClassVar[ErrorKind] = "other"
+    retryable: ClassVar[bool] = False
+
+
+class ConnectError(AccountError):
+    """Connection refused, reset, timed out or dropped: retried with backoff."""
+
+    kind = "connect"
+    retryable = True
+
+
+class TlsError(AccountError):
+    """TLS handshake or certificate verification failed; STARTTLS refused."""
+
+    kind = "tls"
+
+
+class AuthError(AccountError):
+    """The server rejected the credentials; never retried within a run."""
+
+    kind = "auth"
+
+
+class ProtocolError(AccountError):
+    """The server answered NO/BAD, or lacks a capability we need to act safely."""
+
+    kind = "protocol"
+
+
+class SecretError(AccountError):
+    """The account's password is unset (password_env) or unreadable (password_file)."""
+
+    kind = "config"
+
+
+class ArchiveError(AccountError):
+    """Writing or verifying an archive copy failed; archiving stops for the account."""
+
+    kind = "archive"
+
+
+class AccountLocked(AccountError):
+    """Another agent is processing this account (lock in state_dir): skipped, not failed."""
+
+    kind = "other"
+
+
+class FolderSkipped(RetentionError):
+    """One folder cannot be processed this run (UIDVALIDITY changed, folder vanished)."""
+
+    def __init__(self, folder: str, reason: str) -> None:
+        self.folder = folder
+        self.reason = reason
+        super().__init__(f"{folder}: {reason}")
+
+
+class UidValidityChanged(FolderSkipped):
+    """The folder's UIDVALIDITY differs from the one the plan was made under."""
+
+
+class JournalError(RetentionError):
+    """The journal cannot be written or read: nothing destructive may happen."""

@@ -1,0 +1,149 @@
+"""Frozen value types for what a mailbox holds, as read from the server.
+
+Nothing here performs I/O. Every message is named by a ``MessageRef`` that carries the
+folder, the UIDVALIDITY it was read under and its UID (IMAP) or UIDL (POP3), so no action
+can ever be applied to a message other than the one that was planned (RFC 3501 2.3.1.1).
+Datetimes are always timezone-aware.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+Protocol = Literal["imap", "pop3"]
+
+# IMAP system flags as imapclient reports them (str, with the backslash).
+SEEN = "\\Seen"
+FLAGGED = "\\Flagged"
+DELETED = "\\Deleted"
+RECENT = "\\Recent"
+ANSWERED = "\\Answered"
+DRAFT = "\\Draft"
+
+
+class SpecialUse(StrEnum):
+    """RFC 6154 special-use attributes that rules may name."""
+
+    ALL = "\\All"
+    ARCHIVE = "\\Archive"
+    DRAFTS = "\\Drafts"
+    FLAGGED = "\\Flagged"
+    JUNK = "\\Junk"
+    SENT = "\\Sent"
+    TRASH = "\\Trash"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MessageRef:
+    """The identity of one message: (folder, UIDVALIDITY, UID) or, for POP3, its UIDL.
+
+    ``folder`` is the decoded Unicode name with ``/`` as hierarchy separator. For POP3 the
+    folder is ``INBOX``, ``uidvalidity`` is 0 and ``uid`` is None.
+    """
+
+    folder: str
+    uidvalidity: int
+    uid: int | None
+    uidl: str | None = None
+
+    def key(self) -> str:
+        """A stable text key, used by the journal and the state store."""
+        if self.uid is None:
+            return f"{self.folder}\x00pop3\x00{self.uidl}"
+        return f"{self.folder}\x00{self.uidvalidity}\x00{self.uid}"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Metadata of one message; never its body.
+
+    ``received`` is INTERNALDATE (IMAP) or the first-seen time (POP3). ``sent`` is the parsed
+    Date header, None when missing or unparseable. ``saved`` is when the message entered this
+    folder (SAVEDATE, or the agent's first sighting in this folder), None when unknown.
+    """
+
+    ref: MessageRef
+    size: int
+    received: datetime
+    flags: frozenset[str] = frozenset()
+    sent: datetime | None = None
+    saved: datetime | None = None
+    message_id: str | None = None
+    # The raw Date header when it could not be parsed: the report says so.
+    date_header: str | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return DELETED in self.flags
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    """A folder as LIST shows it (no messages)."""
+
+    name: str
+    special_use: frozenset[str] = frozenset()
+    selectable: bool = True
+    delimiter: str = "/"
+
+    def has_use(self, use: str) -> bool:
+        return use in self.special_use
+
+
+@dataclass(frozen=True, slots=True)
+class FolderSnapshot:
+    """A folder's messages read under one UIDVALIDITY."""
+
+    info: FolderInfo
+    uidvalidity: int
+    messages: tuple[Message, ...] = ()
+    # True when the server provided SAVEDATE for this folder's messages.
+    has_savedate: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def size(self) -> int:
+        return sum(m.size for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Storage in use against the limit. ``source`` is ``quota`` (server-reported) or ``sum``."""
+
+    usage_bytes: int
+    limit_bytes: int | None
+    source: Literal["quota", "sum"]
+    messages: int | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.limit_bytes:
+            return None
+        return self.usage_bytes / self.limit_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the planner may know about one account at one moment."""
+
+    account: str
+    protocol: Protocol
+    usage: Usage
+    folders: tuple[FolderSnapshot, ...] = ()
+    # Every folder the server listed, including those not scanned (for move targets).
+    all_folders: tuple[FolderInfo, ...] = field(default=())
+
+    def messages(self) -> Iterator[Message]:
+        for folder in self.folders:
+            yield from folder.messages
+
+    @property
+    def message_count(self) -> int:
+        return sum(len(f.messages) for f in self.folders)

@@ -1,0 +1,105 @@
+"""Frozen value types for what the planner decided, and why.
+
+A ``Plan`` is the single input of both the executor and the report: a dry-run renders it,
+a real run executes it and renders it with results. Every ``Action`` carries the rule that
+decided it, the clock that rule used and a human reason (borg prune's ``KeepResult``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from retention.model import Message
+
+
+class ActionKind(StrEnum):
+    """What happens to a message."""
+
+    DELETE = "delete"  # UID STORE \Deleted + UID EXPUNGE (POP3: DELE + QUIT)
+    TRASH = "trash"  # UID MOVE to the \Trash folder
+    MOVE = "move"  # UID MOVE to a named or special-use folder
+    ARCHIVE = "archive"  # copy to an archive target, verify, then delete
+
+    @property
+    def frees_space(self) -> bool:
+        """A move within the account stays under the same quota root: it frees nothing."""
+        return self in (ActionKind.DELETE, ActionKind.ARCHIVE)
+
+    @property
+    def removes_from_folder(self) -> bool:
+        return True
+
+
+class Clock(StrEnum):
+    """Which time a rule measures age by."""
+
+    RECEIVED = "received"  # INTERNALDATE
+    SENT = "sent"  # Date header, falling back to received
+    SAVED = "saved"  # SAVEDATE, or first seen in this folder
+    FIRST_SEEN = "first_seen"  # POP3: the agent's ledger
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One planned removal or move of one message."""
+
+    message: Message
+    kind: ActionKind
+    rule: str
+    clock: Clock
+    reason: str
+    to_folder: str | None = None  # move / trash: the decoded target folder name
+    archive: str | None = None  # archive: the archive target's name
+    over_quota: bool = False  # chosen by quota-driven cleanup rather than an always-rule
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.message.size if self.kind.frees_space else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Actions a safety rail removed from the plan, with the reason (reported, not failed)."""
+
+    rule: str
+    folder: str
+    count: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one run will do to one account."""
+
+    account: str
+    actions: tuple[Action, ...] = ()
+    usage_bytes: int = 0
+    limit_bytes: int | None = None
+    usage_after_bytes: int = 0
+    short_by_bytes: int = 0
+    deferred_by_cap: int = 0
+    over_quota: bool = False
+    hold: bool = False
+    dropped: tuple[Dropped, ...] = ()
+    warnings: tuple[str, ...] = ()
+    # Rules whose target folder is missing: name -> message (their actions fail in a run).
+    failed_rules: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(a.freed_bytes for a in self.actions)
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per action kind: messages and bytes, in a stable order."""
+        return totals(self.actions)
+
+
+def totals(actions: Iterable[Action]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for a in actions:
+        t = out.setdefault(a.kind.value, {"messages": 0, "bytes": 0})
+        t["messages"] += 1
+        t["bytes"] += a.message.size
+    return dict(sorted(out.items()))

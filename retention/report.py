@@ -1,0 +1,196 @@
+"""Pure rendering of run results: JSON (a stable, documented shape) and a readable text table.
+
+Dry-runs and real runs render the same ``RunResult``; ``dry_run`` and each action's
+``result`` tell them apart. No I/O here: the CLI writes the strings where they belong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from retention.plan import totals
+from retention.result import AccountResult, ActionResult, RunResult
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt is not None else None
+
+
+def action_dict(r: ActionResult) -> dict[str, Any]:
+    a = r.action
+    m = a.message
+    return {
+        "folder": m.ref.folder,
+        "uid": m.ref.uid,
+        "uidvalidity": m.ref.uidvalidity if m.ref.uid is not None else None,
+        "uidl": m.ref.uidl,
+        "message_id": m.message_id,
+        "internal_date": _iso(m.received),
+        "size": m.size,
+        "action": a.kind.value,
+        "to_folder": a.to_folder,
+        "archive": a.archive,
+        "rule": a.rule,
+        "clock": a.clock.value,
+        "reason": a.reason,
+        "result": r.result,
+        "detail": r.detail,
+    }
+
+
+def account_dict(acct: AccountResult) -> dict[str, Any]:
+    plan = acct.plan
+    ratio = (
+        acct.usage_bytes / acct.limit_bytes
+        if acct.usage_bytes is not None and acct.limit_bytes
+        else None
+    )
+    done = [r for r in acct.results if r.result in ("done", "planned")]
+    return {
+        "account": acct.account,
+        "protocol": acct.protocol,
+        "run_id": acct.run_id,
+        "status": acct.status,
+        "error": acct.error,
+        "error_kind": acct.error_kind,
+        "hold": plan.hold if plan else False,
+        "usage_bytes": acct.usage_bytes,
+        "limit_bytes": acct.limit_bytes,
+        "ratio": round(ratio, 6) if ratio is not None else None,
+        "usage_after_bytes": acct.usage_after_bytes,
+        "short_by_bytes": plan.short_by_bytes if plan else 0,
+        "deferred_by_cap": plan.deferred_by_cap if plan else 0,
+        "freed_bytes": acct.freed_bytes,
+        "over_quota": plan.over_quota if plan else False,
+        "warnings": list(acct.warnings),
+        "dropped": [
+            {"rule": d.rule, "folder": d.folder, "messages": d.count, "reason": d.reason}
+            for d in (plan.dropped if plan else ())
+        ],
+        "failed_rules": [
+            {"rule": rule, "reason": why} for rule, why in (plan.failed_rules if plan else ())
+        ],
+        "actions": [action_dict(r) for r in acct.results],
+        "totals": totals(r.action for r in done),
+        "duration_seconds": round(acct.duration, 3),
+    }
+
+
+def to_json(run: RunResult) -> str:
+    doc = {
+        "dry_run": run.dry_run,
+        "generated_at": _iso(run.generated_at),
+        "accounts": [account_dict(a) for a in run.accounts],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _pct(used: int | None, limit: int | None) -> str:
+    if used is None or not limit:
+        return "-"
+    return f"{100 * used / limit:.1f}%"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
+    head = f"== {acct.account} ({acct.protocol}) status={acct.status}"
+    if acct.plan and acct.plan.hold:
+        head += "  HOLD: report only, nothing is changed"
+    lines = [head]
+    if acct.error:
+        lines.append(f"   error ({acct.error_kind}): {acct.error}")
+    if acct.usage_bytes is not None:
+        limit = human_size(acct.limit_bytes) if acct.limit_bytes else "unknown"
+        after_word = "projected" if dry_run else "after"
+        lines.append(
+            f"   usage {human_size(acct.usage_bytes)} of {limit} "
+            f"({_pct(acct.usage_bytes, acct.limit_bytes)}); {after_word} "
+            f"{human_size(acct.usage_after_bytes)} "
+            f"({_pct(acct.usage_after_bytes, acct.limit_bytes)})"
+        )
+    plan = acct.plan
+    if plan and plan.short_by_bytes:
+        lines.append(
+            f"   cannot reach the cleanup target: short by {human_size(plan.short_by_bytes)} "
+            "(the rest is protected or kept by policy)"
+        )
+    if plan and plan.deferred_by_cap:
+        lines.append(f"   {plan.deferred_by_cap} removals deferred to the next run (max_delete_per_run)")
+    for d in plan.dropped if plan else ():
+        lines.append(f"   rule {d.rule}: {d.count} actions in {d.folder} dropped: {d.reason}")
+    for rule, why in plan.failed_rules if plan else ():
+        lines.append(f"   rule {rule}: {why}")
+    for w in acct.warnings:
+        lines.append(f"   warning: {w}")
+    if acct.results:
+        rows = [["RESULT", "ACTION", "FOLDER", "ID", "RECEIVED", "SIZE", "RULE", "REASON"]]
+        for r in acct.results:
+            a = r.action
+            m = a.message
+            ident = str(m.ref.uid) if m.ref.uid is not None else (m.ref.uidl or "")
+            act = a.kind.value
+            if a.to_folder:
+                act += f" -> {a.to_folder}"
+            elif a.archive:
+                act += f" -> {a.archive}"
+            reason = a.reason + (f" [{r.detail}]" if r.detail else "")
+            rows.append([r.result, act, m.ref.folder, ident, f"{m.received:%Y-%m-%d %H:%M}",
+                         human_size(m.size), a.rule, reason])
+        lines.extend("   " + row for row in _table(rows))
+        done = [r for r in acct.results if r.result in ("done", "planned")]
+        for kind, t in totals(r.action for r in done).items():
+            lines.append(f"   total {kind}: {t['messages']} messages, {human_size(t['bytes'])}")
+        verb = "would free" if dry_run else "freed"
+        lines.append(f"   {verb}: {human_size(acct.freed_bytes)}")
+    elif acct.status == "ok":
+        lines.append("   nothing to do")
+    return lines
+
+
+def to_text(run: RunResult) -> str:
+    kind = "DRY RUN (nothing was changed)" if run.dry_run else "RUN"
+    lines = [f"retention {kind} at {run.generated_at:%Y-%m-%d %H:%M:%S %Z}"]
+    for acct in run.accounts:
+        lines.append("")
+        lines.extend(_account_text(acct, run.dry_run))
+    failed = sum(1 for a in run.accounts if a.status == "error")
+    lines.append("")
+    lines.append(f"{len(run.accounts)} accounts, {failed} failed")
+    return "\n".join(lines) + "\n"
+
+
+def usage_json(results: Sequence[AccountResult]) -> str:
+    rows = [
+        {
+            "account": a.account,
+            "protocol": a.protocol,
+            "status": a.status,
+            "error": a.error,
+            "usage_bytes": a.usage_bytes,
+            "limit_bytes": a.limit_bytes,
+            "ratio": (a.usage_bytes / a.limit_bytes) if a.usage_bytes is not None
+            and a.limit_bytes else None,
+            "messages": a.messages,
+            "source": a.usage_source,
+        }
+        for a in results
+    ]
+    return json.dumps({"accounts": rows}, indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,70 @@
+"""Frozen value types for what a run did: per action, per account, per run.
+
+The report renders these, the metrics count them, the CLI turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from retention.errors import ErrorKind
+from retention.model import Protocol
+from retention.plan import Action, Plan
+
+Outcome = Literal["planned", "done", "skipped", "failed"]
+Status = Literal["ok", "error", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    action: Action
+    result: Outcome
+    detail: str | None = None  # why skipped/failed; where archived
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.action.freed_bytes if self.result in ("done", "planned") else 0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountResult:
+    """One account's outcome in one run (dry or real)."""
+
+    account: str
+    protocol: Protocol
+    run_id: str
+    dry_run: bool
+    status: Status
+    started: datetime
+    finished: datetime
+    error: str | None = None
+    error_kind: ErrorKind | None = None
+    plan: Plan | None = None
+    results: tuple[ActionResult, ...] = ()
+    usage_bytes: int | None = None
+    limit_bytes: int | None = None
+    usage_after_bytes: int | None = None
+    messages: int | None = None
+    usage_source: str | None = None  # quota (server-reported) | sum (summed sizes)
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(r.freed_bytes for r in self.results)
+
+    @property
+    def duration(self) -> float:
+        return (self.finished - self.started).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    dry_run: bool
+    generated_at: datetime
+    accounts: tuple[AccountResult, ...]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(a.status == "error" for a in self.accounts) else 0

@@ -1,0 +1,289 @@
+"""One pass over one account: connect, recover, measure, scan, plan, execute, measure again.
+
+This module is the glue between the pure core (policy, planner) and the side effects
+(adapters, ledger, executor). It never raises for an account-level failure: every outcome
+becomes an ``AccountResult`` so that one failing account never stops the others. Only
+connection-level failures are retried within a run; a rejected login never is, since
+retrying could lock the account.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from retention.adapters import MailSession
+from retention.errors import AccountError, AccountLocked, FolderSkipped, RetentionError
+from retention.folders import folders_to_scan
+from retention.ledger import Ledger
+from retention.model import FolderInfo, FolderSnapshot, Snapshot, Usage
+from retention.plan import Clock, Plan
+from retention.planner import plan as make_plan
+from retention.policy import Account, Config, Policy, effective_clock
+from retention.result import AccountResult, ActionResult, RunResult
+from retention.secrets import read_password
+
+log = logging.getLogger("retention.runner")
+
+Connector = Callable[[Account, str, bool], MailSession]
+RETRIES = 2  # connection-level failures only
+BACKOFF = (1.0, 3.0)
+
+
+def default_connect(account: Account, password: str, readonly: bool) -> MailSession:
+    """Open a session with the adapter for the account's protocol."""
+    if account.protocol == "pop3":
+        from retention.adapters.pop3 import Pop3Session
+
+        return Pop3Session.connect(account, password, readonly=readonly)
+    from retention.adapters.imap import ImapSession
+
+    return ImapSession.connect(account, password, readonly=readonly)
+
+
+def new_run_id(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@contextmanager
+def account_lock(state_dir: Path, account: str) -> Iterator[None]:
+    """Hold the per-account lock in ``state_dir`` (a timer's ``run`` and a ``serve`` race)."""
+    locks = state_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(locks / f"{account}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AccountLocked("another agent is processing this account") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _open_ledger(config: Config) -> Ledger:
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Ledger.open(config.state_dir / "observations.sqlite3")
+
+
+def _needs_sent(policy: Policy, protocol: str) -> bool:
+    return any(effective_clock(r, protocol) is Clock.SENT for r in policy.rules)
+
+
+class _Pass:
+    """The state of one account pass (a small object so each step stays readable)."""
+
+    def __init__(
+        self, config: Config, account: Account, *, dry_run: bool, now: datetime,
+        run_id: str, connect: Connector, stop: threading.Event | None,
+    ) -> None:
+        self.config = config
+        self.account = account
+        self.policy = config.policy_of(account)
+        self.hold = config.is_held(account)
+        self.dry_run = dry_run
+        self.readonly = dry_run or self.hold
+        self.now = now
+        self.run_id = run_id
+        self.connect = connect
+        self.stop = stop
+        self.warnings: list[str] = []
+
+    def limit(self, usage: Usage) -> int | None:
+        return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
+
+    def scan(self, session: MailSession, ledger: Ledger) -> tuple[Snapshot, list[FolderInfo]]:
+        protocol = self.account.protocol
+        folders = session.list_folders()
+        usage = session.usage(folders)
+        usage = dataclasses.replace(usage, limit_bytes=self.limit(usage))
+        with_sent = _needs_sent(self.policy, protocol)
+        scanned: list[FolderSnapshot] = []
+        for info in folders_to_scan(self.policy, folders, protocol):
+            try:
+                snap = session.scan(info, with_sent=with_sent)
+            except FolderSkipped as e:
+                self.warnings.append(f"folder {e.folder} skipped: {e.reason}")
+                continue
+            scanned.append(self._observe(snap, ledger))
+        snapshot = Snapshot(
+            account=self.account.name, protocol=protocol, usage=usage,
+            folders=tuple(scanned), all_folders=tuple(folders),
+        )
+        return snapshot, folders
+
+    def _observe(self, snap: FolderSnapshot, ledger: Ledger) -> FolderSnapshot:
+        """Fill first-seen times: POP3's age, and IMAP's ``saved`` clock without SAVEDATE.
+
+        Recording first sightings is the one state a dry-run writes.
+        """
+        pop3 = self.account.protocol == "pop3"
+        if not pop3 and snap.has_savedate:
+            return snap
+        keys = [(m.ref.uidl if pop3 else str(m.ref.uid)) or "" for m in snap.messages]
+        seen = ledger.first_seen(self.account.name, snap.name, snap.uidvalidity, keys, self.now)
+        ledger.prune(self.account.name, snap.name, snap.uidvalidity, keys)
+        if pop3:
+            msgs = tuple(
+                dataclasses.replace(m, received=seen[k], saved=seen[k])
+                for m, k in zip(snap.messages, keys, strict=True)
+            )
+        else:
+            msgs = tuple(
+                dataclasses.replace(m, saved=m.saved or seen[k])
+                for m, k in zip(snap.messages, keys, strict=True)
+            )
+        return dataclasses.replace(snap, messages=msgs)
+
+    def once(self, ledger: Ledger) -> AccountResult:
+        password = read_password(self.account)
+        session = self.connect(self.account, password, self.readonly)
+        del password
+        try:
+            if not self.readonly:
+                self._recover(session)
+            snapshot, folders = self.scan(session, ledger)
+            ledger.record_usage(
+                self.account.name, self.now, snapshot.usage.usage_bytes, snapshot.usage.limit_bytes
+            )
+            plan = make_plan(self.policy, snapshot, self.now)
+            if self.hold:
+                plan = dataclasses.replace(plan, hold=True)
+            self.warnings.extend(plan.warnings)
+            if self.readonly:
+                results = tuple(ActionResult(a, "planned") for a in plan.actions)
+                after = plan.usage_after_bytes
+            else:
+                results = self._execute(session, plan)
+                after = self._measure_after(session, folders, snapshot, results)
+                ledger.record_usage(self.account.name, datetime.now(UTC), after,
+                                    snapshot.usage.limit_bytes)
+            return self._result(
+                "ok", plan=plan, results=results, usage=snapshot.usage, after=after,
+                messages=snapshot.usage.messages or snapshot.message_count,
+            )
+        finally:
+            session.close()
+
+    def _recover(self, session: MailSession) -> None:
+        from retention.executor import recover
+
+        recover(self.config, self.account, session)
+
+    def _execute(self, session: MailSession, plan: Plan) -> tuple[ActionResult, ...]:
+        from retention.executor import execute
+
+        return tuple(
+            execute(self.config, self.account, session, plan, run_id=self.run_id, stop=self.stop)
+        )
+
+    def _measure_after(
+        self, session: MailSession, folders: Sequence[FolderInfo], snapshot: Snapshot,
+        results: Sequence[ActionResult],
+    ) -> int:
+        freed = sum(r.freed_bytes for r in results if r.result == "done")
+        if self.account.protocol == "pop3":
+            return snapshot.usage.usage_bytes - freed  # the session has QUIT to commit
+        try:
+            return session.usage(folders).usage_bytes
+        except RetentionError as e:
+            self.warnings.append(f"usage after the run not measured: {e}")
+            return snapshot.usage.usage_bytes - freed
+
+    def _result(self, status: str, **kw: object) -> AccountResult:
+        usage = kw.pop("usage", None)
+        after = kw.pop("after", None)
+        return AccountResult(
+            account=self.account.name, protocol=self.account.protocol, run_id=self.run_id,
+            dry_run=self.dry_run, status=status,  # type: ignore[arg-type]
+            started=self.now, finished=datetime.now(UTC),
+            usage_bytes=usage.usage_bytes if isinstance(usage, Usage) else None,
+            limit_bytes=usage.limit_bytes if isinstance(usage, Usage) else None,
+            usage_after_bytes=after if isinstance(after, int) else None,
+            usage_source=usage.source if isinstance(usage, Usage) else None,
+            warnings=tuple(self.warnings),
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+def run_account(
+    config: Config, account: Account, *, dry_run: bool, now: datetime | None = None,
+    run_id: str | None = None, stop: threading.Event | None = None,
+    connect: Connector = default_connect, sleep: Callable[[float], None] = time.sleep,
+) -> AccountResult:
+    """One cleanup pass over one account. Never raises for account-level failures."""
+    now = now or datetime.now(UTC)
+    assert now.tzinfo is not None
+    p = _Pass(config, account, dry_run=dry_run, now=now, run_id=run_id or new_run_id(now),
+              connect=connect, stop=stop)
+    try:
+        with account_lock(config.state_dir, account.name):
+            ledger = _open_ledger(config)
+            try:
+                for attempt in range(RETRIES + 1):
+                    try:
+                        return p.once(ledger)
+                    except AccountError as e:
+                        if not e.retryable or attempt == RETRIES:
+                            raise
+                        log.info("account=%s retry=%d cause=%s", account.name, attempt + 1, e)
+                        sleep(BACKOFF[attempt])
+                raise AssertionError("unreachable")
+            finally:
+                ledger.close()
+    except AccountLocked as e:
+        return p._result("skipped", error=str(e), error_kind="other")
+    except AccountError as e:
+        return p._result("error", error=str(e) or type(e).__name__, error_kind=e.kind)
+    except RetentionError as e:
+        return p._result("error", error=str(e), error_kind="other")
+    except Exception as e:  # noqa: BLE001 - one account's bug must not stop the others
+        log.exception("account=%s unexpected error", account.name)
+        return p._result("error", error=f"internal error: {type(e).__name__}: {e}",
+                         error_kind="other")
+
+
+def measure_account(
+    config: Config, account: Account, *, now: datetime | None = None,
+    connect: Connector = default_connect,
+) -> AccountResult:
+    """Usage only (a read-only session); records a usage sample for the forecast."""
+    now = now or datetime.now(UTC)
+    p = _Pass(config, account, dry_run=True, now=now, run_id=new_run_id(now),
+              connect=connect, stop=None)
+    try:
+        session = connect(account, read_password(account), True)
+        try:
+            usage = session.usage(None)
+        finally:
+            session.close()
+        usage = dataclasses.replace(usage, limit_bytes=p.limit(usage))
+        ledger = _open_ledger(config)
+        try:
+            ledger.record_usage(account.name, now, usage.usage_bytes, usage.limit_bytes)
+        finally:
+            ledger.close()
+        return p._result("ok", usage=usage, after=usage.usage_bytes, messages=usage.messages)
+    except AccountError as e:
+        return p._result("error", error=str(e) or type(e).__name__, error_kind=e.kind)
+    except RetentionError as e:
+        return p._result("error", error=str(e), error_kind="other")
+
+
+def run_all(
+    config: Config, names: Sequence[str] = (), *, dry_run: bool, now: datetime | None = None,
+) -> RunResult:
+    """One pass over the selected accounts (all when ``names`` is empty), one after another."""
+    now = now or datetime.now(UTC)
+    accounts = [a for a in config.accounts if not names or a.name in names]
+    results = tuple(run_account(config, a, dry_run=dry_run, now=now) for a in accounts)
+    return RunResult(dry_run=dry_run, generated_at=now, accounts=results)
