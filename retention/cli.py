@@ -42,16 +42,26 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", type=Path, default=None,
-                        help="policy file (default: $RETENTION_CONFIG)")
+        sp.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=None,
+            help="policy file (default: $RETENTION_CONFIG)",
+        )
 
     sp = sub.add_parser("check", help="validate a policy file and print the effective policy")
     with_config(sp)
     sp = sub.add_parser("run", help="one pass over the accounts (add --dry-run to only report)")
     with_config(sp)
     sp.add_argument("--dry-run", action="store_true", help="read-only: report what would happen")
-    sp.add_argument("--account", action="append", default=[], metavar="NAME",
-                    help="only this account (repeatable)")
+    sp.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this account (repeatable)",
+    )
     sp.add_argument("--format", choices=["text", "json"], default="text")
     sp.add_argument("--output", type=Path, help="write the report here instead of stdout")
     sp = sub.add_parser("usage", help="measure usage against the limit, change nothing")
@@ -162,8 +172,10 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     _emit(text, args.output)
     for a in result.accounts:
         if a.status == "error":
-            print(f"retention: account {a.account} failed ({a.error_kind}): {a.error}",
-                  file=sys.stderr)
+            print(
+                f"retention: account {a.account} failed ({a.error_kind}): {a.error}",
+                file=sys.stderr,
+            )
     return result.exit_code
 
 
@@ -180,10 +192,15 @@ def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
                 print(f"{r.account:20} {r.status}: {r.error}")
                 continue
             limit = report.human_size(r.limit_bytes) if r.limit_bytes else "unknown"
-            ratio = f"{100 * r.usage_bytes / r.limit_bytes:.1f}%" if (
-                r.usage_bytes is not None and r.limit_bytes) else "-"
-            print(f"{r.account:20} {report.human_size(r.usage_bytes):>10} of {limit:>10} "
-                  f"{ratio:>7}  ({r.usage_source})")
+            ratio = (
+                f"{100 * r.usage_bytes / r.limit_bytes:.1f}%"
+                if (r.usage_bytes is not None and r.limit_bytes)
+                else "-"
+            )
+            print(
+                f"{r.account:20} {report.human_size(r.usage_bytes):>10} of {limit:>10} "
+                f"{ratio:>7}  ({r.usage_source})"
+            )
     return EXIT_FAILED if any(r.status == "error" for r in results) else EXIT_OK
 
 

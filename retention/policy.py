@@ -90,9 +90,7 @@ class ActionSpec(_Strict):
                     if not isinstance(target, str) or not target:
                         raise ValueError(f"{key} needs a folder or target name (a string)")
                     return {"kind": "move" if key == "move_to" else "archive", "target": target}
-            raise ValueError(
-                "an action mapping has exactly one key: move_to or archive"
-            )
+            raise ValueError("an action mapping has exactly one key: move_to or archive")
         raise ValueError("action must be delete, trash, {move_to: FOLDER} or {archive: TARGET}")
 
     def describe(self) -> str:
@@ -149,10 +147,14 @@ class Quota(_Strict):
         return self
 
 
+def _default_protect() -> list[Protect]:
+    return ["flagged", "unread"]
+
+
 class Policy(_Strict):
     """A named retention policy that accounts refer to."""
 
-    protect: list[Protect] = Field(default_factory=lambda: ["flagged", "unread"])
+    protect: list[Protect] = Field(default_factory=_default_protect)
     keep_within: Duration = timedelta(0)
     quota: Quota = Field(default_factory=Quota)
     rules: list[Rule] = Field(default_factory=list)
@@ -334,12 +336,12 @@ def _message(err: Mapping[str, Any], doc: YamlDoc, loc: tuple[str | int, ...]) -
     if kind == "missing":
         return "missing required key"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if kind in ("string_type", "str_type") and loc:
         raw = doc.raw_scalar(loc)
         if raw is not None:
             return f"must be a string; quote it: '{raw}'"
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         expected = err.get("ctx", {}).get("expected", "")
         return f"must be one of {expected}"
     if kind == "union_tag_invalid":
@@ -419,14 +421,18 @@ def _cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                 loc: tuple[str | int, ...] = ("policies", acct.policy, "rules", j)
                 if rule.action.kind in (ActionKind.MOVE, ActionKind.TRASH):
                     out.append(
-                        (loc + ("action",),
-                         f"{rule.action.kind.value} is not possible over POP3 "
-                         f"(used by pop3 account {acct.name!r})")
+                        (
+                            loc + ("action",),
+                            f"{rule.action.kind.value} is not possible over POP3 "
+                            f"(used by pop3 account {acct.name!r})",
+                        )
                     )
                 if any(f.upper() != "INBOX" for f in rule.folders):
                     out.append(
-                        (loc + ("folders",),
-                         f"POP3 has only INBOX (used by pop3 account {acct.name!r})")
+                        (
+                            loc + ("folders",),
+                            f"POP3 has only INBOX (used by pop3 account {acct.name!r})",
+                        )
                     )
     for pname, policy in config.policies.items():
         rule_names: set[str] = set()
@@ -438,17 +444,27 @@ def _cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
             if rule.action.kind is ActionKind.ARCHIVE and rule.action.target not in config.archives:
                 known = ", ".join(sorted(config.archives)) or "none defined"
                 out.append(
-                    (loc + ("action",),
-                     f"unknown archive target {rule.action.target!r} (known: {known})")
+                    (
+                        loc + ("action",),
+                        f"unknown archive target {rule.action.target!r} (known: {known})",
+                    )
                 )
-            if rule.when == "over_quota" and rule.action.kind in (ActionKind.MOVE, ActionKind.TRASH):
+            if rule.when == "over_quota" and rule.action.kind in (
+                ActionKind.MOVE,
+                ActionKind.TRASH,
+            ):
                 out.append(
-                    (loc + ("action",),
-                     f"{rule.action.kind.value} frees no space (same quota root); "
-                     "over_quota rules must delete or archive")
+                    (
+                        loc + ("action",),
+                        f"{rule.action.kind.value} frees no space (same quota root); "
+                        "over_quota rules must delete or archive",
+                    )
                 )
-            if (rule.larger_than is not None and rule.smaller_than is not None
-                    and rule.larger_than >= rule.smaller_than):
+            if (
+                rule.larger_than is not None
+                and rule.smaller_than is not None
+                and rule.larger_than >= rule.smaller_than
+            ):
                 out.append((loc + ("smaller_than",), "must be greater than larger_than"))
     return out
 
@@ -479,24 +495,35 @@ def _resolve(
         # systemd may pass several colon-separated directories; the first is ours.
         state_dir = Path(override.split(":")[0])
     accounts = [
-        a.model_copy(update={
-            "ca_file": fix(a.ca_file, ("accounts", i, "ca_file")),
-            "password_file": fix(a.password_file, ("accounts", i, "password_file"), True),
-        })
+        a.model_copy(
+            update={
+                "ca_file": fix(a.ca_file, ("accounts", i, "ca_file")),
+                "password_file": fix(a.password_file, ("accounts", i, "password_file"), True),
+            }
+        )
         for i, a in enumerate(config.accounts)
     ]
     archives: dict[str, Any] = {}
     for name, t in config.archives.items():
         if isinstance(t, ImapTarget):
-            archives[name] = t.model_copy(update={
-                "ca_file": fix(t.ca_file, ("archives", name, "ca_file")),
-                "password_file": fix(t.password_file, ("archives", name, "password_file"), True),
-            })
+            archives[name] = t.model_copy(
+                update={
+                    "ca_file": fix(t.ca_file, ("archives", name, "ca_file")),
+                    "password_file": fix(
+                        t.password_file, ("archives", name, "password_file"), True
+                    ),
+                }
+            )
         else:
             archives[name] = t.model_copy(update={"path": fix(t.path, ("archives", name, "path"))})
-    resolved = config.model_copy(update={
-        "state_dir": state_dir, "accounts": accounts, "archives": archives, "source": path,
-    })
+    resolved = config.model_copy(
+        update={
+            "state_dir": state_dir,
+            "accounts": accounts,
+            "archives": archives,
+            "source": path,
+        }
+    )
     return resolved, problems
 
 

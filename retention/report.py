@@ -133,7 +133,9 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
             "(the rest is protected or kept by policy)"
         )
     if plan and plan.deferred_by_cap:
-        lines.append(f"   {plan.deferred_by_cap} removals deferred to the next run (max_delete_per_run)")
+        lines.append(
+            f"   {plan.deferred_by_cap} removals deferred to the next run (max_delete_per_run)"
+        )
     for d in plan.dropped if plan else ():
         lines.append(f"   rule {d.rule}: {d.count} actions in {d.folder} dropped: {d.reason}")
     for rule, why in plan.failed_rules if plan else ():
@@ -152,8 +154,18 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
             elif a.archive:
                 act += f" -> {a.archive}"
             reason = a.reason + (f" [{r.detail}]" if r.detail else "")
-            rows.append([r.result, act, m.ref.folder, ident, f"{m.received:%Y-%m-%d %H:%M}",
-                         human_size(m.size), a.rule, reason])
+            rows.append(
+                [
+                    r.result,
+                    act,
+                    m.ref.folder,
+                    ident,
+                    f"{m.received:%Y-%m-%d %H:%M}",
+                    human_size(m.size),
+                    a.rule,
+                    reason,
+                ]
+            )
         lines.extend("   " + row for row in _table(rows))
         done = [r for r in acct.results if r.result in ("done", "planned")]
         for kind, t in totals(r.action for r in done).items():
@@ -186,8 +198,9 @@ def usage_json(results: Sequence[AccountResult]) -> str:
             "error": a.error,
             "usage_bytes": a.usage_bytes,
             "limit_bytes": a.limit_bytes,
-            "ratio": (a.usage_bytes / a.limit_bytes) if a.usage_bytes is not None
-            and a.limit_bytes else None,
+            "ratio": (a.usage_bytes / a.limit_bytes)
+            if a.usage_bytes is not None and a.limit_bytes
+            else None,
             "messages": a.messages,
             "source": a.usage_source,
         }

@@ -83,8 +83,15 @@ class _Pass:
     """The state of one account pass (a small object so each step stays readable)."""
 
     def __init__(
-        self, config: Config, account: Account, *, dry_run: bool, now: datetime,
-        run_id: str, connect: Connector, stop: threading.Event | None,
+        self,
+        config: Config,
+        account: Account,
+        *,
+        dry_run: bool,
+        now: datetime,
+        run_id: str,
+        connect: Connector,
+        stop: threading.Event | None,
     ) -> None:
         self.config = config
         self.account = account
@@ -116,8 +123,11 @@ class _Pass:
                 continue
             scanned.append(self._observe(snap, ledger))
         snapshot = Snapshot(
-            account=self.account.name, protocol=protocol, usage=usage,
-            folders=tuple(scanned), all_folders=tuple(folders),
+            account=self.account.name,
+            protocol=protocol,
+            usage=usage,
+            folders=tuple(scanned),
+            all_folders=tuple(folders),
         )
         return snapshot, folders
 
@@ -165,10 +175,15 @@ class _Pass:
             else:
                 results = self._execute(session, plan)
                 after = self._measure_after(session, folders, snapshot, results)
-                ledger.record_usage(self.account.name, datetime.now(UTC), after,
-                                    snapshot.usage.limit_bytes)
+                ledger.record_usage(
+                    self.account.name, datetime.now(UTC), after, snapshot.usage.limit_bytes
+                )
             return self._result(
-                "ok", plan=plan, results=results, usage=snapshot.usage, after=after,
+                "ok",
+                plan=plan,
+                results=results,
+                usage=snapshot.usage,
+                after=after,
                 messages=snapshot.usage.messages or snapshot.message_count,
             )
         finally:
@@ -187,7 +202,10 @@ class _Pass:
         )
 
     def _measure_after(
-        self, session: MailSession, folders: Sequence[FolderInfo], snapshot: Snapshot,
+        self,
+        session: MailSession,
+        folders: Sequence[FolderInfo],
+        snapshot: Snapshot,
         results: Sequence[ActionResult],
     ) -> int:
         freed = sum(r.freed_bytes for r in results if r.result == "done")
@@ -203,9 +221,13 @@ class _Pass:
         usage = kw.pop("usage", None)
         after = kw.pop("after", None)
         return AccountResult(
-            account=self.account.name, protocol=self.account.protocol, run_id=self.run_id,
-            dry_run=self.dry_run, status=status,  # type: ignore[arg-type]
-            started=self.now, finished=datetime.now(UTC),
+            account=self.account.name,
+            protocol=self.account.protocol,
+            run_id=self.run_id,
+            dry_run=self.dry_run,
+            status=status,  # type: ignore[arg-type]
+            started=self.now,
+            finished=datetime.now(UTC),
             usage_bytes=usage.usage_bytes if isinstance(usage, Usage) else None,
             limit_bytes=usage.limit_bytes if isinstance(usage, Usage) else None,
             usage_after_bytes=after if isinstance(after, int) else None,
@@ -216,15 +238,28 @@ class _Pass:
 
 
 def run_account(
-    config: Config, account: Account, *, dry_run: bool, now: datetime | None = None,
-    run_id: str | None = None, stop: threading.Event | None = None,
-    connect: Connector = default_connect, sleep: Callable[[float], None] = time.sleep,
+    config: Config,
+    account: Account,
+    *,
+    dry_run: bool,
+    now: datetime | None = None,
+    run_id: str | None = None,
+    stop: threading.Event | None = None,
+    connect: Connector = default_connect,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> AccountResult:
     """One cleanup pass over one account. Never raises for account-level failures."""
     now = now or datetime.now(UTC)
     assert now.tzinfo is not None
-    p = _Pass(config, account, dry_run=dry_run, now=now, run_id=run_id or new_run_id(now),
-              connect=connect, stop=stop)
+    p = _Pass(
+        config,
+        account,
+        dry_run=dry_run,
+        now=now,
+        run_id=run_id or new_run_id(now),
+        connect=connect,
+        stop=stop,
+    )
     try:
         with account_lock(config.state_dir, account.name):
             ledger = _open_ledger(config)
@@ -248,18 +283,23 @@ def run_account(
         return p._result("error", error=str(e), error_kind="other")
     except Exception as e:  # noqa: BLE001 - one account's bug must not stop the others
         log.exception("account=%s unexpected error", account.name)
-        return p._result("error", error=f"internal error: {type(e).__name__}: {e}",
-                         error_kind="other")
+        return p._result(
+            "error", error=f"internal error: {type(e).__name__}: {e}", error_kind="other"
+        )
 
 
 def measure_account(
-    config: Config, account: Account, *, now: datetime | None = None,
+    config: Config,
+    account: Account,
+    *,
+    now: datetime | None = None,
     connect: Connector = default_connect,
 ) -> AccountResult:
     """Usage only (a read-only session); records a usage sample for the forecast."""
     now = now or datetime.now(UTC)
-    p = _Pass(config, account, dry_run=True, now=now, run_id=new_run_id(now),
-              connect=connect, stop=None)
+    p = _Pass(
+        config, account, dry_run=True, now=now, run_id=new_run_id(now), connect=connect, stop=None
+    )
     try:
         session = connect(account, read_password(account), True)
         try:
@@ -280,7 +320,11 @@ def measure_account(
 
 
 def run_all(
-    config: Config, names: Sequence[str] = (), *, dry_run: bool, now: datetime | None = None,
+    config: Config,
+    names: Sequence[str] = (),
+    *,
+    dry_run: bool,
+    now: datetime | None = None,
 ) -> RunResult:
     """One pass over the selected accounts (all when ``names`` is empty), one after another."""
     now = now or datetime.now(UTC)

@@ -25,13 +25,24 @@ MiB = 1024 * 1024
 QUOTA = 20 * MiB
 
 
-def _aged(now: datetime, count: int, *, start_days: int, end_days: int, size: int,
-          flags: frozenset[str] = frozenset({"\\Seen"})) -> list[SeedMessage]:
+def _aged(
+    now: datetime,
+    count: int,
+    *,
+    start_days: int,
+    end_days: int,
+    size: int,
+    flags: frozenset[str] = frozenset({"\\Seen"}),
+) -> list[SeedMessage]:
     """``count`` messages received evenly between ``start_days`` and ``end_days`` ago."""
     step = (start_days - end_days) / max(count - 1, 1)
     return [
-        SeedMessage(received=now - timedelta(days=start_days - i * step), size=size, flags=flags,
-                    subject=f"Message {i}")
+        SeedMessage(
+            received=now - timedelta(days=start_days - i * step),
+            size=size,
+            flags=flags,
+            subject=f"Message {i}",
+        )
         for i in range(count)
     ]
 
@@ -39,12 +50,26 @@ def _aged(now: datetime, count: int, *, start_days: int, end_days: int, size: in
 def seed_alice(dc: Dovecot, now: datetime) -> None:
     """An office mailbox at ~93% of 20 MiB: years of INBOX, Junk, Trash, some flagged."""
     dc.seed("alice", "INBOX", _aged(now, 120, start_days=1500, end_days=2, size=100_000))
-    dc.seed("alice", "INBOX", _aged(now, 6, start_days=1400, end_days=700, size=150_000,
-                                    flags=frozenset({"\\Seen", "\\Flagged"})))
-    dc.seed("alice", "INBOX", _aged(now, 5, start_days=900, end_days=400, size=80_000,
-                                    flags=frozenset()))  # old but unread: protected
-    dc.seed("alice", "Junk", _aged(now, 20, start_days=60, end_days=1, size=60_000,
-                                   flags=frozenset()))
+    dc.seed(
+        "alice",
+        "INBOX",
+        _aged(
+            now,
+            6,
+            start_days=1400,
+            end_days=700,
+            size=150_000,
+            flags=frozenset({"\\Seen", "\\Flagged"}),
+        ),
+    )
+    dc.seed(
+        "alice",
+        "INBOX",
+        _aged(now, 5, start_days=900, end_days=400, size=80_000, flags=frozenset()),
+    )  # old but unread: protected
+    dc.seed(
+        "alice", "Junk", _aged(now, 20, start_days=60, end_days=1, size=60_000, flags=frozenset())
+    )
     dc.seed("alice", "Trash", _aged(now, 15, start_days=900, end_days=40, size=90_000))
     dc.seed("alice", "Sent", _aged(now, 10, start_days=800, end_days=10, size=50_000))
 
@@ -133,15 +158,19 @@ def main() -> int:
         seed_alice(dc, now)
         seed_bob(dc, now)
         policy = workdir / "policy.yaml"
-        policy.write_text(POLICY.format(imap_port=dc.imap_port, pop3s_port=dc.pop3s_port,
-                                        ca_file=dc.ca_file))
-        env = dict(os.environ, DEMO_ALICE_PASSWORD=alice, DEMO_BOB_PASSWORD=bob,
-                   PYTHONPATH=str(ROOT))
-        print(textwrap.dedent(f"""
+        policy.write_text(
+            POLICY.format(imap_port=dc.imap_port, pop3s_port=dc.pop3s_port, ca_file=dc.ca_file)
+        )
+        env = dict(
+            os.environ, DEMO_ALICE_PASSWORD=alice, DEMO_BOB_PASSWORD=bob, PYTHONPATH=str(ROOT)
+        )
+        print(
+            textwrap.dedent(f"""
             Two mailboxes of 20 MiB, seeded with years of mail up to ~93% full:
               alice (IMAP): INBOX since 2022, Junk, Trash, Sent; some flagged or unread.
               bob (POP3, leaves copies on the server): 170 messages since 2023.
-            Policy: {policy}"""))
+            Policy: {policy}""")
+        )
         rc = retention("check", "-c", str(policy), env=env, cwd=workdir)
         rc |= retention("usage", "-c", str(policy), env=env, cwd=workdir)
         rc |= retention("run", "-c", str(policy), "--dry-run", env=env, cwd=workdir)
@@ -149,8 +178,11 @@ def main() -> int:
         rc |= retention("run", "-c", str(policy), env=env, cwd=workdir)
         rc |= retention("usage", "-c", str(policy), env=env, cwd=workdir)
         rc |= retention("history", "-c", str(policy), "--account", "alice", env=env, cwd=workdir)
-        archived = sorted(p.relative_to(workdir) for p in (workdir / "archive").rglob("*")
-                          if p.is_file()) if (workdir / "archive").exists() else []
+        archived = (
+            sorted(p.relative_to(workdir) for p in (workdir / "archive").rglob("*") if p.is_file())
+            if (workdir / "archive").exists()
+            else []
+        )
         print("\nArchive files (gzip mbox, readable by mutt and Python's mailbox):")
         for p in archived:
             print(f"  {p}")
