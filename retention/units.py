@@ -157,6 +157,9 @@ def format_duration(td: timedelta) -> str:
     if seconds == 0:
         return "0d"  # "0y" would be correct but odd; "0d" is how people write it
     for unit, size in _DURATION_UNITS.items():
+        # People write "7d" and "14d", rarely "1w": weeks only read back what was written.
+        if unit == "w":
+            continue
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     raise AssertionError("unreachable: whole minutes always divide by 'm'")

@@ -49,7 +49,7 @@ def _aged(
 
 def seed_alice(dc: Dovecot, now: datetime) -> None:
     """An office mailbox at ~93% of 20 MiB: years of INBOX, Junk, Trash, some flagged."""
-    dc.seed("alice", "INBOX", _aged(now, 120, start_days=1500, end_days=2, size=100_000))
+    dc.seed("alice", "INBOX", _aged(now, 152, start_days=1500, end_days=2, size=100_000))
     dc.seed(
         "alice",
         "INBOX",
@@ -76,7 +76,7 @@ def seed_alice(dc: Dovecot, now: datetime) -> None:
 
 def seed_bob(dc: Dovecot, now: datetime) -> None:
     """A POP3 user who leaves copies on the server: the mailbox only ever grows."""
-    dc.seed("bob", "INBOX", _aged(now, 170, start_days=1000, end_days=1, size=100_000))
+    dc.seed("bob", "INBOX", _aged(now, 195, start_days=1000, end_days=1, size=100_000))
 
 
 POLICY = """\
@@ -153,8 +153,8 @@ def main() -> int:
     workdir.mkdir()
     with Dovecot() as dc:
         print(f"Dovecot started on 127.0.0.1 (IMAP {dc.imap_port}, POP3S {dc.pop3s_port})")
-        alice = dc.add_user("alice", quota_bytes=QUOTA)
-        bob = dc.add_user("bob", quota_bytes=QUOTA)
+        alice = dc.add_user("alice", quota_bytes=QUOTA).password
+        bob = dc.add_user("bob", quota_bytes=QUOTA).password
         seed_alice(dc, now)
         seed_bob(dc, now)
         policy = workdir / "policy.yaml"
@@ -167,8 +167,8 @@ def main() -> int:
         print(
             textwrap.dedent(f"""
             Two mailboxes of 20 MiB, seeded with years of mail up to ~93% full:
-              alice (IMAP): INBOX since 2022, Junk, Trash, Sent; some flagged or unread.
-              bob (POP3, leaves copies on the server): 170 messages since 2023.
+              alice (IMAP): 4 years of INBOX, Junk, Trash, Sent; some flagged or unread.
+              bob (POP3, leaves copies on the server): 195 messages over 3 years.
             Policy: {policy}""")
         )
         rc = retention("check", "-c", str(policy), env=env, cwd=workdir)

@@ -1,0 +1,388 @@
+"""The planner: ``plan(policy, snapshot, now) -> Plan``. Pure, deterministic, no I/O, no clock.
+
+This module owns the semantics of rules (issues 2 and 3). Per message, in snapshot order:
+
+1. Never planned, by any rule, over quota included: a message already flagged ``\\Deleted``
+   by another client, and one received within ``keep_within`` (always measured on
+   ``Message.received``, whatever the rule's clock).
+2. Always phase. The ``when: always`` rules are tried in order; the first whose conditions
+   all hold (folder, ``older_than``, ``before``, ``larger_than``, ``smaller_than``) decides.
+   Protection is part of that decision, not a condition: if the deciding rule's ``protect``
+   set covers the message, it is kept and no later always-rule is tried.
+3. Rails on the always-actions, in this order (documented in ``plan``): empty-folder rail,
+   then ``max_delete_per_run``.
+4. Over-quota phase, when the limit is known and usage >= ``clean_above``: messages no
+   always-rule decided an action for (unmatched, or kept as protected by the deciding
+   always-rule) go to the first ``when: over_quota`` rule whose conditions hold (again
+   protected under that rule = kept), ordered by rule, then the rule's clock time, folder,
+   UID (oldest first), and are taken until the projected usage is <= ``clean_to``. The
+   rails still hold: the cap continues counting, and a candidate that would remove the last
+   message of a folder is skipped unless its rule allows emptying folders.
+
+Unknown times fail safe: a ``saved`` clock without a saved time counts as "now" (never old
+enough, youngest when ordering). Ages are compared at full (sub-second) precision against a
+timezone-aware ``now``; "older than" is strict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from fractions import Fraction
+
+from retention import folders as fl
+from retention.model import ANSWERED, DRAFT, FLAGGED, SEEN, FolderInfo, Message, Snapshot
+from retention.plan import Action, ActionKind, Clock, Dropped, Plan
+from retention.policy import (
+    Policy,
+    Rule,
+    effective_allow_empty,
+    effective_clock,
+    effective_protect,
+)
+from retention.units import format_duration, format_percent, format_size
+
+__all__ = ["Decision", "clock_time", "explain", "plan", "protected_by"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What happens to one message and why (``action`` None: kept); see ``explain``."""
+
+    message: Message
+    rule: str | None
+    action: ActionKind | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A rule with its defaults applied and its folders and target resolved."""
+
+    index: int
+    rule: Rule
+    clock: Clock
+    protect: frozenset[str]
+    folders: frozenset[str]
+    allow_empty: bool
+    to_folder: str | None  # trash / move: resolved target
+    failure: str | None  # why the target cannot be resolved
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+
+def _day(t: datetime) -> str:
+    return t.astimezone(UTC).date().isoformat()
+
+
+def clock_time(message: Message, clock: Clock) -> tuple[datetime | None, str]:
+    """The time ``clock`` reads for ``message`` (None: unknown) and how the report names it."""
+    if clock is Clock.SENT:
+        if message.sent is not None:
+            return message.sent, f"sent {_day(message.sent)}"
+        why = "missing" if message.date_header is None else "unparseable"
+        return message.received, f"sent {_day(message.received)} (Date header {why}, used received)"
+    if clock is Clock.SAVED:
+        if message.saved is None:
+            return None, "saved time unknown"
+        return message.saved, f"saved {_day(message.saved)}"
+    if clock is Clock.FIRST_SEEN:  # the runner puts the POP3 first-seen time in received
+        return message.received, f"first seen {_day(message.received)}"
+    return message.received, f"received {_day(message.received)}"
+
+
+_PROTECT_TESTS: dict[str, Callable[[frozenset[str]], bool]] = {
+    "flagged": lambda flags: FLAGGED in flags,
+    "unread": lambda flags: SEEN not in flags,
+    "answered": lambda flags: ANSWERED in flags,
+    "draft": lambda flags: DRAFT in flags,
+}
+
+
+def protected_by(message: Message, protect: Iterable[str]) -> list[str]:
+    """The ``protect`` words that cover ``message`` (empty: not protected)."""
+    return [p for p in sorted(protect) if _PROTECT_TESTS[p](message.flags)]
+
+
+def _holds(r: _Rule, m: Message, now: datetime) -> str | None:
+    """The reason when every condition of ``r`` other than its folders holds, else None."""
+    rule = r.rule
+    if rule.larger_than is not None and not m.size > rule.larger_than:
+        return None
+    if rule.smaller_than is not None and not m.size < rule.smaller_than:
+        return None
+    t, label = clock_time(m, r.clock)
+    parts = [label]
+    if rule.older_than is not None:
+        if t is None or not now - t > rule.older_than:
+            return None
+        parts.append(f"older than {format_duration(rule.older_than)}")
+    if rule.before is not None:
+        if t is None or not t < datetime.combine(rule.before, time(0), tzinfo=UTC):
+            return None
+        parts.append(f"before {rule.before.isoformat()}")
+    if rule.larger_than is not None:
+        parts.append(f"larger than {format_size(rule.larger_than)}")
+    if rule.smaller_than is not None:
+        parts.append(f"smaller than {format_size(rule.smaller_than)}")
+    return ", ".join(parts)
+
+
+def _first(rules: Sequence[_Rule], m: Message, now: datetime) -> tuple[_Rule, str] | None:
+    for r in rules:
+        if m.ref.folder in r.folders:
+            reason = _holds(r, m, now)
+            if reason is not None:
+                return r, reason
+    return None
+
+
+def _prepare(policy: Policy, snapshot: Snapshot) -> list[_Rule]:
+    infos: dict[str, FolderInfo] = {f.name: f for f in snapshot.all_folders}
+    for f in snapshot.folders:
+        infos.setdefault(f.name, f.info)
+    known = list(infos.values())
+    scanned = [f.info for f in snapshot.folders]
+    out = []
+    for i, rule in enumerate(policy.rules):
+        to_folder = failure = None
+        kind, target = rule.action.kind, rule.action.target
+        if kind is ActionKind.TRASH:
+            target = "\\Trash"
+        if kind in (ActionKind.TRASH, ActionKind.MOVE):
+            assert target is not None
+            to_folder = fl.resolve_target(target, known)
+            if to_folder is None:
+                failure = (
+                    f"{kind.value} target {target}: the server has no folder with that "
+                    "special use" if fl.is_attribute(target) else f"invalid target {target!r}"
+                )
+        out.append(_Rule(
+            index=i, rule=rule,
+            clock=effective_clock(rule, snapshot.protocol),
+            protect=effective_protect(rule, policy, snapshot.protocol),
+            folders=frozenset(f.name for f in fl.select(rule.folders, rule.exclude_folders,
+                                                         scanned)),
+            allow_empty=effective_allow_empty(rule, snapshot.protocol),
+            to_folder=to_folder, failure=failure,
+        ))
+    return out
+
+
+def _action(r: _Rule, m: Message, reason: str, over_quota: bool = False) -> Action:
+    kind = r.rule.action.kind
+    return Action(
+        message=m, kind=kind, rule=r.name, clock=r.clock, reason=reason,
+        to_folder=r.to_folder, over_quota=over_quota,
+        archive=r.rule.action.target if kind is ActionKind.ARCHIVE else None,
+    )
+
+
+@dataclass
+class _State:
+    """What the phases share: the plan being built and the rails' counters."""
+
+    actions: list[Action]
+    removed: Counter[str]  # per folder: removals planned
+    counts: dict[str, int]  # per folder: every message in the snapshot
+    cap_left: int
+    deferred: int = 0
+
+
+def _always_phase(
+    rules: Sequence[_Rule], policy: Policy, snapshot: Snapshot, now: datetime
+) -> tuple[list[Action], list[Message], Counter[str]]:
+    """Decide every message by the always-rules: (actions, open messages, failed per rule)."""
+    always = [r for r in rules if r.rule.when == "always"]
+    actions: list[Action] = []
+    open_: list[Message] = []
+    failed: Counter[str] = Counter()
+    for m in snapshot.messages():
+        if m.deleted or (policy.keep_within and now - m.received < policy.keep_within):
+            continue
+        hit = _first(always, m, now)
+        if hit is None:
+            open_.append(m)
+            continue
+        r, reason = hit
+        if protected_by(m, r.protect) or m.ref.folder == r.to_folder:
+            open_.append(m)  # kept by this rule; an over-quota rule may still take it
+        elif r.failure is not None:
+            failed[r.name] += 1
+        else:
+            actions.append(_action(r, m, reason))
+    return actions, open_, failed
+
+
+def _empty_folder_rail(
+    actions: list[Action], rules: Sequence[_Rule], counts: dict[str, int]
+) -> tuple[list[Action], list[Dropped]]:
+    """Drop a rule's actions in a folder the plan would empty, unless the rule allows it.
+
+    Checked per folder over all rules together (two rules emptying a folder between them
+    trip it too); every rule involved that does not allow emptying loses its actions there.
+    """
+    allow = {r.name: r.allow_empty for r in rules}
+    per_folder = Counter(a.message.ref.folder for a in actions)
+    emptied = {f for f, n in per_folder.items() if n >= counts.get(f, 0)}
+    doomed = Counter(
+        (a.rule, a.message.ref.folder) for a in actions
+        if a.message.ref.folder in emptied and not allow[a.rule]
+    )
+    kept = [a for a in actions if (a.rule, a.message.ref.folder) not in doomed]
+    dropped = [
+        Dropped(rule, folder, n, f"would remove every message of {folder}; "
+                "set allow_empty_folder: true on the rule to allow it")
+        for (rule, folder), n in sorted(doomed.items())
+    ]
+    return kept, dropped
+
+
+def _percent(usage: int, limit: int, level: float) -> str:
+    """``93% > 90%`` (one decimal where whole percents would read ``90% > 90%``)."""
+    threshold = Fraction(repr(level)) * limit
+    op = ">" if usage > threshold else ">="
+    shown = f"{usage * 100 // limit}%"
+    if shown == format_percent(level) and op == ">":
+        shown = f"{usage * 1000 // limit / 10:.1f}%"
+    return f"{shown} {op} {format_percent(level)}"
+
+
+def _over_quota_phase(
+    rules: Sequence[_Rule], candidates: Iterable[Message], state: _State,
+    projected: int, target: int, headline: str, now: datetime,
+) -> tuple[int, list[Dropped]]:
+    """Take over-quota candidates until ``projected`` <= ``target``; return the projection."""
+    over = [r for r in rules if r.rule.when == "over_quota"]
+    chosen: list[tuple[tuple[int, datetime, str, int, str], _Rule, Message]] = []
+    for m in candidates:
+        hit = _first(over, m, now)
+        if hit is None or protected_by(m, hit[0].protect):
+            continue
+        r = hit[0]
+        t = clock_time(m, r.clock)[0] or now  # unknown counts as now: youngest
+        key = (r.index, t, m.ref.folder, m.ref.uid or 0, m.ref.uidl or "")
+        chosen.append((key, r, m))
+    chosen.sort(key=lambda c: c[0])
+    rail: Counter[tuple[str, str]] = Counter()
+    wanted = projected  # also counts what the cap defers, to count the deferrals
+    for _, r, m in chosen:
+        if wanted <= target:
+            break
+        folder = m.ref.folder
+        if not r.allow_empty and state.removed[folder] + 1 >= state.counts.get(folder, 0):
+            rail[(r.name, folder)] += 1
+            continue
+        wanted -= m.size
+        if state.cap_left <= 0:
+            state.deferred += 1
+            continue
+        state.cap_left -= 1
+        state.removed[folder] += 1
+        projected -= m.size
+        state.actions.append(_action(r, m, f"{headline}: oldest in rule {r.name}", True))
+    dropped = [
+        Dropped(rule, folder, n, f"over-quota cleanup would remove the last message of "
+                f"{folder}; kept (allow_empty_folder is false)")
+        for (rule, folder), n in sorted(rail.items())
+    ]
+    return projected, dropped
+
+
+def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
+    """What one run does to ``snapshot``'s account under ``policy`` at ``now``.
+
+    Rail order: the empty-folder rail judges the always-rules' full intent first (a rule
+    that would empty a folder is suspicious whatever the cap); the cap then keeps the first
+    ``max_delete_per_run`` removals in plan order; only the always-actions that survive both
+    free space before the over-quota phase starts, which honours both rails too.
+    """
+    assert now.tzinfo is not None, "now must be timezone-aware"
+    rules = _prepare(policy, snapshot)
+    quota = policy.quota
+    counts = {f.name: len(f.messages) for f in snapshot.folders}
+    actions, open_, failed = _always_phase(rules, policy, snapshot, now)
+    actions, dropped = _empty_folder_rail(actions, rules, counts)
+    cap = quota.max_delete_per_run.resolve(snapshot.message_count)
+    state = _State(
+        actions=actions[:cap],
+        removed=Counter(a.message.ref.folder for a in actions[:cap]),
+        counts=counts, cap_left=max(0, cap - len(actions)),
+        deferred=max(0, len(actions) - cap),
+    )
+    usage = snapshot.usage.usage_bytes
+    limit = snapshot.usage.limit_bytes or quota.limit
+    projected = usage - sum(a.freed_bytes for a in state.actions)
+    warnings: list[str] = []
+    over_quota = False
+    short_by = 0
+    has_over_rules = any(r.rule.when == "over_quota" for r in rules)
+    if not limit:
+        limit = None
+        if has_over_rules:
+            warnings.append("no quota limit known (the server reports none and quota.limit "
+                            "is not set): over_quota rules do nothing")
+    elif usage >= Fraction(repr(quota.clean_above)) * limit:
+        over_quota = True
+        target = math.floor(Fraction(repr(quota.clean_to)) * limit)
+        headline = f"over quota {_percent(usage, limit, quota.clean_above)}"
+        projected, more = _over_quota_phase(
+            rules, open_, state, projected, target, headline, now)
+        dropped += more
+        short_by = max(0, projected - target)
+    failed_rules = tuple(
+        (r.name, f"{r.failure}; {failed[r.name]} message(s) not acted on")
+        for r in rules if failed[r.name]
+    )
+    return Plan(
+        account=snapshot.account, actions=tuple(state.actions), usage_bytes=usage,
+        limit_bytes=limit, usage_after_bytes=max(0, projected), short_by_bytes=short_by,
+        deferred_by_cap=state.deferred, over_quota=over_quota, dropped=tuple(dropped),
+        warnings=tuple(warnings), failed_rules=failed_rules,
+    )
+
+
+def explain(policy: Policy, snapshot: Snapshot, now: datetime) -> list[Decision]:
+    """Per message, in snapshot order: its planned action and reason, or why it is kept."""
+    result = plan(policy, snapshot, now)
+    planned = {a.message.ref: a for a in result.actions}
+    rules = _prepare(policy, snapshot)
+    out = []
+    for m in snapshot.messages():
+        a = planned.get(m.ref)
+        if a is not None:
+            out.append(Decision(m, a.rule, a.kind, a.reason))
+        else:
+            out.append(Decision(m, *_why_kept(rules, policy, m, now)))
+    return out
+
+
+def _why_kept(
+    rules: Sequence[_Rule], policy: Policy, m: Message, now: datetime
+) -> tuple[str | None, None, str]:
+    if m.deleted:
+        return None, None, "flagged \\Deleted by another client"
+    if policy.keep_within and now - m.received < policy.keep_within:
+        return None, None, (f"received {_day(m.received)}, within keep_within "
+                            f"{format_duration(policy.keep_within)}")
+    for phase in ("always", "over_quota"):
+        hit = _first([r for r in rules if r.rule.when == phase], m, now)
+        if hit is None:
+            continue
+        r, reason = hit
+        words = protected_by(m, r.protect)
+        if words:
+            return r.name, None, f"protected ({', '.join(words)}) under rule {r.name}"
+        if m.ref.folder == r.to_folder:
+            return r.name, None, f"already in {r.to_folder}"
+        if r.failure is not None:
+            return r.name, None, r.failure
+        if phase == "always":
+            return r.name, None, f"{reason}; held back by a safety rail (dropped or deferred)"
+        return r.name, None, f"{reason}; over-quota candidate: not needed, or held back by a rail"
+    return None, None, "no rule applies"
