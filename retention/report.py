@@ -59,7 +59,8 @@ def account_dict(acct: AccountResult) -> dict[str, Any]:
         "hold": plan.hold if plan else False,
         "usage_bytes": acct.usage_bytes,
         "limit_bytes": acct.limit_bytes,
-        "ratio": round(ratio, 6) if ratio is not None else None,
+        # Unrounded, as in ``usage_json``: exactly usage_bytes / limit_bytes.
+        "ratio": ratio,
         "usage_after_bytes": acct.usage_after_bytes,
         "short_by_bytes": plan.short_by_bytes if plan else 0,
         "deferred_by_cap": plan.deferred_by_cap if plan else 0,

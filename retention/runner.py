@@ -104,6 +104,10 @@ class _Pass:
         self.connect = connect
         self.stop = stop
         self.warnings: list[str] = []
+        # The last attempt's plan and results, reported even when the account fails.
+        self.plan: Plan | None = None
+        self.usage: Usage | None = None
+        self.results: tuple[ActionResult, ...] = ()
 
     def limit(self, usage: Usage) -> int | None:
         return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
@@ -113,6 +117,7 @@ class _Pass:
         folders = session.list_folders()
         usage = session.usage(folders)
         usage = dataclasses.replace(usage, limit_bytes=self.limit(usage))
+        self.usage = usage
         with_sent = _needs_sent(self.policy, protocol)
         scanned: list[FolderSnapshot] = []
         for info in folders_to_scan(self.policy, folders, protocol):
@@ -168,6 +173,7 @@ class _Pass:
             plan = make_plan(self.policy, snapshot, self.now)
             if self.hold:
                 plan = dataclasses.replace(plan, hold=True)
+            self.plan = plan
             self.warnings.extend(plan.warnings)
             if self.readonly:
                 results = tuple(ActionResult(a, "planned") for a in plan.actions)
@@ -195,11 +201,21 @@ class _Pass:
         recover(self.config, self.account, session)
 
     def _execute(self, session: MailSession, plan: Plan) -> tuple[ActionResult, ...]:
-        from retention.executor import execute
+        from retention.archive import ArchiveSet
+        from retention.executor import Executor, journal_path
+        from retention.journal import Journal
 
-        return tuple(
-            execute(self.config, self.account, session, plan, run_id=self.run_id, stop=self.stop)
-        )
+        with (
+            Journal.open(journal_path(self.config)) as journal,
+            ArchiveSet(self.config.archives, account=self.account.name) as archives,
+        ):
+            ex = Executor(session, journal, archives=archives, run_id=self.run_id,
+                          account=self.account.name, stop=self.stop)
+            try:
+                return tuple(ex.execute(plan))
+            finally:
+                # Kept for the report when execution fails part-way.
+                self.results = tuple(ex.results)
 
     def _measure_after(
         self,
@@ -278,9 +294,13 @@ def run_account(
     except AccountLocked as e:
         return p._result("skipped", error=str(e), error_kind="other")
     except AccountError as e:
-        return p._result("error", error=str(e) or type(e).__name__, error_kind=e.kind)
+        return p._result(
+            "error", error=str(e) or type(e).__name__, error_kind=e.kind,
+            plan=p.plan, results=p.results, usage=p.usage,
+        )
     except RetentionError as e:
-        return p._result("error", error=str(e), error_kind="other")
+        return p._result("error", error=str(e), error_kind="other", plan=p.plan,
+                         results=p.results, usage=p.usage)
     except Exception as e:  # noqa: BLE001 - one account's bug must not stop the others
         log.exception("account=%s unexpected error", account.name)
         return p._result(
@@ -325,9 +345,12 @@ def run_all(
     *,
     dry_run: bool,
     now: datetime | None = None,
+    connect: Connector = default_connect,
 ) -> RunResult:
     """One pass over the selected accounts (all when ``names`` is empty), one after another."""
     now = now or datetime.now(UTC)
     accounts = [a for a in config.accounts if not names or a.name in names]
-    results = tuple(run_account(config, a, dry_run=dry_run, now=now) for a in accounts)
+    results = tuple(
+        run_account(config, a, dry_run=dry_run, now=now, connect=connect) for a in accounts
+    )
     return RunResult(dry_run=dry_run, generated_at=now, accounts=results)

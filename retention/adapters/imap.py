@@ -1,0 +1,330 @@
+"""``ImapSession``: the ``MailSession`` of IMAP servers (RFC 3501 + UIDPLUS, MOVE, QUOTA...).
+
+This module owns the IMAP session's entry point (``connect``) and its reading: usage, scan,
+fetch. The connection, login, error mapping and folder selection live in ``imap_conn``;
+delete, move and append in ``imap_act``; the pure wire helpers in ``imap_wire``. The
+guarantees (see ``retention.adapters`` for the contract):
+
+* Reading never changes anything: ``scan``/``fetch``/``usage`` use ``EXAMINE`` and
+  ``BODY.PEEK`` in every session, read-only or not, so ``\\Seen`` is never set by us.
+* Acting is exact: ``delete`` is ``UID STORE +FLAGS.SILENT (\\Deleted)`` then ``UID EXPUNGE``
+  of exactly the planned UIDs that still exist, verified by a ``UID SEARCH`` afterwards;
+  never a bare ``EXPUNGE`` or ``CLOSE``. Without UIDPLUS it refuses. ``move`` is ``UID MOVE``
+  or ``UID COPY`` + ``COPYUID`` check + the same exact delete. UIDVALIDITY is re-checked on
+  every ``SELECT``/``EXAMINE`` that acts on planned refs.
+* Big folders go in batches: UID sets compressed to ranges and split so every command line
+  stays under 8 KB, ~1000 messages per ``UID FETCH`` when scanning, bodies by at most 200
+  messages or 32 MiB. A 50,000-message folder takes ~55 round trips, not 50,000.
+
+Folder names are decoded Unicode with ``/`` between levels whatever the server's separator;
+a literal ``/`` inside one level on a server with another separator is shown as U+2215
+(``imap_wire.ESCAPED_SLASH``). The session keeps the map back to the server's names.
+
+The IMAP archive target (``retention.archive.imap``) also uses ``append``,
+``find_by_message_id``, ``fetch_uids``, ``folder_exists``, ``ensure_folder`` and
+``folder_uidvalidity``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from imapclient.datetime_util import parse_to_datetime
+
+from retention.adapters.imap_act import ImapActions, one_folder, ref_uid
+from retention.adapters.imap_conn import default_port, open_client
+from retention.adapters.imap_wire import (
+    aware_utc,
+    normalise_flags,
+    parse_date,
+    parse_header_fields,
+    parse_message_id,
+    uid_batches,
+)
+from retention.errors import ProtocolError
+from retention.model import FolderInfo, FolderSnapshot, Message, MessageRef, Usage
+
+if TYPE_CHECKING:
+    from retention.policy import Connection
+
+log = logging.getLogger("retention.imap")
+
+SCAN_BATCH = 1000  # messages per metadata UID FETCH
+BODY_BATCH = 200  # messages per BODY.PEEK[] FETCH...
+BODY_BATCH_BYTES = 32 * 1024 * 1024  # ...and at most this many bytes (one big one alone)
+KIB = 1024
+
+
+class ImapSession(ImapActions):
+    """One authenticated IMAP session on one account (``MailSession``)."""
+
+    # -- opening and closing ---------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls, conn: Connection, password: str, *, readonly: bool, host_label: str | None = None
+    ) -> ImapSession:
+        """Connect, (STARTTLS,) log in. Raises ConnectError, TlsError or AuthError."""
+        label = host_label or f"{conn.host}:{default_port(conn)}"
+        client = open_client(conn, password, label)
+        timeout = conn.timeout.total_seconds() or None
+        return cls(client, readonly=readonly, label=label, timeout=timeout)
+
+    def __enter__(self) -> ImapSession:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def commit(self) -> None:
+        """IMAP changes are durable when each call returns: nothing to do."""
+
+    # -- usage -----------------------------------------------------------------------
+
+    def usage(self, folders: Sequence[FolderInfo] | None = None) -> Usage:
+        """``GETQUOTAROOT INBOX`` (STORAGE KiB -> bytes), else summed sizes (source sum)."""
+        caps = self.capabilities()
+        if "QUOTA" in caps or any(c.startswith("QUOTA=RES-") for c in caps):
+            try:
+                quota = self._quota()
+            except ProtocolError as exc:  # a BAD for GETQUOTAROOT: measure instead
+                log.debug("%s: %s: summing sizes", self.label, exc)
+                quota = None
+            if quota is not None:
+                return quota
+        infos = list(folders) if folders is not None else self.folders()
+        total = count = 0
+        for info in infos:
+            if info.selectable:
+                size, messages = self._folder_size(info.name)
+                total += size
+                count += messages
+        return Usage(usage_bytes=total, limit_bytes=None, source="sum", messages=count)
+
+    def _quota(self) -> Usage | None:
+        with self.guard("GETQUOTAROOT"):
+            typ, data = self._client._imap.getquotaroot("INBOX")
+        self._drain()
+        if typ != "OK":
+            log.debug("%s: GETQUOTAROOT answered %s: summing sizes", self.label, typ)
+            return None
+        best: tuple[float, Usage] | None = None
+        for line in data[1] if len(data) > 1 else []:
+            resources = _quota_resources(line)
+            if "STORAGE" not in resources:
+                continue
+            used, limit = resources["STORAGE"]
+            messages = resources.get("MESSAGE", (None, None))[0]
+            usage = Usage(used * KIB, limit * KIB if limit else None, "quota", messages)
+            # Several quota roots: the fullest one is the one that bites.
+            ratio = usage.ratio or 0.0
+            if best is None or ratio > best[0]:
+                best = (ratio, usage)
+        return best[1] if best else None
+
+    def _folder_size(self, folder: str) -> tuple[int, int]:
+        """(bytes, messages) of one folder: ``STATUS (SIZE)`` or RFC822.SIZE fetches."""
+        if self.has("STATUS=SIZE"):
+            real = self.server(folder)
+            with self.guard("STATUS"):
+                status = self._client.folder_status(real, ["MESSAGES", "SIZE"])
+            return int(status.get(b"SIZE", 0)), int(status.get(b"MESSAGES", 0))
+        _validity, exists = self.select(folder, readonly=True)
+        total = count = 0
+        try:
+            if exists:
+                for batch in uid_batches(self.search_all(), 5 * SCAN_BATCH):
+                    for data in self._fetch(batch, ["RFC822.SIZE"]).values():
+                        total += int(data.get(b"RFC822.SIZE", 0))
+                        count += 1
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return total, count
+
+    # -- reading ---------------------------------------------------------------------
+
+    def scan(self, folder: FolderInfo, *, with_sent: bool = True) -> FolderSnapshot:
+        """Metadata of every message, read-only (EXAMINE + BODY.PEEK), ~1000 per FETCH.
+
+        ``with_sent=False`` skips the Date header (Message-ID is always read).
+        """
+        savedate = self.has("SAVEDATE")
+        header = "BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]" if with_sent else (
+            "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
+        )
+        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE", header]
+        if savedate:
+            items.append("SAVEDATE")
+        validity, exists = self.select(folder.name, readonly=True)
+        messages: list[Message] = []
+        try:
+            uids = self.search_all() if exists else []
+            for batch in uid_batches(uids, SCAN_BATCH):
+                fetched = self._fetch(batch, items)
+                for uid in batch:
+                    data = fetched.get(uid)
+                    if data is None:  # expunged by someone else meanwhile
+                        continue
+                    ref = MessageRef(folder.name, validity, uid)
+                    message = _message(ref, data, with_sent=with_sent)
+                    if message is not None:
+                        messages.append(message)
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return FolderSnapshot(folder, validity, tuple(messages), has_savedate=savedate)
+
+    def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
+        """The exact bytes of each ref (BODY.PEEK[]), in batches; missing refs not yielded.
+
+        A generator: the folder is examined (and UIDVALIDITY checked, raising
+        ``UidValidityChanged``) when iteration starts.
+        """
+        if not refs:
+            return iter(())
+        folder, validity = one_folder(refs)
+        by_uid = {ref_uid(r): r for r in refs}
+        return (
+            (by_uid[uid], body) for uid, body in self._bodies(folder, validity, list(by_uid))
+        )
+
+    def fetch_uids(self, folder: str, uids: Iterable[int]) -> dict[int, bytes]:
+        """``{uid: bytes}`` of the given UIDs that exist (read back for verification)."""
+        wanted = sorted(set(uids))
+        if not wanted:
+            return {}
+        return dict(self._bodies(folder, None, wanted))
+
+    def _bodies(
+        self, folder: str, validity: int | None, uids: list[int]
+    ) -> Iterator[tuple[int, bytes]]:
+        current, _exists = self.select(folder, readonly=True, expect=validity)
+        try:
+            sizes: dict[int, int] = {}
+            for batch in uid_batches(uids, SCAN_BATCH):
+                for uid, data in self._fetch(batch, ["RFC822.SIZE"]).items():
+                    sizes[uid] = int(data.get(b"RFC822.SIZE", 0))
+            for batch in _by_size(sorted(sizes), sizes):
+                # The caller may have used this session between two yields.
+                self.ensure_selected(folder, True, current)
+                fetched = self._fetch(batch, ["BODY.PEEK[]"])
+                for uid in batch:
+                    body = fetched.get(uid, {}).get(b"BODY[]")
+                    if body is not None:
+                        yield uid, bytes(body)
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+
+    def find_by_message_id(self, folder: str, message_id: str) -> list[int]:
+        """UIDs whose Message-ID header is exactly ``message_id`` ([] if no such folder)."""
+        if not self.folder_exists(folder):
+            return []
+        wanted = message_id.strip()
+        self.select(folder, readonly=True)
+        try:
+            charset = None if wanted.isascii() else "UTF-8"
+            with self.guard("UID SEARCH"):
+                hits = sorted(self._client.search(["HEADER", "Message-ID", wanted], charset))
+            found: list[int] = []
+            for batch in uid_batches(hits, SCAN_BATCH):
+                fetched = self._fetch(batch, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+                for uid in batch:
+                    header = _header_bytes(fetched.get(uid, {}))
+                    # SEARCH HEADER is a substring match: confirm equality.
+                    if parse_message_id(parse_header_fields(header).get("message-id")) == wanted:
+                        found.append(uid)
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return found
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _by_size(uids: list[int], sizes: dict[int, int]) -> Iterator[list[int]]:
+    batch: list[int] = []
+    total = 0
+    for uid in uids:
+        size = sizes[uid]
+        if batch and (len(batch) >= BODY_BATCH or total + size > BODY_BATCH_BYTES):
+            yield batch
+            batch, total = [], 0
+        batch.append(uid)
+        total += size
+    if batch:
+        yield batch
+
+
+def _header_bytes(data: dict[bytes, Any]) -> bytes | None:
+    for key, value in data.items():
+        if isinstance(key, bytes) and key.upper().startswith(b"BODY[HEADER"):
+            return bytes(value) if value is not None else None
+    return None
+
+
+def _message(ref: MessageRef, data: dict[bytes, Any], *, with_sent: bool) -> Message | None:
+    received = data.get(b"INTERNALDATE")
+    if not isinstance(received, datetime):
+        log.debug("%s: no INTERNALDATE for UID %s: left out", ref.folder, ref.uid)
+        return None  # unknowable age: kept
+    fields = parse_header_fields(_header_bytes(data))
+    sent, raw_date = parse_date(fields.get("date")) if with_sent else (None, None)
+    return Message(
+        ref=ref,
+        size=int(data.get(b"RFC822.SIZE", 0)),
+        received=aware_utc(received),
+        flags=normalise_flags(data.get(b"FLAGS", ())),
+        sent=sent,
+        saved=_savedate(data.get(b"SAVEDATE")),
+        message_id=parse_message_id(fields.get("message-id")),
+        date_header=raw_date,
+    )
+
+
+def _savedate(value: Any) -> datetime | None:
+    if not value:  # NIL: the server does not know
+        return None
+    if isinstance(value, datetime):
+        return aware_utc(value)
+    try:
+        return aware_utc(parse_to_datetime(bytes(value), normalise=False))
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _quota_resources(line: Any) -> dict[str, tuple[int, int]]:
+    """``b'"User quota" (STORAGE 10 512 MESSAGE 3 1000)'`` -> {"STORAGE": (10, 512), ...}."""
+    text = bytes(line).decode("utf-8", "replace") if isinstance(line, bytes | bytearray) else str(
+        line
+    )
+    start, end = text.rfind("("), text.rfind(")")
+    if start < 0 or end < start:
+        return {}
+    words = text[start + 1 : end].split()
+    out: dict[str, tuple[int, int]] = {}
+    for i in range(0, len(words) - 2, 3):
+        name, used, limit = words[i : i + 3]
+        if used.isdigit() and limit.isdigit():
+            out[name.upper()] = (int(used), int(limit))
+    return out
+
+
+if TYPE_CHECKING:  # ImapSession satisfies the MailSession protocol (checked by mypy)
+    from retention.adapters import MailSession
+
+    def _is_mail_session(session: ImapSession) -> MailSession:
+        return session

@@ -1,0 +1,245 @@
+"""The state-changing IMAP operations of ``ImapSession``: exact delete, move, append.
+
+This module owns how the agent changes a mailbox, and only how (the session decides
+nothing): ``delete`` is ``UID STORE +FLAGS.SILENT (\\Deleted)`` then ``UID EXPUNGE`` of exactly
+the planned UIDs that still exist, checked by a ``UID SEARCH`` afterwards (a ``\\Deleted``
+we set but could not expunge is taken back, so no other client's bare ``EXPUNGE`` acts on
+it); never a bare ``EXPUNGE`` or ``CLOSE``, and without UIDPLUS it refuses. ``move`` is
+``UID MOVE``, or ``UID COPY`` + ``COPYUID`` + the same exact delete. The archive target's
+``append`` / ``ensure_folder`` live here too. Every call refuses in a read-only session and
+re-checks UIDVALIDITY when it selects the folder of planned refs.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from retention.adapters.imap_conn import ImapConnection
+from retention.adapters.imap_wire import (
+    aware_utc,
+    compress_uids,
+    parse_appenduid,
+    parse_copyuid,
+    uid_batches,
+)
+from retention.errors import ProtocolError
+from retention.model import DELETED, RECENT, MessageRef
+
+log = logging.getLogger("retention.imap")
+
+ACT_BATCH = 1000  # UIDs per STORE/EXPUNGE/MOVE/COPY (the set is compressed and split by length)
+
+
+class ImapActions(ImapConnection):
+    """Delete, move, create and append on top of an ``ImapConnection``."""
+
+    def _writable(self, what: str) -> None:
+        if self.readonly:
+            raise ProtocolError(f"{self.label}: read-only session (dry-run): refusing to {what}")
+
+    def delete(self, refs: Sequence[MessageRef]) -> set[MessageRef]:
+        """Remove exactly these messages; the refs actually removed are returned."""
+        self._writable("delete")
+        if not refs:
+            return set()
+        folder, validity = one_folder(refs)
+        self._require_uidplus("delete")
+        by_uid = {ref_uid(r): r for r in refs}
+        removed: set[int] = set()
+        self.select(folder, readonly=False, expect=validity)
+        try:
+            for batch in uid_batches(by_uid, ACT_BATCH):
+                removed |= self._expunge_exact(self.present(batch))
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return {by_uid[u] for u in removed}
+
+    def _require_uidplus(self, what: str) -> None:
+        if not self.has("UIDPLUS"):
+            raise ProtocolError(
+                f"{self.label}: server lacks UIDPLUS: cannot {what} exactly the planned "
+                "messages safely"
+            )
+
+    def _expunge_exact(self, uids: list[int]) -> set[int]:
+        """``UID STORE +FLAGS.SILENT (\\Deleted)`` + ``UID EXPUNGE`` of exactly ``uids``."""
+        if not uids:  # an empty set must never turn into a bare EXPUNGE
+            return set()
+        uid_set = compress_uids(uids)
+        try:
+            with self.guard("UID STORE"):
+                self._client.add_flags(uid_set, [DELETED], silent=True)
+            with self.guard("UID EXPUNGE"):
+                typ, data = self._client._imap.uid("EXPUNGE", uid_set)
+                if typ != "OK":
+                    raise imaplib.IMAP4.error(f"EXPUNGE command error: {typ} {data!r}")
+        except ProtocolError:
+            # A NO/BAD: do not leave our \Deleted behind for another client's bare EXPUNGE.
+            # (After a lost connection we cannot; the journal's recovery deletes again.)
+            self._unflag(uids)
+            raise
+        self._drain()
+        remaining = self.present(uids)
+        if remaining:
+            log.warning("%s: %d message(s) survived UID EXPUNGE", self.label, len(remaining))
+            self._unflag(remaining)
+        return set(uids) - set(remaining)
+
+    def _unflag(self, uids: list[int]) -> None:
+        try:
+            with self.guard("UID STORE"):
+                self._client.remove_flags(compress_uids(uids), [DELETED], silent=True)
+        except ProtocolError as exc:
+            log.warning("%s: could not clear \\Deleted again: %s", self.label, exc)
+
+    def move(self, refs: Sequence[MessageRef], to_folder: str) -> set[MessageRef]:
+        """Move exactly these messages to ``to_folder`` (a name, created when missing, or
+        a special-use attribute such as ``\\Trash``)."""
+        self._writable("move")
+        if not refs:
+            return set()
+        folder, validity = one_folder(refs)
+        target = self.resolve(to_folder)
+        if self.server(target) == self.server(folder):
+            raise ProtocolError(f"{self.label}: cannot move {folder} into itself")
+        use_move = self.has("MOVE")
+        if not use_move:
+            self._require_uidplus("move")
+        real_target = self.ensure_folder(target)
+        by_uid = {ref_uid(r): r for r in refs}
+        moved: set[int] = set()
+        self.select(folder, readonly=False, expect=validity)
+        try:
+            for batch in uid_batches(by_uid, ACT_BATCH):
+                present = self.present(batch)
+                if not present:
+                    continue
+                if use_move:
+                    with self.guard("UID MOVE"):
+                        self._client.move(compress_uids(present), real_target)
+                    self._drain()
+                    moved |= set(present) - set(self.present(present))
+                else:
+                    moved |= self._copy_then_delete(present, real_target)
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return {by_uid[u] for u in moved}
+
+    def _copy_then_delete(self, uids: list[int], real_target: str) -> set[int]:
+        untagged = self._untagged()
+        untagged.pop("COPYUID", None)
+        with self.guard("UID COPY"):
+            self._client.copy(compress_uids(uids), real_target)
+        codes = untagged.pop("COPYUID", [])
+        copied: set[int] = set()
+        for code in codes:
+            parsed = parse_copyuid(b"[COPYUID " + bytes(code) + b"]")
+            if parsed is not None:
+                copied.update(parsed[1])
+        copied &= set(uids)
+        if not copied:
+            raise ProtocolError(
+                f"{self.label}: UID COPY gave no COPYUID: the copies cannot be verified, "
+                "so the originals are kept"
+            )
+        return self._expunge_exact(sorted(copied))
+
+    # -- the IMAP archive target -----------------------------------------------------
+
+    def folder_exists(self, name: str) -> bool:
+        real = self.server(name)
+        if real in self._existing:
+            return True
+        with self.guard("LIST"):
+            rows = self._client.list_folders("", real)
+        if any(row[2] == real for row in rows):
+            self._existing.add(real)
+            return True
+        return False
+
+    def ensure_folder(self, name: str) -> str:
+        """Create (and subscribe) ``name`` unless it exists; returns the server name.
+
+        Folders known to exist are remembered for the session (an archive run appends
+        thousands of messages to a handful of folders).
+        """
+        real = self.server(name)
+        if self.folder_exists(name):
+            return real
+        self._writable(f"create folder {name}")
+        try:
+            with self.guard("CREATE"):
+                self._client.create_folder(real)
+        except ProtocolError as exc:
+            if "ALREADYEXISTS" not in str(exc).upper():  # a race with another client
+                raise
+        try:
+            with self.guard("SUBSCRIBE"):
+                self._client.subscribe_folder(real)
+        except ProtocolError as exc:  # not worth failing for
+            log.debug("%s: SUBSCRIBE %s: %s", self.label, name, exc)
+        self._existing.add(real)
+        self._names = None  # list again next time
+        self._folders = None
+        return real
+
+    def folder_uidvalidity(self, name: str) -> int:
+        with self.guard("STATUS"):
+            status = self._client.folder_status(self.server(name), ["UIDVALIDITY"])
+        return int(status[b"UIDVALIDITY"])
+
+    def append(
+        self, folder: str, message: bytes, flags: Iterable[str], internal_date: datetime
+    ) -> int | None:
+        """APPEND with the flags (minus ``\\Deleted``/``\\Recent``) and INTERNALDATE.
+
+        Returns the new UID from ``APPENDUID`` (UIDPLUS), else None. A ``NO`` (e.g.
+        ``[OVERQUOTA]``) raises ProtocolError with the server's text; a lost connection
+        raises ConnectError and the outcome is unknown (search before appending again).
+        """
+        self._writable(f"append to {folder}")
+        keep = [f for f in flags if f.lower() not in (DELETED.lower(), RECENT.lower())]
+        when = aware_utc(internal_date)
+        untagged = self._untagged()
+        untagged.pop("APPENDUID", None)
+        real = self.ensure_folder(folder)
+        try:
+            with self.guard("APPEND"):
+                text = self._client.append(real, message, flags=keep, msg_time=when)
+        except ProtocolError as exc:
+            if "TRYCREATE" not in str(exc).upper():
+                raise
+            # Deleted by someone since we looked: create it again, once.
+            self._existing.discard(real)
+            real = self.ensure_folder(folder)
+            with self.guard("APPEND"):
+                text = self._client.append(real, message, flags=keep, msg_time=when)
+        codes = untagged.pop("APPENDUID", [])
+        parsed = parse_appenduid(text)
+        if parsed is None and codes:
+            parsed = parse_appenduid(b"[APPENDUID " + bytes(codes[-1]) + b"]")
+        return parsed[1] if parsed else None
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def one_folder(refs: Sequence[MessageRef]) -> tuple[str, int]:
+    first = refs[0]
+    for ref in refs:
+        if ref.folder != first.folder or ref.uidvalidity != first.uidvalidity:
+            raise ValueError("all refs of one call must share folder and UIDVALIDITY")
+    return first.folder, first.uidvalidity
+
+
+def ref_uid(ref: MessageRef) -> int:
+    if ref.uid is None:
+        raise ValueError(f"not an IMAP ref (no UID): {ref}")
+    return ref.uid

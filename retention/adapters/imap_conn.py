@@ -1,0 +1,441 @@
+"""The IMAP connection under ``ImapSession``: connecting, TLS, login, errors, selection.
+
+This module owns everything about one imapclient connection that is not a mailbox
+operation: opening it with the account's security (implicit TLS, STARTTLS without any
+plaintext fallback, or plaintext only with ``allow_plaintext``), logging in without the
+password ever reaching a message or a log, mapping every failure to the typed errors of
+``retention.errors``, selecting folders (``EXAMINE`` for reading, ``SELECT`` only to act,
+UIDVALIDITY re-checked) and leaving them with ``UNSELECT`` (never ``CLOSE``), the folder
+name map, and a per-command counter that tests use to bound round trips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import logging
+import re
+import socket
+import ssl
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+
+from retention.adapters.imap_wire import (
+    compress_uids,
+    display_name,
+    expand_uid_set,
+    parse_fetch,
+    reply_text,
+    scrub,
+    selectable,
+    server_name,
+    special_uses,
+)
+from retention.adapters.tls import classify_ssl_error, make_context
+from retention.errors import (
+    AccountError,
+    AuthError,
+    ConnectError,
+    FolderSkipped,
+    ProtocolError,
+    TlsError,
+    UidValidityChanged,
+)
+from retention.model import FolderInfo
+from retention.model import Protocol as MailProtocol
+
+if TYPE_CHECKING:
+    from retention.policy import Connection
+
+log = logging.getLogger("retention.imap")
+
+# imaplib refuses response lines over 1 MB; a plain "UID SEARCH ALL" answer for a
+# 200,000-message folder is larger. ESEARCH answers are compact, but not every server
+# has it: allow lines up to 64 MB (still a bound against a runaway server).
+_MAX_LINE = 64 * 1024 * 1024
+if getattr(imaplib, "_MAXLINE", 0) < _MAX_LINE:
+    imaplib._MAXLINE = _MAX_LINE  # type: ignore[attr-defined]
+
+
+def default_port(conn: Connection) -> int:
+    port = getattr(conn, "effective_port", None)
+    if callable(port):
+        return int(port())
+    if conn.port is not None:
+        return conn.port
+    return 993 if conn.security == "tls" else 143
+
+
+def open_client(conn: Connection, password: str, label: str) -> Any:
+    """A logged-in ``IMAPClient`` for ``conn`` (normalise_times off, tz-aware dates)."""
+    if conn.security == "none" and not conn.allow_plaintext:
+        # Policy validation rejects this already; an adapter never trusts that alone.
+        raise TlsError(
+            f"{label}: security: none would send the password in clear text "
+            "(allow_plaintext: true is not set)"
+        )
+    ctx = make_context(conn.ca_file, conn.tls_verify) if conn.security != "none" else None
+    timeout = conn.timeout.total_seconds() or None
+    log.debug("connecting to %s (security %s)", label, conn.security)
+    try:
+        client = IMAPClient(
+            conn.host, port=default_port(conn), ssl=conn.security == "tls",
+            ssl_context=ctx, timeout=timeout,
+        )
+    except ssl.SSLError as exc:
+        raise classify_ssl_error(exc, label) from None
+    except TimeoutError:
+        after = f" after {timeout:g}s" if timeout else ""
+        raise ConnectError(f"{label}: timed out{after} (connect or greeting)") from None
+    except ConnectionRefusedError:
+        raise ConnectError(f"{label}: connection refused") from None
+    except socket.gaierror as exc:
+        raise ConnectError(f"{label}: cannot resolve host: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise ConnectError(f"{label}: cannot connect: {exc.strerror or exc}") from None
+    except imaplib.IMAP4.error as exc:
+        raise ConnectError(f"{label}: unexpected greeting: {reply_text(exc)}") from None
+    try:
+        client.normalise_times = False  # tz-aware INTERNALDATE (never local-time naive)
+        # imaplib's own line tracing costs a format per line even when nobody listens.
+        client._imap.debug = 0
+        if conn.security == "starttls":
+            _starttls(client, ctx, label)
+        _login(client, conn.username, password, label)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.shutdown()
+        raise
+    return client
+
+
+def _starttls(client: Any, ctx: ssl.SSLContext | None, label: str) -> None:
+    caps = {bytes(c).upper() for c in client.capabilities()}
+    if b"STARTTLS" not in caps:
+        raise TlsError(
+            f"{label}: the server does not offer STARTTLS; refusing to log in without TLS"
+        )
+    try:
+        client.starttls(ctx)
+    except ssl.SSLError as exc:
+        raise classify_ssl_error(exc, label) from None
+    except imaplib.IMAP4.error as exc:
+        raise TlsError(f"{label}: STARTTLS failed: {reply_text(exc)}") from None
+    except OSError as exc:
+        raise TlsError(f"{label}: STARTTLS failed: {exc.strerror or exc}") from None
+
+
+def _login(client: Any, username: str, password: str, label: str) -> None:
+    secrets = [password]
+    try:
+        if not (username.isascii() and password.isascii()):
+            # LOGIN's quoted strings are 7-bit in imaplib; SASL PLAIN carries UTF-8.
+            client.plain_login(username, password)
+        else:
+            client.login(username, password)
+    except LoginError as exc:
+        text = scrub(reply_text(exc), secrets)
+        if isinstance(exc.__context__, imaplib.IMAP4.abort | OSError):
+            # imapclient turns every failure of LOGIN into LoginError, a dropped
+            # connection included: that one is retryable, not a rejected password.
+            raise ConnectError(f"{label}: connection lost during login: {text}") from None
+        raise AuthError(f"{label}: login as {username} rejected: {text}") from None
+    except imaplib.IMAP4.abort as exc:
+        text = scrub(reply_text(exc), secrets)
+        raise ConnectError(f"{label}: connection lost during login: {text}") from None
+    except ssl.SSLError as exc:
+        raise ConnectError(f"{label}: TLS error during login: {exc.reason or 'unknown'}") from None
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ConnectError(f"{label}: connection lost during login: {reason}") from None
+    log.debug("%s: logged in as %s", label, username)
+
+
+class ImapConnection:
+    """State shared by the mailbox operations of ``ImapSession`` (see its docstring)."""
+
+    protocol: MailProtocol = "imap"
+
+    def __init__(self, client: Any, *, readonly: bool, label: str, timeout: float | None) -> None:
+        self._client = client
+        self.readonly = readonly
+        self.label = label
+        self._timeout = timeout
+        #: Commands sent, by name ("UID FETCH": 21): tests bound round trips with it.
+        self.commands: Counter[str] = Counter()
+        self._caps: frozenset[str] | None = None
+        self._names: dict[str, str] | None = None  # agent name -> server name (decoded)
+        self._folders: list[FolderInfo] | None = None
+        self._delimiter: str | None = "/"
+        self._selected: tuple[str, bool] | None = None  # (server name, readonly)
+        self._existing: set[str] = set()  # server names known to exist (ensure_folder)
+        self._broken = False
+        self._closed = False
+
+    # -- errors ----------------------------------------------------------------------
+
+    @contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Run one command; map whatever fails to the typed errors (one line, no secret)."""
+        if self._closed:
+            raise ConnectError(f"{self.label}: the session is closed")
+        if self._broken:
+            raise ConnectError(f"{self.label}: the connection was lost earlier in this session")
+        self.commands[what] += 1
+        log.debug("%s: %s", self.label, what)
+        where = f"{self.label}: "
+        try:
+            yield
+        except (AccountError, FolderSkipped):
+            raise
+        except imaplib.IMAP4.readonly as exc:  # before abort: readonly subclasses it
+            raise ProtocolError(f"{where}{what} refused: read-only ({reply_text(exc)})") from exc
+        except imaplib.IMAP4.abort as exc:
+            self._broken = True
+            raise ConnectError(f"{where}connection lost during {what}: {reply_text(exc)}") from exc
+        except imaplib.IMAP4.error as exc:  # NO / BAD, and imapclient's own errors
+            raise ProtocolError(f"{where}{what} failed: {reply_text(exc)}") from exc
+        except ssl.SSLError as exc:
+            self._broken = True
+            raise ConnectError(f"{where}TLS error during {what}: {exc.reason or exc}") from exc
+        except TimeoutError as exc:
+            self._broken = True
+            after = f" within {self._timeout:g}s" if self._timeout else ""
+            raise ConnectError(f"{where}no answer{after} to {what}") from exc
+        except OSError as exc:
+            self._broken = True
+            reason = exc.strerror or exc
+            raise ConnectError(f"{where}connection lost during {what}: {reason}") from exc
+
+    def _untagged(self) -> dict[str, list[Any]]:
+        return self._client._imap.untagged_responses  # type: ignore[no-any-return]
+
+    def _drain(self) -> None:
+        """Forget untagged replies (EXPUNGE, FETCH of STORE...): imaplib keeps them forever."""
+        self._untagged().clear()
+
+    # -- capabilities and folders ----------------------------------------------------
+
+    def capabilities(self) -> frozenset[str]:
+        if self._caps is None:
+            with self.guard("CAPABILITY"):
+                raw = self._client.capabilities()
+            self._caps = frozenset(
+                (c.decode("ascii", "replace") if isinstance(c, bytes) else str(c)).upper()
+                for c in raw
+            )
+        return self._caps
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self.capabilities()
+
+    def list_folders(self) -> list[FolderInfo]:
+        """``LIST "" "*"`` -> decoded names with ``/`` levels and special-use attributes."""
+        with self.guard("LIST"):
+            rows = self._client.list_folders()
+        if self.has("SPECIAL-USE") and not any(special_uses(r[0]) for r in rows):
+            rows = self._with_special_use_return(rows)
+        infos: list[FolderInfo] = []
+        names: dict[str, str] = {}
+        delimiters: list[str] = []
+        for flags, delim, raw_name in rows:
+            name = raw_name if isinstance(raw_name, str) else _text(raw_name)
+            delimiter = _text(delim) if delim else None
+            if delimiter:
+                delimiters.append(delimiter)
+            shown = display_name(name, delimiter)
+            names[shown] = name
+            infos.append(FolderInfo(shown, special_uses(flags), selectable(flags), "/"))
+        self._delimiter = delimiters[0] if delimiters else None
+        self._names = names
+        self._folders = infos
+        return list(infos)
+
+    def _with_special_use_return(self, rows: list[Any]) -> list[Any]:
+        """RFC 6154: some servers give special-use attributes only on request."""
+        if not self.has("LIST-EXTENDED"):
+            return rows
+        with self.guard("LIST RETURN (SPECIAL-USE)"):
+            imap = self._client._imap
+            typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")
+            typ, data = imap._untagged_response(typ, data, "LIST")
+            if typ != "OK":
+                return rows
+            extended = self._client._proc_folder_list(data)
+        return extended if extended else rows
+
+    def folders(self) -> list[FolderInfo]:
+        return list(self._folders) if self._folders is not None else self.list_folders()
+
+    def server(self, name: str) -> str:
+        """The server's (decoded) name of an agent folder name, listed or not."""
+        if self._names is None:
+            self.list_folders()
+        assert self._names is not None
+        if name in self._names:
+            return self._names[name]
+        wanted = _key(name)
+        for shown, real in self._names.items():
+            if _key(shown) == wanted:
+                return real
+        return server_name(name, self._delimiter)
+
+    def resolve(self, name: str) -> str:
+        """A special-use attribute (``\\Trash``) or a name -> the agent name of the folder."""
+        if not name.startswith("\\"):
+            return name
+        for info in self.folders():
+            if any(u.lower() == name.lower() for u in info.special_use):
+                return info.name
+        raise ProtocolError(f"{self.label}: the server has no {name} folder")
+
+    # -- selection -------------------------------------------------------------------
+
+    def select(self, folder: str, *, readonly: bool, expect: int | None = None) -> tuple[int, int]:
+        """EXAMINE (readonly) or SELECT ``folder``; (UIDVALIDITY, EXISTS).
+
+        ``expect``: the UIDVALIDITY the caller's refs were read under; a different one
+        raises ``UidValidityChanged`` before anything is done.
+        """
+        if not readonly and self.readonly:
+            raise ProtocolError(f"{self.label}: read-only session: refusing to SELECT {folder}")
+        real = self.server(folder)
+        verb = "EXAMINE" if readonly else "SELECT"
+        try:
+            with self.guard(verb):
+                self._selected = None
+                resp = self._client.select_folder(real, readonly=readonly)
+        except ProtocolError as exc:
+            if "NONEXISTENT" in str(exc).upper() or "DOESN'T EXIST" in str(exc).upper():
+                raise FolderSkipped(folder, "the folder no longer exists") from None
+            raise
+        self._selected = (real, readonly)
+        self._drain()
+        validity = resp.get(b"UIDVALIDITY")
+        if validity is None:
+            self.leave(quiet=True)
+            raise ProtocolError(f"{self.label}: {verb} {folder}: no UIDVALIDITY in the reply")
+        if not readonly and b"READ-WRITE" not in resp:
+            self.leave(quiet=True)
+            raise ProtocolError(f"{self.label}: {folder} is read-only on the server")
+        if expect is not None and int(validity) != expect:
+            self.leave(quiet=True)
+            raise UidValidityChanged(
+                folder, f"UIDVALIDITY changed from {expect} to {validity} (the folder was "
+                "recreated); its planned actions are skipped",
+            )
+        return int(validity), int(resp.get(b"EXISTS", 0))
+
+    def leave(self, *, quiet: bool = False) -> None:
+        """Deselect without expunging: ``UNSELECT`` (RFC 3691), never ``CLOSE``.
+
+        Without UNSELECT a read-write folder is re-opened with EXAMINE: it stays selected,
+        but read-only, so nothing can expunge it implicitly.
+        """
+        if self._selected is None or self._broken or self._closed:
+            self._selected = None
+            return
+        real, readonly = self._selected
+        try:
+            if self.has("UNSELECT"):
+                with self.guard("UNSELECT"):
+                    typ, data = self._client._imap._simple_command("UNSELECT")
+                    if typ != "OK":
+                        raise imaplib.IMAP4.error(f"UNSELECT command error: {typ} {data!r}")
+            elif not readonly:
+                with self.guard("EXAMINE"):
+                    self._client.select_folder(real, readonly=True)
+            self._selected = None
+            self._drain()
+        except AccountError:
+            if not quiet:
+                raise
+
+    def ensure_selected(self, folder: str, readonly: bool, expect: int) -> None:
+        """Re-open ``folder`` when something else changed the selection (between yields)."""
+        real = self.server(folder)
+        if self._selected is None or self._selected[0] != real or self._selected[1] != readonly:
+            self.select(folder, readonly=readonly, expect=expect)
+
+    # -- searching -------------------------------------------------------------------
+
+    def search_all(self) -> list[int]:
+        """Every UID of the selected folder, in one round trip (ESEARCH: compact)."""
+        return self.search_uids("ALL")
+
+    def search_uids(self, *criteria: str) -> list[int]:
+        imap = self._client._imap
+        if self.has("ESEARCH"):
+            with self.guard("UID SEARCH"):
+                imap.untagged_responses.pop("ESEARCH", None)
+                typ, data = imap.uid("SEARCH", "RETURN", "(ALL)", *criteria)
+                if typ != "OK":
+                    raise imaplib.IMAP4.error(f"SEARCH command error: {typ} {data!r}")
+                lines = imap.untagged_responses.pop("ESEARCH", [])
+            uids: list[int] = []
+            for line in lines:
+                m = re.search(rb"\bALL\s+([0-9:,]+)", bytes(line))
+                if m:
+                    uids.extend(expand_uid_set(m.group(1).decode("ascii")))
+            return sorted(set(uids))
+        with self.guard("UID SEARCH"):
+            found = self._client.search([c.encode("ascii") for c in criteria])
+        return sorted(int(u) for u in found)
+
+    def present(self, uids: Sequence[int]) -> list[int]:
+        """Which of ``uids`` exist in the selected folder (``UID SEARCH UID set``)."""
+        if not uids:
+            return []
+        wanted = set(uids)
+        return [u for u in self.search_uids("UID", compress_uids(uids)) if u in wanted]
+
+    def _fetch(self, batch: Sequence[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
+        """One ``UID FETCH`` of a batch (its set compressed) -> ``{uid: {item: value}}``.
+
+        Parsed by ``imap_wire.parse_fetch``, which never lets an unsolicited FETCH about
+        another message change the data of a requested one.
+        """
+        with self.guard("UID FETCH"):
+            imap = self._client._imap
+            typ, data = imap.uid("FETCH", compress_uids(batch), "(" + " ".join(items) + ")")
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"FETCH command error: {typ} {data!r}")
+            result = parse_fetch(data)
+        self._drain()
+        return result
+
+    # -- closing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """LOGOUT; errors swallowed; idempotent. Nothing is pending on IMAP."""
+        if self._closed:
+            return
+        self._closed = True
+        client = self._client
+        try:
+            if self._broken:
+                client.shutdown()
+            else:
+                client.logout()
+        except Exception:  # noqa: BLE001 - a dead connection is closed either way
+            with contextlib.suppress(Exception):
+                client.shutdown()
+        log.debug("%s: closed (%s)", self.label, dict(self.commands))
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _key(name: str) -> str:
+    name = unicodedata.normalize("NFC", name)
+    head, sep, rest = name.partition("/")
+    return (head.upper() if head.upper() == "INBOX" else head) + sep + rest

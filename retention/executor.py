@@ -1,0 +1,618 @@
+"""The executor: performs exactly a plan's actions, journal first, and recovers crashed runs.
+
+This module owns the order of every destructive step. It never decides policy: it acts on
+exactly the messages the plan names, grouped by folder and kind, in batches:
+
+* delete / trash / move: journal ``planned`` rows, call ``session.delete``/``move`` for
+  exactly those refs, journal ``deleted``/``moved`` (POP3: ``deleting`` until ``QUIT``).
+* archive: fetch the bytes (``BODY.PEEK[]``), hash them, journal ``planned`` (hash, intended
+  location, mbox intent), write the copy and make it durable, journal ``archived``, read it
+  back and compare hashes, journal ``verified``, delete only the verified refs, journal
+  ``deleted``. Nothing unverified is ever deleted.
+
+Failures: ``UidValidityChanged`` skips that folder's remaining actions (reported); an
+``ArchiveError`` stops archiving for the account (the other actions go on) and is raised at
+the end; any other ``AccountError`` (lost connection, NO reply) fails every remaining
+action and is raised at once. A batch whose server call failed half-way keeps its rows
+``planned``: its outcome is unknown, and the next run's ``recover`` looks at the server to
+tell which messages went. ``Executor.results`` holds every action's result even when
+``execute`` raises.
+
+``recover`` finishes what an interrupted run left for this account (see its docstring).
+The runner calls ``recover`` before it scans, then ``execute``; for POP3, ``execute`` ends
+with ``session.commit()`` (``QUIT``), which also commits the deletions ``recover`` retried.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
+from retention.archive.mbox import repair_intent, verify_copies
+from retention.errors import AccountError, ArchiveError, FolderSkipped
+from retention.journal import (
+    ARCHIVED,
+    DELETED,
+    DELETING,
+    DROPPED,
+    FAILED,
+    MOVED,
+    OPEN_STATES,
+    PLANNED,
+    SKIPPED,
+    VERIFIED,
+    Journal,
+    JournalRow,
+    NewRow,
+)
+from retention.model import FolderInfo, MessageRef
+from retention.plan import Action, ActionKind, Plan
+from retention.result import ActionResult, Outcome
+
+if TYPE_CHECKING:
+    from retention.adapters import MailSession
+    from retention.policy import Account, Config
+
+JOURNAL_FILE = "journal.sqlite3"
+# recover() and execute() are separate calls of the runner on one session: what recovery
+# left pending (POP3 DELEs awaiting QUIT) and finished travels with the session object.
+_CARRY: weakref.WeakKeyDictionary[Any, tuple[list[int], dict[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+BATCH_SIZE = 100  # messages per archive batch (one mbox member, one journal round)
+BATCH_BYTES = 32 * 1024 * 1024  # ...and at most this much source data in memory
+REMOVE_BATCH = 500  # refs per delete/move call (the adapter splits command lines itself)
+
+
+@dataclass
+class RecoveryReport:
+    """What ``recover`` did, for logs and tests."""
+
+    completed: int = 0  # removals confirmed or finished
+    dropped: int = 0  # planned but never acted on: rolled back
+    failed: int = 0  # copy missing/damaged or folder changed: source left in place
+    pending_commit: int = 0  # POP3 deletions retried, committed by execute()
+    notes: list[str] = field(default_factory=list)
+
+
+class _Stop(Exception):  # noqa: N818 - control flow inside execute()
+    def __init__(self, outcome: Outcome, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+        self.detail = detail
+
+
+class Executor:
+    """Performs one account's plan over one session (see the module docstring)."""
+
+    def __init__(
+        self,
+        session: MailSession,
+        journal: Journal,
+        *,
+        archives: ArchiveSet | None,
+        run_id: str,
+        account: str,
+        crash_hook: Callable[[int, str], None] | None = None,
+        stop: threading.Event | None = None,
+        batch_size: int = BATCH_SIZE,
+        batch_bytes: int = BATCH_BYTES,
+    ) -> None:
+        self.session = session
+        self.journal = journal
+        self.archives = archives
+        self.run_id = run_id
+        self.account = account
+        self.stop = stop
+        self.batch_size = max(1, batch_size)
+        self.batch_bytes = batch_bytes
+        if crash_hook is not None:
+            journal.hook = crash_hook
+        self.results: list[ActionResult] = []
+        self._pop3 = session.protocol == "pop3"
+        # 'deleting' rows committed by session.commit() (POP3), and recovery's outcomes:
+        # carried from recover() to execute() on the same session (see _CARRY).
+        carried = _CARRY.get(session)
+        self._pending: list[int] = carried[0] if carried else []
+        self._handled: dict[str, str] = carried[1] if carried else {}
+        self._pending_slots: dict[int, int] = {}  # row id -> plan index
+        self._folders: dict[str, FolderInfo] | None = None
+        self._present: dict[str, tuple[int, set[str]]] = {}
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Finish or roll back what an interrupted run left for this account.
+
+        * mbox intents: the file is truncated back to the journalled offset; their rows
+          (still ``planned``) are ``dropped`` - the message is still in its folder.
+        * ``planned`` archive rows: a complete copy the run made (Maildir file, IMAP message
+          found by Message-ID and hash) is adopted as ``archived``; otherwise ``dropped``.
+        * ``planned`` delete/move rows: ``deleted``/``moved`` if the message is gone from the
+          folder (same UIDVALIDITY), else ``dropped``.
+        * ``archived``/``verified`` rows: the copy is verified again (exists, hash); then the
+          source is deleted if still there. A missing or damaged copy makes the row
+          ``failed`` and leaves the source alone (the next plan archives it again).
+        * ``deleting`` rows (POP3): deleted again if the UIDL is still listed, else ``deleted``.
+
+        No message is archived twice: a copy is only ever made again after the previous
+        attempt was proven absent or rolled back. Raises ArchiveError when a target needed
+        to verify a copy cannot be reached (nothing is deleted then).
+        """
+        report = RecoveryReport()
+        _CARRY[self.session] = (self._pending, self._handled)
+        for intent in self.journal.intents(account=self.account):
+            repair_intent(self.journal, intent)
+        rows = self.journal.open_rows(self.account)
+        if not rows:
+            return report
+        to_delete: list[JournalRow] = []
+        for row in rows:
+            self._recover_row(row, report, to_delete)
+        by_folder: dict[str, list[JournalRow]] = {}
+        for row in to_delete:
+            by_folder.setdefault(row.folder, []).append(row)
+        for folder_rows in by_folder.values():
+            self._recover_deletes(folder_rows, report)
+        return report
+
+    def _recover_row(
+        self, row: JournalRow, report: RecoveryReport, to_delete: list[JournalRow]
+    ) -> None:
+        key = row.ref.key()
+        state = row.state
+        if row.action == ActionKind.ARCHIVE.value and state == PLANNED:
+            found = self._recovery_writer(row).find(row)
+            if found is None:
+                self.journal.mark([row.id], DROPPED, detail="interrupted before the archive "
+                                  "copy was complete; message left in place")
+                report.dropped += 1
+                return
+            location, locator = found
+            self.journal.mark([row.id], ARCHIVED, location=location, locator=locator,
+                              detail="copy found by recovery")
+            row = _with(row, state=ARCHIVED, location=location, locator=locator)
+            state = ARCHIVED
+        if state in (ARCHIVED, VERIFIED):
+            assert row.copy_sha256 is not None
+            ok = self._verify_rows([row])[0]
+            if not ok:
+                self.journal.mark([row.id], FAILED, detail=f"archived copy at {row.location} "
+                                  "is missing or damaged; source left in place")
+                report.failed += 1
+                report.notes.append(f"copy missing or damaged: {row.location}")
+                return
+            if state == ARCHIVED:
+                self.journal.mark([row.id], VERIFIED, name="verified-by-recovery")
+                row = _with(row, state=VERIFIED)
+        present = self._is_present(row.ref)
+        if present is None:
+            self.journal.mark([row.id], SKIPPED, detail="UIDVALIDITY changed since the "
+                              "interrupted run; source left in place")
+            report.failed += 1
+            return
+        if row.state == PLANNED:  # delete / move / trash, outcome unknown
+            if present:
+                self.journal.mark([row.id], DROPPED, detail="interrupted before acting; "
+                                  "message untouched")
+                report.dropped += 1
+            else:
+                done = MOVED if row.action in ("move", "trash") else DELETED
+                self.journal.mark([row.id], done, detail="completed (confirmed by recovery)")
+                self._handled[key] = f"completed by run {row.run_id}"
+                report.completed += 1
+            return
+        # verified or deleting: the source goes, if it is still there
+        if present:
+            to_delete.append(row)
+        else:
+            self.journal.mark([row.id], DELETED, detail="completed (confirmed by recovery)")
+            self._handled[key] = f"completed by run {row.run_id}"
+            report.completed += 1
+
+    def _recover_deletes(self, rows: list[JournalRow], report: RecoveryReport) -> None:
+        refs = [r.ref for r in rows]
+        try:
+            removed = self.session.delete(refs)
+        except FolderSkipped as e:
+            self.journal.mark([r.id for r in rows if r.state != DELETING], SKIPPED,
+                              detail=e.reason)
+            return
+        self.journal.step("source-removed")
+        gone = [r for r in rows if r.ref in removed]
+        vanished = [r for r in rows if r.ref not in removed]
+        self.journal.mark([r.id for r in vanished], DELETED,
+                          detail="gone before recovery could delete it; the copy is verified")
+        report.completed += len(vanished)
+        if self._pop3:
+            self.journal.mark([r.id for r in gone if r.state != DELETING], DELETING)
+            self._pending.extend(r.id for r in gone)
+            report.pending_commit += len(gone)
+        else:
+            self.journal.mark([r.id for r in gone], DELETED, detail="completed by recovery")
+            report.completed += len(gone)
+        for r in gone:
+            self._handled[r.ref.key()] = f"completed from run {r.run_id}"
+
+    def _recovery_writer(self, row: JournalRow) -> ArchiveWriter:
+        if self.archives is not None and row.target in self.archives.targets:
+            assert row.target is not None
+            return self.archives.writer(row.target, self.journal, self.run_id)
+        kind = row.locator.get("type")
+        if kind in ("mbox", "maildir"):
+            return _LocatorOnly(row.target or "?")
+        raise ArchiveError(
+            f"archive target {row.target!r} of an interrupted run is no longer configured; "
+            "cannot verify its copies (nothing deleted)"
+        )
+
+    def _verify_rows(self, rows: Sequence[JournalRow]) -> list[bool]:
+        out = []
+        for row in rows:
+            assert row.copy_sha256 is not None
+            out.extend(self._recovery_writer(row).verify([Copy(row.locator, row.copy_sha256)]))
+        return out
+
+    def _is_present(self, ref: MessageRef) -> bool | None:
+        """Is the message still in its folder? None when the folder's UIDVALIDITY changed."""
+        if ref.folder not in self._present:
+            if self._folders is None:
+                self._folders = {f.name: f for f in self.session.list_folders()}
+            info = self._folders.get(ref.folder)
+            if info is None:
+                self._present[ref.folder] = (ref.uidvalidity, set())
+            else:
+                snap = self.session.scan(info, with_sent=False)
+                self._present[ref.folder] = (
+                    snap.uidvalidity, {m.ref.key() for m in snap.messages}
+                )
+        validity, keys = self._present[ref.folder]
+        if ref.uid is not None and validity != ref.uidvalidity:
+            return None
+        return ref.key() in keys
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def execute(self, plan: Plan) -> list[ActionResult]:
+        """Perform every action of ``plan``; one ``ActionResult`` per action, in plan order."""
+        actions = list(plan.actions)
+        slots: list[ActionResult | None] = [None] * len(actions)
+        self.results = []
+        failed_rules = dict(plan.failed_rules)
+        latest = self.journal.latest_by_key(self.account, {a.message.ref.key() for a in actions})
+        groups: dict[tuple[str, str, str | None], list[int]] = {}
+        for i, a in enumerate(actions):
+            key = a.message.ref.key()
+            if key in self._handled:
+                slots[i] = ActionResult(a, "done", self._handled[key])
+            elif key in latest and latest[key].state in OPEN_STATES:
+                slots[i] = ActionResult(a, "skipped", f"pending from interrupted run "
+                                        f"{latest[key].run_id}; finished by the next run")
+            elif a.rule in failed_rules:
+                slots[i] = ActionResult(a, "failed", failed_rules[a.rule])
+            else:
+                target = a.archive if a.kind is ActionKind.ARCHIVE else a.to_folder
+                groups.setdefault((a.message.ref.folder, a.kind.value, target), []).append(i)
+        archive_error: ArchiveError | None = None
+        fatal: AccountError | None = None
+        skipped_folders: dict[str, str] = {}
+        try:
+            for (folder, kind, target), idx in groups.items():
+                if fatal is not None:
+                    self._fill(slots, actions, idx, "failed", f"not attempted: {fatal}")
+                    continue
+                if folder in skipped_folders:
+                    self._fill(slots, actions, idx, "skipped", skipped_folders[folder])
+                    continue
+                if kind == ActionKind.ARCHIVE.value and archive_error is not None:
+                    self._fill(slots, actions, idx, "failed",
+                               f"archiving stopped: {archive_error}")
+                    continue
+                try:
+                    if kind == ActionKind.ARCHIVE.value:
+                        self._archive_group(target, [actions[i] for i in idx], idx, slots)
+                    else:
+                        self._remove_group(kind, target, [actions[i] for i in idx], idx, slots)
+                except FolderSkipped as e:
+                    skipped_folders[folder] = e.reason
+                    self._fill(slots, actions, idx, "skipped", e.reason)
+                except ArchiveError as e:
+                    archive_error = e
+                    self._fill(slots, actions, idx, "failed", str(e))
+                except _Stop as e:
+                    self._fill(slots, actions, idx, e.outcome, e.detail)
+                except AccountError as e:
+                    fatal = e
+                    self._fill(slots, actions, idx, "failed", str(e))
+            if fatal is None:
+                self._commit()
+        except AccountError as e:
+            fatal = e
+            for row, i in self._pending_slots.items():
+                if row in self._pending:
+                    slots[i] = ActionResult(actions[i], "failed", f"deletion not confirmed: {e}")
+        finally:
+            self._fill(slots, actions, range(len(actions)), "failed",
+                       f"not attempted: {fatal}" if fatal else "not attempted")
+            self.results = [r for r in slots if r is not None]
+        if fatal is not None:
+            raise fatal
+        if archive_error is not None:
+            raise archive_error
+        return self.results
+
+    @staticmethod
+    def _fill(
+        slots: list[ActionResult | None], actions: Sequence[Action], idx: Sequence[int] | range,
+        outcome: Outcome, detail: str,
+    ) -> None:
+        for i in idx:
+            if slots[i] is None:
+                slots[i] = ActionResult(actions[i], outcome, detail)
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise _Stop("skipped", "stopped: the agent is shutting down")
+
+    def _commit(self) -> None:
+        """Make pending removals durable (POP3 ``QUIT``) and journal them ``deleted``."""
+        self.session.commit()
+        _CARRY.pop(self.session, None)
+        if self._pending:
+            self.journal.mark(self._pending, DELETED, name="committed")
+            self._pending.clear()
+
+    def _chunks(self, actions: Sequence[Action], idx: Sequence[int], count: int,
+                limit: int | None) -> list[list[tuple[int, Action]]]:
+        out: list[list[tuple[int, Action]]] = []
+        cur: list[tuple[int, Action]] = []
+        size = 0
+        for i, a in zip(idx, actions, strict=True):
+            if cur and (len(cur) >= count or (limit is not None and size + a.message.size > limit)):
+                out.append(cur)
+                cur, size = [], 0
+            cur.append((i, a))
+            size += a.message.size
+        if cur:
+            out.append(cur)
+        return out
+
+    # delete / trash / move
+
+    def _remove_group(
+        self, kind: str, to_folder: str | None, actions: Sequence[Action], idx: Sequence[int],
+        slots: list[ActionResult | None],
+    ) -> None:
+        if kind in ("move", "trash") and not to_folder:
+            what = "\\Trash" if kind == "trash" else "target"
+            self._fill(slots, actions, idx, "failed", f"the account has no {what} folder")
+            return
+        for chunk in self._chunks(actions, idx, REMOVE_BATCH, None):
+            self._check_stop()
+            ids = self.journal.add_planned(
+                self.run_id, self.account, [NewRow(a) for _, a in chunk]
+            )
+            refs = [a.message.ref for _, a in chunk]
+            try:
+                if kind == ActionKind.DELETE.value:
+                    removed = self.session.delete(refs)
+                else:
+                    assert to_folder is not None
+                    removed = self.session.move(refs, to_folder)
+            except FolderSkipped as e:
+                self.journal.mark(ids, SKIPPED, detail=e.reason)
+                raise
+            # Any other error: outcome unknown, rows stay 'planned' for recover().
+            self.journal.step("source-removed")
+            details = {a.message.ref: f"moved to {to_folder}" if to_folder else None
+                       for _, a in chunk}
+            self._finish_removal(chunk, ids, removed, kind, slots, details)
+
+    def _finish_removal(
+        self, chunk: Sequence[tuple[int, Action]], ids: Sequence[int], removed: set[MessageRef],
+        kind: str, slots: list[ActionResult | None], details: dict[MessageRef, str | None],
+    ) -> None:
+        done = [(i, a, row) for (i, a), row in zip(chunk, ids, strict=True)
+                if a.message.ref in removed]
+        gone = [(i, a, row) for (i, a), row in zip(chunk, ids, strict=True)
+                if a.message.ref not in removed]
+        with self.journal.transaction("removed"):
+            if self._pop3:
+                self.journal.mark([row for _, _, row in done], DELETING)
+                self._pending.extend(row for _, _, row in done)
+                self._pending_slots.update({row: i for i, _, row in done})
+            else:
+                state = DELETED if kind in ("delete", "archive") else MOVED
+                self.journal.mark([row for _, _, row in done], state)
+            self.journal.mark([row for _, _, row in gone], SKIPPED,
+                              detail="no longer in the folder")
+        for i, a, _ in done:
+            slots[i] = ActionResult(a, "done", details.get(a.message.ref))
+        for i, a, _ in gone:
+            slots[i] = ActionResult(a, "skipped", "no longer in the folder")
+
+    # archive
+
+    def _archive_group(
+        self, target: str | None, actions: Sequence[Action], idx: Sequence[int],
+        slots: list[ActionResult | None],
+    ) -> None:
+        if self.archives is None or target is None:
+            raise ArchiveError("no archive targets are configured for this account")
+        writer = self.archives.writer(target, self.journal, self.run_id)
+        for chunk in self._chunks(actions, idx, self.batch_size, self.batch_bytes):
+            self._check_stop()
+            self._archive_batch(writer, chunk, slots)
+
+    def _archive_batch(
+        self, writer: ArchiveWriter, chunk: Sequence[tuple[int, Action]],
+        slots: list[ActionResult | None],
+    ) -> None:
+        by_ref = {a.message.ref: (i, a) for i, a in chunk}
+        fetched = dict(self.session.fetch(list(by_ref)))
+        for ref, (i, a) in by_ref.items():
+            if ref not in fetched:
+                slots[i] = ActionResult(a, "skipped", "no longer in the folder")
+        todo = [(i, a) for i, a in chunk if a.message.ref in fetched]
+        if not todo:
+            return
+        items = []
+        for _, a in todo:
+            data = fetched[a.message.ref]
+            items.append(Item(a, data, sha256(data)))
+        del fetched
+        batch = writer.place(items)
+        try:
+            with self.journal.transaction("planned"):
+                intent_ids = {
+                    path: self.journal.add_intent(self.account, self.run_id, writer.name, path, off)
+                    for path, off in batch.intents
+                }
+                ids = self.journal.add_planned(self.run_id, self.account, [
+                    NewRow(p.item.action, sha256=p.item.sha256, copy_sha256=p.copy_sha256,
+                           location=p.location, locator=p.locator,
+                           intent_id=intent_ids.get(p.intent_path or ""))
+                    for p in batch.placed
+                ])
+            result = writer.write(batch)
+            self.journal.step("archive-written")
+            self._journal_written(batch, result, ids, intent_ids)
+        finally:
+            writer.release(batch)
+        stored = sorted(result.stored)
+        oks = writer.verify([
+            Copy(result.stored[k][1], batch.placed[k].copy_sha256) for k in stored
+        ]) if stored else []
+        good = [k for k, ok in zip(stored, oks, strict=True) if ok]
+        bad = [k for k, ok in zip(stored, oks, strict=True) if not ok]
+        with self.journal.transaction("verified"):
+            self.journal.mark([ids[k] for k in good], VERIFIED)
+            self.journal.mark([ids[k] for k in bad], FAILED,
+                              detail="verification failed: the archived copy differs")
+        if good:
+            refs = [items[k].action.message.ref for k in good]
+            removed = self.session.delete(refs)
+            self.journal.step("source-removed")
+            where: dict[MessageRef, str | None] = {
+                items[k].action.message.ref: result.stored[k][0] for k in good
+            }
+            self._finish_removal([todo[k] for k in good], [ids[k] for k in good], removed,
+                                 "archive", slots, where)
+        for k in bad:
+            i, a = todo[k]
+            slots[i] = ActionResult(a, "failed", f"verification failed at {result.stored[k][0]}")
+        error = result.error
+        for k, (i, a) in enumerate(todo):
+            if slots[i] is None:
+                why = str(error) if error else "not archived"
+                if k in result.unresolved:
+                    why += " (outcome unknown: checked by the next run)"
+                slots[i] = ActionResult(a, "failed", why)
+        if error is not None:
+            raise error
+        if bad:
+            raise ArchiveError(
+                f"archive {writer.name}: {len(bad)} copy(ies) failed verification "
+                f"(first: {result.stored[bad[0]][0]}); their sources were kept"
+            )
+
+    def _journal_written(
+        self, batch: Any, result: Any, ids: Sequence[int], intent_ids: dict[str, int]
+    ) -> None:
+        unresolved_paths = {batch.placed[k].intent_path for k in result.unresolved}
+        with self.journal.transaction("archived"):
+            for k, row_id in enumerate(ids):
+                if k in result.stored:
+                    location, locator = result.stored[k]
+                    self.journal.mark([row_id], ARCHIVED, location=location, locator=locator)
+                elif k not in result.unresolved:
+                    self.journal.mark([row_id], FAILED,
+                                      detail=str(result.error or "not archived"))
+            self.journal.clear_intents(
+                iid for path, iid in intent_ids.items() if path not in unresolved_paths
+            )
+
+
+def _with(row: JournalRow, **changes: Any) -> JournalRow:
+    import dataclasses
+
+    return dataclasses.replace(row, **changes)
+
+
+class _LocatorOnly:
+    """Verifies mbox/Maildir copies of a target no longer in the config, by locator alone."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def verify(self, copies: Sequence[Copy]) -> list[bool]:
+        from retention.archive.maildir import current_path, matches
+
+        out = []
+        for c in copies:
+            if c.locator.get("type") == "mbox":
+                out.extend(verify_copies([c]))
+            else:
+                out.append(matches(current_path(c.locator), c.copy_sha256))
+        return out
+
+    def find(self, row: JournalRow) -> tuple[str, dict[str, Any]] | None:
+        if row.locator.get("type") == "maildir":
+            from retention.archive.maildir import MaildirWriter
+            from retention.policy import MaildirTarget
+
+            return MaildirWriter(self.name, MaildirTarget(type="maildir", path=""),
+                                 account="").find(row)
+        return None
+
+    def place(self, items: Sequence[Item]) -> Any:
+        raise ArchiveError(f"archive target {self.name!r} is not configured")
+
+    def write(self, batch: Any) -> Any:
+        raise ArchiveError(f"archive target {self.name!r} is not configured")
+
+    def release(self, batch: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+# -- the runner's entry points -----------------------------------------------------------------
+
+
+def journal_path(config: Config) -> Path:
+    return Path(config.state_dir) / JOURNAL_FILE
+
+
+def recover(config: Config, account: Account, session: MailSession) -> RecoveryReport:
+    """Open the journal and archives for ``account`` and run ``Executor.recover``."""
+    from datetime import UTC, datetime
+
+    with Journal.open(journal_path(config)) as journal, ArchiveSet(
+        config.archives, account=account.name
+    ) as archives:
+        run_id = f"recover-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+        return Executor(session, journal, archives=archives, run_id=run_id,
+                        account=account.name).recover()
+
+
+def execute(
+    config: Config, account: Account, session: MailSession, plan: Plan, *, run_id: str,
+    stop: threading.Event | None = None,
+) -> list[ActionResult]:
+    """Open the journal and archives for ``account`` and run ``Executor.execute``.
+
+    Raises the account's ``AccountError`` after journalling; use ``Executor`` directly to
+    also get the per-action results of a failed execution (``Executor.results``).
+    """
+    with Journal.open(journal_path(config)) as journal, ArchiveSet(
+        config.archives, account=account.name
+    ) as archives:
+        return Executor(session, journal, archives=archives, run_id=run_id,
+                        account=account.name, stop=stop).execute(plan)

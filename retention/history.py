@@ -1,0 +1,141 @@
+"""``retention history``: the audit log of what the agent removed, from the journal.
+
+This module owns the query (completed removals only: ``deleted`` and ``moved`` journal
+rows, each removal exactly once, oldest first) and its three renderings:
+
+* ``text``: a table, one line per removal, and a count.
+* ``json``: ``{"entries": [ENTRY, ...]}``.
+* ``csv``: a header line with the ENTRY keys, then one row per removal.
+
+ENTRY keys: ``when`` (completion time, UTC ISO 8601), ``account``, ``folder``,
+``message_id``, ``date`` (the message's received time), ``size``, ``rule``, ``action``
+(``delete`` | ``trash`` | ``move`` | ``archive``), ``to_folder``, ``archive`` (target name),
+``archive_location``, ``sha256`` (of the source bytes, archive only), ``uid``,
+``uidvalidity``, ``uidl``, ``reason``, ``run_id``. Absent values are ``null`` (empty in CSV).
+It reads the journal only; it never connects to a server.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retention.errors import ConfigError
+from retention.journal import Journal, JournalRow
+from retention.units import parse_duration
+
+if TYPE_CHECKING:
+    from retention.policy import Config
+
+FIELDS = (
+    "when", "account", "folder", "message_id", "date", "size", "rule", "action", "to_folder",
+    "archive", "archive_location", "sha256", "uid", "uidvalidity", "uidl", "reason", "run_id",
+)
+
+
+def entry(row: JournalRow) -> dict[str, Any]:
+    def iso(when: datetime | None) -> str | None:
+        return when.astimezone(UTC).isoformat() if when else None
+
+    return {
+        "when": iso(row.done_at or row.updated),
+        "account": row.account,
+        "folder": row.folder,
+        "message_id": row.message_id,
+        "date": iso(row.internal_date),
+        "size": row.size,
+        "rule": row.rule,
+        "action": row.action,
+        "to_folder": row.to_folder,
+        "archive": row.target,
+        "archive_location": row.location if row.action == "archive" else None,
+        "sha256": row.sha256,
+        "uid": row.uid,
+        "uidvalidity": row.uidvalidity if row.uid is not None else None,
+        "uidl": row.uidl,
+        "reason": row.reason,
+        "run_id": row.run_id,
+    }
+
+
+def query(
+    journal: Journal,
+    *,
+    accounts: Sequence[str] = (),
+    since: datetime | timedelta | None = None,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The removals, oldest first; ``since`` is a moment or an age (``timedelta``)."""
+    if isinstance(since, timedelta):
+        since = (now or datetime.now(UTC)) - since
+    rows = journal.removals(since=since)
+    wanted = set(accounts)
+    return [entry(r) for r in rows if not wanted or r.account in wanted]
+
+
+def render(entries: Sequence[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps({"entries": list(entries)}, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for e in entries:
+            writer.writerow({k: "" if e[k] is None else e[k] for k in FIELDS})
+        return out.getvalue()
+    if fmt == "text":
+        return _text(entries)
+    raise ConfigError(f"unknown history format {fmt!r} (use text, json or csv)")
+
+
+def _text(entries: Sequence[dict[str, Any]]) -> str:
+    if not entries:
+        return "no removals recorded\n"
+    cols = ("when", "account", "folder", "message_id", "date", "size", "rule", "action",
+            "where", "run_id")
+    rows = []
+    for e in entries:
+        where = e["archive_location"] or e["to_folder"] or ""
+        rows.append((
+            (e["when"] or "")[:19].replace("T", " "), e["account"], e["folder"],
+            e["message_id"] or "-", (e["date"] or "")[:10], str(e["size"]), e["rule"],
+            e["action"], where, e["run_id"],
+        ))
+    widths = [max(len(c), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    n = len(entries)
+    lines.append(f"{n} removal{'s' if n != 1 else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def history(
+    config: Config,
+    *,
+    accounts: Sequence[str] = (),
+    since: str | timedelta | datetime | None = None,
+    fmt: str = "text",
+    now: datetime | None = None,
+) -> str:
+    """``retention history``: render the audit log of ``config``'s state_dir.
+
+    ``since`` takes a policy duration (``30d``). Raises ConfigError for a bad one.
+    """
+    if isinstance(since, str):
+        try:
+            since = parse_duration(since)
+        except ValueError as e:
+            raise ConfigError(f"--since: {e}") from None
+    from retention.executor import JOURNAL_FILE
+
+    path = Path(config.state_dir) / JOURNAL_FILE
+    if not path.exists():
+        return render([], fmt)
+    with Journal.open(path) as journal:
+        return render(query(journal, accounts=accounts, since=since, now=now), fmt)

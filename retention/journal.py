@@ -1,0 +1,492 @@
+"""The crash-safe journal: one SQLite database in ``state_dir``, written before every step.
+
+This module owns the record of everything the agent does to a message, in the order
+it does it, so that a run killed at any instant can be finished or rolled back by the
+next run, and so that ``retention history`` can list what was removed (the compliance
+record). Nothing destructive may happen without a committed journal row: every failure to
+read or write the journal raises ``JournalError``.
+
+One row per (run, message, action). Its ``state`` follows this machine (enforced by
+``mark``; anything else raises ``JournalError``)::
+
+    planned -> archived -> verified -> deleting -> deleted      (archive)
+    planned -> deleting -> deleted                                (delete; POP3 until QUIT)
+    planned -> deleted | moved                                    (IMAP delete, move/trash)
+    any open state -> failed | skipped | dropped
+
+``deleting`` means the removal was sent but is committed only later (POP3 ``DELE`` is
+committed by ``QUIT``). ``dropped`` means an interrupted run had planned the row but never
+acted on it; recovery found the message untouched. Rows in ``deleted``/``moved`` are the
+audit history: each removal appears exactly once.
+
+Archive rows carry ``sha256`` (of the exact source bytes), ``copy_sha256`` (of what the
+target promises to keep: the same for Maildir and IMAP, the LF-normalised bytes for mbox),
+``location`` (human-readable) and ``locator`` (JSON the archive writer needs to find and
+re-verify the copy). mbox appends also record an *intent* (file, offset) before writing, so
+recovery can truncate a torn append (see ``retention.archive.mbox``).
+
+Durability: WAL mode with ``synchronous=FULL``: a commit is on disk when it returns.
+
+Crash injection for tests: every commit, and every external side effect the executor
+announces with ``step()``, is a numbered *step*. With ``RETENTION_TEST_CRASH_AFTER=N`` in
+the environment (or ``crash_after=N``) the process SIGKILLs itself right after step N;
+with ``RETENTION_TEST_STEP_LOG=PATH`` each step's number and name is appended to PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from retention.errors import JournalError
+from retention.model import MessageRef
+from retention.plan import Action
+
+PLANNED = "planned"
+ARCHIVED = "archived"
+VERIFIED = "verified"
+DELETING = "deleting"
+DELETED = "deleted"
+MOVED = "moved"
+FAILED = "failed"
+SKIPPED = "skipped"
+DROPPED = "dropped"
+
+OPEN_STATES = frozenset({PLANNED, ARCHIVED, VERIFIED, DELETING})
+TERMINAL_STATES = frozenset({DELETED, MOVED, FAILED, SKIPPED, DROPPED})
+REMOVED_STATES = frozenset({DELETED, MOVED})
+# new state -> the states it may follow
+_ALLOWED: dict[str, frozenset[str]] = {
+    ARCHIVED: frozenset({PLANNED}),
+    VERIFIED: frozenset({ARCHIVED}),
+    DELETING: frozenset({PLANNED, VERIFIED}),
+    DELETED: frozenset({PLANNED, VERIFIED, DELETING}),
+    MOVED: frozenset({PLANNED}),
+    FAILED: OPEN_STATES,
+    SKIPPED: OPEN_STATES,
+    DROPPED: OPEN_STATES,
+}
+
+CRASH_ENV = "RETENTION_TEST_CRASH_AFTER"
+STEP_LOG_ENV = "RETENTION_TEST_STEP_LOG"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS actions (
+    id            INTEGER PRIMARY KEY,
+    run_id        TEXT NOT NULL,
+    account       TEXT NOT NULL,
+    msg_key       TEXT NOT NULL,
+    folder        TEXT NOT NULL,
+    uidvalidity   INTEGER NOT NULL,
+    uid           INTEGER,
+    uidl          TEXT,
+    message_id    TEXT,
+    internal_date TEXT,
+    size          INTEGER NOT NULL,
+    flags         TEXT NOT NULL DEFAULT '',
+    rule          TEXT NOT NULL,
+    clock         TEXT,
+    reason        TEXT,
+    action        TEXT NOT NULL,
+    to_folder     TEXT,
+    target        TEXT,
+    state         TEXT NOT NULL,
+    sha256        TEXT,
+    copy_sha256   TEXT,
+    location      TEXT,
+    locator       TEXT,
+    intent_id     INTEGER,
+    detail        TEXT,
+    created       TEXT NOT NULL,
+    updated       TEXT NOT NULL,
+    done_at       TEXT
+);
+CREATE INDEX IF NOT EXISTS actions_open ON actions (account, state);
+CREATE INDEX IF NOT EXISTS actions_key ON actions (account, msg_key);
+CREATE INDEX IF NOT EXISTS actions_done ON actions (state, done_at);
+CREATE TABLE IF NOT EXISTS intents (
+    id       INTEGER PRIMARY KEY,
+    account  TEXT NOT NULL,
+    run_id   TEXT NOT NULL,
+    target   TEXT NOT NULL,
+    path     TEXT NOT NULL,
+    offset   INTEGER NOT NULL,
+    created  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS intents_path ON intents (path);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    """One journalled action on one message."""
+
+    id: int
+    run_id: str
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int | None
+    uidl: str | None
+    message_id: str | None
+    internal_date: datetime | None
+    size: int
+    flags: frozenset[str]
+    rule: str
+    clock: str | None
+    reason: str | None
+    action: str
+    to_folder: str | None
+    target: str | None
+    state: str
+    sha256: str | None
+    copy_sha256: str | None
+    location: str | None
+    locator: dict[str, Any]
+    intent_id: int | None
+    detail: str | None
+    created: datetime
+    updated: datetime
+    done_at: datetime | None
+
+    @property
+    def ref(self) -> MessageRef:
+        return MessageRef(self.folder, self.uidvalidity, self.uid, self.uidl)
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """An mbox append in progress: the file is truncated back to ``offset`` if it died."""
+
+    id: int
+    account: str
+    run_id: str
+    target: str
+    path: str
+    offset: int
+
+
+@dataclass(slots=True)
+class NewRow:
+    """What the executor journals for one action before acting on it."""
+
+    action: Action
+    sha256: str | None = None
+    copy_sha256: str | None = None
+    location: str | None = None
+    locator: dict[str, Any] = field(default_factory=dict)
+    intent_id: int | None = None
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat()
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class Journal:
+    """The SQLite journal. One instance per thread (SQLite connections are not shared)."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        crash_after: int | None = None,
+        step_log: Path | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.crash_after = crash_after
+        self.step_log = step_log
+        self.steps = 0
+        # Called after every step with (number, name); tests raise from it to simulate
+        # a crash in-process. It must not touch the journal.
+        self.hook: Callable[[int, str], None] | None = None
+        self._now = now or (lambda: datetime.now(UTC))
+        self._depth = 0
+        self._tx_name = ""
+        self._lock = threading.RLock()
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        crash_after: int | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> Journal:
+        """Open (creating when missing) the journal at ``path``; its folder is made 0700."""
+        path = Path(path)
+        if crash_after is None and os.environ.get(CRASH_ENV, "").strip():
+            crash_after = int(os.environ[CRASH_ENV])
+        step_log = Path(os.environ[STEP_LOG_ENV]) if os.environ.get(STEP_LOG_ENV) else None
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: every commit is fsynced before it returns; the executor relies on it.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"journal {path} was written by a newer version (schema {version})"
+                )
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            os.chmod(path, 0o600)
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot open journal {path}: {e}") from None
+        except OSError as e:
+            raise JournalError(f"cannot open journal {path}: {e.strerror}") from None
+        return cls(conn, path, crash_after=crash_after, step_log=step_log, now=now)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- steps and transactions --------------------------------------------------------
+
+    def step(self, name: str) -> None:
+        """Count one step (a commit or an external side effect); the crash hook fires here."""
+        self.steps += 1
+        if self.step_log is not None:
+            with open(self.step_log, "a", encoding="utf-8") as fh:
+                fh.write(f"{self.steps} {name}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        if self.hook is not None:
+            self.hook(self.steps, name)
+        if self.crash_after is not None and self.steps == self.crash_after:
+            # A real crash: no cleanup, no flush, no finally blocks.
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @contextlib.contextmanager
+    def transaction(self, name: str) -> Iterator[None]:
+        """One atomic, durable journal write (nested calls join the outer one)."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise JournalError(f"journal {self.path}: {e}") from None
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise JournalError(f"journal {self.path}: commit failed: {e}") from None
+        self.step(f"journal:{name}")
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as e:
+            raise JournalError(f"journal {self.path}: {e}") from None
+
+    # -- writing -----------------------------------------------------------------------
+
+    def add_planned(self, run_id: str, account: str, rows: Sequence[NewRow]) -> list[int]:
+        """Insert one ``planned`` row per action; returns their ids in order."""
+        now = _iso(self._now())
+        ids: list[int] = []
+        with self.transaction("planned"):
+            for r in rows:
+                a = r.action
+                m = a.message
+                cur = self._exec(
+                    "INSERT INTO actions (run_id, account, msg_key, folder, uidvalidity, uid,"
+                    " uidl, message_id, internal_date, size, flags, rule, clock, reason, action,"
+                    " to_folder, target, state, sha256, copy_sha256, location, locator,"
+                    " intent_id, created, updated)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        run_id, account, m.ref.key(), m.ref.folder, m.ref.uidvalidity,
+                        m.ref.uid, m.ref.uidl, m.message_id, _iso(m.received), m.size,
+                        " ".join(sorted(m.flags)), a.rule, a.clock.value, a.reason,
+                        a.kind.value, a.to_folder, a.archive, PLANNED, r.sha256,
+                        r.copy_sha256, r.location, json.dumps(r.locator, sort_keys=True),
+                        r.intent_id, now, now,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                ids.append(cur.lastrowid)
+        return ids
+
+    def mark(
+        self,
+        ids: Iterable[int],
+        state: str,
+        *,
+        detail: str | None = None,
+        location: str | None = None,
+        locator: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Move rows to ``state`` (one transaction); illegal transitions raise JournalError."""
+        ids = list(ids)
+        if not ids:
+            return
+        allowed = _ALLOWED.get(state)
+        if allowed is None:
+            raise JournalError(f"unknown journal state {state!r}")
+        now = _iso(self._now())
+        done = now if state in TERMINAL_STATES else None
+        with self.transaction(name or state):
+            for row_id in ids:
+                sets = ["state=?", "updated=?", "done_at=COALESCE(?, done_at)"]
+                params: list[Any] = [state, now, done]
+                if detail is not None:
+                    sets.append("detail=?")
+                    params.append(detail)
+                if location is not None:
+                    sets.append("location=?")
+                    params.append(location)
+                if locator is not None:
+                    sets.append("locator=?")
+                    params.append(json.dumps(locator, sort_keys=True))
+                marks = ",".join("?" * len(allowed))
+                cur = self._exec(
+                    f"UPDATE actions SET {', '.join(sets)} WHERE id=? AND state IN ({marks})",  # noqa: S608
+                    (*params, row_id, *sorted(allowed)),
+                )
+                if cur.rowcount != 1:
+                    row = self.row(row_id)
+                    was = row.state if row else "missing"
+                    raise JournalError(f"journal row {row_id}: cannot go from {was} to {state}")
+
+    def add_intent(self, account: str, run_id: str, target: str, path: str, offset: int) -> int:
+        with self.transaction("intent"):
+            cur = self._exec(
+                "INSERT INTO intents (account, run_id, target, path, offset, created)"
+                " VALUES (?,?,?,?,?,?)",
+                (account, run_id, target, path, offset, _iso(self._now())),
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def clear_intents(self, ids: Iterable[int]) -> None:
+        with self.transaction("intent-cleared"):
+            for i in ids:
+                self._exec("DELETE FROM intents WHERE id=?", (i,))
+
+    # -- reading -----------------------------------------------------------------------
+
+    def row(self, row_id: int) -> JournalRow | None:
+        r = self._exec("SELECT * FROM actions WHERE id=?", (row_id,)).fetchone()
+        return _row(r) if r is not None else None
+
+    def rows(self, ids: Iterable[int]) -> list[JournalRow]:
+        out = [self.row(i) for i in ids]
+        return [r for r in out if r is not None]
+
+    def open_rows(self, account: str) -> list[JournalRow]:
+        """Rows of ``account`` an interrupted run left unfinished, oldest first."""
+        cur = self._exec(
+            "SELECT * FROM actions WHERE account=? AND state IN (?,?,?,?) ORDER BY id",
+            (account, *sorted(OPEN_STATES)),
+        )
+        return [_row(r) for r in cur.fetchall()]
+
+    def latest_by_key(self, account: str, keys: Iterable[str]) -> dict[str, JournalRow]:
+        """The newest row per message key (``MessageRef.key()``) among ``keys``."""
+        out: dict[str, JournalRow] = {}
+        for key in keys:
+            r = self._exec(
+                "SELECT * FROM actions WHERE account=? AND msg_key=? ORDER BY id DESC LIMIT 1",
+                (account, key),
+            ).fetchone()
+            if r is not None:
+                out[key] = _row(r)
+        return out
+
+    def intents(self, *, path: str | None = None, account: str | None = None) -> list[Intent]:
+        sql = "SELECT * FROM intents WHERE 1=1"
+        params: list[Any] = []
+        if path is not None:
+            sql += " AND path=?"
+            params.append(path)
+        if account is not None:
+            sql += " AND account=?"
+            params.append(account)
+        cur = self._exec(sql + " ORDER BY id", params)
+        return [
+            Intent(r["id"], r["account"], r["run_id"], r["target"], r["path"], r["offset"])
+            for r in cur.fetchall()
+        ]
+
+    def rows_of_intent(self, intent_id: int) -> list[JournalRow]:
+        cur = self._exec("SELECT * FROM actions WHERE intent_id=? ORDER BY id", (intent_id,))
+        return [_row(r) for r in cur.fetchall()]
+
+    def removals(
+        self, *, account: str | None = None, since: datetime | None = None
+    ) -> list[JournalRow]:
+        """Completed removals (``deleted``/``moved``), oldest first: the audit history."""
+        sql = "SELECT * FROM actions WHERE state IN (?,?)"
+        params: list[Any] = sorted(REMOVED_STATES)
+        if account is not None:
+            sql += " AND account=?"
+            params.append(account)
+        if since is not None:
+            sql += " AND done_at >= ?"
+            params.append(_iso(since))
+        cur = self._exec(sql + " ORDER BY done_at, id", params)
+        return [_row(r) for r in cur.fetchall()]
+
+
+def _row(r: sqlite3.Row) -> JournalRow:
+    created = _dt(r["created"])
+    updated = _dt(r["updated"])
+    assert created is not None and updated is not None
+    return JournalRow(
+        id=r["id"], run_id=r["run_id"], account=r["account"], folder=r["folder"],
+        uidvalidity=r["uidvalidity"], uid=r["uid"], uidl=r["uidl"],
+        message_id=r["message_id"], internal_date=_dt(r["internal_date"]), size=r["size"],
+        flags=frozenset(r["flags"].split()), rule=r["rule"], clock=r["clock"],
+        reason=r["reason"], action=r["action"], to_folder=r["to_folder"], target=r["target"],
+        state=r["state"], sha256=r["sha256"], copy_sha256=r["copy_sha256"],
+        location=r["location"], locator=json.loads(r["locator"] or "{}"),
+        intent_id=r["intent_id"], detail=r["detail"], created=created, updated=updated,
+        done_at=_dt(r["done_at"]),
+    )

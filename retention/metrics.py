@@ -1,0 +1,411 @@
+"""Prometheus metrics of the service, and the small HTTP server that exposes them.
+
+This module owns the metric names, their labels and what each value means; the service
+only reports events to it (``observe_run``, ``observe_measurement``, ...). Values are
+kept in memory from the last measurement and run, so a scrape never logs in to a mailbox.
+Everything is registered in an injected ``CollectorRegistry`` (tests use a fresh one).
+
+Label privacy (``service.account_label``):
+
+* ``name``: ``account="<the account's name>"``;
+* ``hash``: ``account="<first 12 hex digits of SHA-256 of the name>"``;
+* ``none``: no ``account`` label anywhere; fleet totals only. Sums for bytes, messages,
+  counters and ``short_by``; the soonest ``full_seconds``; the lowest ``warn_ratio``; the
+  longest schedule period; the newest last run and the *oldest* last success, so that
+  "no success within twice the schedule" still fires when any one account is stale.
+
+``retention_run_duration_seconds`` never has an account label. Only account names,
+rule names, action kinds and error reasons appear as label values, so an e-mail address
+appears only when an account is named after one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from retention import __version__
+from retention.errors import ErrorKind
+from retention.forecast import Fit
+from retention.policy import Config
+from retention.result import AccountResult
+
+log = logging.getLogger("retention.service")
+
+AccountLabel = Literal["name", "hash", "none"]
+REASONS: tuple[str, ...] = ("auth", "tls", "connect", "protocol", "archive", "other")
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def error_reason(kind: ErrorKind | str | None) -> str:
+    """The fixed ``reason`` label set; ``config`` (e.g. an unset password) counts as other."""
+    return kind if kind in REASONS else "other"
+
+
+def hashed(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass
+class _Account:
+    usage: int | None = None
+    limit: int | None = None
+    messages: int | None = None
+    fit: Fit | None = None
+    fit_limit: int | None = None
+    warn_ratio: float | None = None
+    period: float | None = None
+    last_run: float | None = None
+    last_success: float | None = None
+    short_by: int | None = None
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    freed: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0
+
+
+class ServiceCollector:
+    """Builds every per-account family at scrape time from the in-memory state."""
+
+    def __init__(self, label: AccountLabel, clock: Callable[[], float] = time.time) -> None:
+        self.label = label
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.accounts: dict[str, _Account] = {}
+        self.reload_ok = 1.0
+        self._hashes: dict[str, str] = {}
+
+    def _label(self, name: str) -> str:
+        if self.label == "name":
+            return name
+        h = self._hashes.get(name)
+        if h is None:
+            h = self._hashes[name] = hashed(name)
+        return h
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only (for the registry's duplicate check); no state is read.
+        labels: list[str] = []
+        for name, doc in _GAUGES:
+            yield GaugeMetricFamily(name, doc, labels=labels)
+        for name, doc, _ in _COUNTERS:
+            yield CounterMetricFamily(name, doc, labels=labels)
+        yield GaugeMetricFamily("retention_config_reload_success", "", labels=labels)
+        yield GaugeMetricFamily("retention_accounts", "", labels=labels)
+        yield GaugeMetricFamily("retention_build_info", "", labels=labels)
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        with self.lock:
+            rows = [(self._label(n), _snapshot(a, now)) for n, a in self.accounts.items()]
+            reload_ok = self.reload_ok
+        per_account = self.label != "none"
+        acct = ["account"] if per_account else []
+        gauges: dict[str, list[tuple[str, float]]] = {name: [] for name, _ in _GAUGES}
+        counters: dict[str, dict[tuple[str, ...], float]] = {n: {} for n, _, _ in _COUNTERS}
+        for label, snap in rows:
+            for name, value in snap.gauges.items():
+                if value is not None:
+                    gauges[name].append((label, value))
+            for name, series in snap.counters.items():
+                for key, value in series.items():
+                    full = (label, *key) if per_account else key
+                    counters[name][full] = counters[name].get(full, 0.0) + value
+        for name, doc in _GAUGES:
+            fam = GaugeMetricFamily(name, doc, labels=acct)
+            if per_account:
+                for label, value in gauges[name]:
+                    fam.add_metric([label], value)
+            elif gauges[name]:
+                fam.add_metric([], _FLEET[name]([v for _, v in gauges[name]]))
+            yield fam
+        for name, doc, extra in _COUNTERS:
+            cfam = CounterMetricFamily(name, doc, labels=[*acct, *extra])
+            for key, value in sorted(counters[name].items()):
+                cfam.add_metric(list(key), value)
+            yield cfam
+        yield GaugeMetricFamily(
+            "retention_config_reload_success",
+            "1 if the last policy reload (SIGHUP) succeeded, 0 if the old policy stayed",
+            value=reload_ok,
+        )
+        yield GaugeMetricFamily("retention_accounts", "Accounts in the policy", value=len(rows))
+        info = GaugeMetricFamily(
+            "retention_build_info", "Version of the agent (value 1)", labels=["version", "python"]
+        )
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+
+
+@dataclass
+class _Snap:
+    gauges: dict[str, float | None]
+    counters: dict[str, Mapping[tuple[str, ...], float]]
+
+
+def _snapshot(a: _Account, now: float) -> _Snap:
+    full = None
+    if a.fit is not None and a.fit_limit:
+        at = a.fit.origin.timestamp()
+        # The fit is re-evaluated at scrape time: the forecast counts down between samples.
+        seconds = a.fit.seconds_until(a.fit_limit, a.fit.origin)
+        full = None if seconds is None else max(0.0, seconds - (now - at))
+    return _Snap(
+        gauges={
+            "retention_mailbox_usage_bytes": a.usage,
+            "retention_mailbox_limit_bytes": a.limit,
+            "retention_mailbox_messages": a.messages,
+            "retention_mailbox_full_seconds": full,
+            "retention_mailbox_warn_ratio": a.warn_ratio,
+            "retention_schedule_period_seconds": a.period,
+            "retention_last_run_timestamp_seconds": a.last_run,
+            "retention_last_success_timestamp_seconds": a.last_success,
+            "retention_short_by_bytes": a.short_by,
+        },
+        counters={
+            "retention_actions_total": {k: float(v) for k, v in a.actions.items()},
+            "retention_freed_bytes_total": {(k,): v for k, v in a.freed.items()},
+            "retention_account_errors_total": {(k,): v for k, v in a.errors.items()},
+            "retention_runs_skipped_total": {(): a.skipped} if a.skipped else {},
+        },
+    )
+
+
+_GAUGES: tuple[tuple[str, str], ...] = (
+    ("retention_mailbox_usage_bytes", "Storage in use (after the last cleanup or measurement)"),
+    ("retention_mailbox_limit_bytes", "Storage limit (server quota, else the policy's limit)"),
+    ("retention_mailbox_messages", "Messages in the mailbox"),
+    ("retention_mailbox_full_seconds",
+     "Forecast seconds until full (OLS over 7 days of usage); absent when not filling up"),
+    ("retention_mailbox_warn_ratio", "The policy's warn_above level (fraction of the limit)"),
+    ("retention_schedule_period_seconds", "Seconds between two cleanup runs of the schedule"),
+    ("retention_last_run_timestamp_seconds", "When the last cleanup run finished"),
+    ("retention_last_success_timestamp_seconds", "When the last successful cleanup run finished"),
+    ("retention_short_by_bytes", "Bytes the last cleanup could not free to reach clean_to"),
+)
+_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("retention_actions_total", "Messages acted on, by action and rule", ("action", "rule")),
+    ("retention_freed_bytes_total", "Bytes freed, by action", ("action",)),
+    ("retention_account_errors_total", "Failed runs and measurements, by reason", ("reason",)),
+    ("retention_runs_skipped_total", "Runs skipped because the account was still busy", ()),
+)
+_FLEET: dict[str, Callable[[list[float]], float]] = {
+    "retention_mailbox_usage_bytes": sum,
+    "retention_mailbox_limit_bytes": sum,
+    "retention_mailbox_messages": sum,
+    "retention_mailbox_full_seconds": min,
+    "retention_mailbox_warn_ratio": min,
+    "retention_schedule_period_seconds": max,
+    "retention_last_run_timestamp_seconds": max,
+    "retention_last_success_timestamp_seconds": min,
+    "retention_short_by_bytes": sum,
+}
+
+
+class Metrics:
+    """What the service reports; thread-safe (workers report concurrently)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        account_label: AccountLabel = "name",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.collector = ServiceCollector(account_label, clock)
+        registry.register(self.collector)
+        self.run_duration = Histogram(
+            "retention_run_duration_seconds",
+            "Duration of one account's cleanup run",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+
+    def _account(self, name: str) -> _Account:
+        a = self.collector.accounts.get(name)
+        if a is None:
+            a = self.collector.accounts[name] = _Account()
+        return a
+
+    def set_accounts(self, config: Config, periods: Mapping[str, float]) -> None:
+        """Adopt a (re)loaded policy: per-account constants; forget removed accounts.
+
+        ``periods``: the schedule period in seconds, by schedule string.
+        """
+        with self.collector.lock:
+            names = set()
+            for account in config.accounts:
+                names.add(account.name)
+                a = self._account(account.name)
+                a.warn_ratio = config.policy_of(account).quota.warn_above
+                period = periods.get(config.schedule_of(account))
+                a.period = period if period is not None and period != float("inf") else None
+            for gone in set(self.collector.accounts) - names:
+                del self.collector.accounts[gone]
+
+    def set_reload(self, ok: bool) -> None:
+        with self.collector.lock:
+            self.collector.reload_ok = 1.0 if ok else 0.0
+
+    def observe_measurement(self, result: AccountResult) -> None:
+        with self.collector.lock:
+            a = self._account(result.account)
+            if result.status == "error":
+                a.errors[error_reason(result.error_kind)] += 1
+                return
+            if result.status != "ok":
+                return
+            usage = result.usage_after_bytes if result.usage_after_bytes is not None \
+                else result.usage_bytes
+            if usage is not None:
+                a.usage = usage
+            if result.limit_bytes is not None:
+                a.limit = result.limit_bytes
+            if result.messages is not None:
+                a.messages = result.messages
+
+    def observe_run(self, result: AccountResult) -> None:
+        """A finished cleanup run: counters, timestamps and the usage measured after it."""
+        self.run_duration.observe(result.duration)
+        with self.collector.lock:
+            a = self._account(result.account)
+            if result.status == "skipped":  # another agent held the account's lock
+                a.skipped += 1
+                return
+            a.last_run = result.finished.timestamp()
+            if result.status == "error":
+                a.errors[error_reason(result.error_kind)] += 1
+                return
+            a.last_success = a.last_run
+            removed = 0
+            for r in result.results:
+                if r.result != "done":
+                    continue  # planned (dry run), skipped and failed actions change nothing
+                kind = r.action.kind
+                a.actions[(kind.value, r.action.rule)] += 1
+                a.freed[kind.value] += r.freed_bytes
+                removed += 1 if kind.frees_space else 0
+            if result.plan is not None:
+                a.short_by = result.plan.short_by_bytes
+            usage = result.usage_after_bytes if result.usage_after_bytes is not None \
+                else result.usage_bytes
+            if usage is not None:
+                a.usage = usage
+            if result.limit_bytes is not None:
+                a.limit = result.limit_bytes
+            if result.messages is not None:
+                # Moves stay in the account; deleted and archived messages leave it.
+                a.messages = max(0, result.messages - removed)
+
+    def observe_skip(self, account: str) -> None:
+        """A tick found the account still in flight: nothing ran."""
+        with self.collector.lock:
+            self._account(account).skipped += 1
+
+    def set_forecast(self, account: str, fit: Fit | None, limit: int | None) -> None:
+        with self.collector.lock:
+            a = self._account(account)
+            a.fit, a.fit_limit = fit, limit
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on a background thread.
+
+    Port 0 binds a free port; ``port`` tells which. The probes are callables so the HTTP
+    layer knows nothing of the scheduler.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        address: str,
+        port: int,
+        *,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
+        handler = _handler(registry, healthy, ready)
+        server_cls = _V6Server if ":" in address else ThreadingHTTPServer
+        self._server = server_cls((address, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="retention-metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def address(self) -> str:
+        return str(self._server.server_address[0])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _handler(
+    registry: CollectorRegistry, healthy: Callable[[], bool], ready: Callable[[], bool]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "retention"
+        sys_version = ""
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                try:
+                    body = encoder(registry)
+                except Exception:  # a broken collector must not kill the server
+                    log.exception("event=metrics_failed")
+                    self._send(500, b"metrics collection failed\n")
+                    return
+                self._send(200, body, content_type)
+            elif path == "/healthz":
+                ok = healthy()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+            elif path == "/readyz":
+                ok = ready()
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+        def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.debug("event=http %s", format % args)
+
+    return Handler
+

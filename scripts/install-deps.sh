@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install the system packages the tests need, if any is missing:
+#   dovecot, doveadm  (dovecot-imapd dovecot-pop3d, which pull in dovecot-core)
+#   promtool          (prometheus: tests check the alerting rules in deploy/)
+#   openssl           (the test Dovecot's throw-away CA and certificate)
+# Nothing to do when all are present. Installing needs root (apt-get); without it
+# this prints what to install and fails.
+set -euo pipefail
+
+# Debian puts dovecot in /usr/sbin, which a non-login or non-root PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
+
+missing=()
+command -v dovecot >/dev/null 2>&1 || missing+=(dovecot)
+command -v doveadm >/dev/null 2>&1 || missing+=(doveadm)
+command -v promtool >/dev/null 2>&1 || missing+=(promtool)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# INSTALL_DEPS_FORCE=1 goes through the install anyway (to test this script).
+if [ ${#missing[@]} -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
+    exit 0
+fi
+
+packages=(dovecot-imapd dovecot-pop3d prometheus openssl)
+echo "install-deps: missing ${missing[*]}; installing ${packages[*]}" >&2
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: not root; please run as root:" >&2
+    echo "  apt-get update && apt-get install -y --no-install-recommends ${packages[*]}" >&2
+    exit 1
+fi
+
+# The packages' maintainer scripts would start a system dovecot (ports 143/993/
+# 110/995) and a prometheus server. The tests start their own Dovecot on free
+# high ports and need neither; and without systemd, starting services can fail
+# or hang the install. policy-rc.d exiting 101 tells invoke-rc.d (and
+# deb-systemd-invoke) not to start anything. Only ours is removed afterwards.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# installed by retention scripts/install-deps.sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# --no-install-recommends: prometheus recommends node-exporter, which would
+# be one more service; dovecot needs none of its recommends here.
+apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${packages[@]}" </dev/null
+
+for tool in dovecot doveadm promtool openssl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "install-deps: $tool still missing after install" >&2
+        exit 1
+    fi
+done
+echo "install-deps: ok ($(dovecot --version), $(promtool --version 2>&1 | head -n1))" >&2

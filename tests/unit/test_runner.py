@@ -1,0 +1,325 @@
+"""The runner (retention.runner) against the in-memory fake server: outcomes, retries, locks.
+
+Faults a real server cannot produce on demand (a connection refused twice and then accepted,
+a drop in the middle of a scan) are injected through the connector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retention import report
+from retention.adapters.fake import FakeServer, FakeSession
+from retention.errors import AuthError, ConnectError, ProtocolError, TlsError
+from retention.model import FLAGGED, SEEN
+from retention.policy import Account, Config
+from retention.result import RunResult
+from retention.runner import BACKOFF, RETRIES, account_lock, measure_account, run_account, run_all
+
+NOW = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+SECRET = "s3cret-Pa55word-zz"
+
+
+def make_config(tmp_path: Path, *, policy: dict[str, Any] | None = None,
+                accounts: tuple[str, ...] = ("alice",), **account_fields: Any) -> Config:
+    policy = policy if policy is not None else {"rules": [
+        {"name": "old", "folders": ["INBOX"], "older_than": "1y", "action": "delete"},
+        {"name": "trash", "folders": ["\\Trash"], "older_than": "30d", "age_by": "received",
+         "action": "delete"},
+    ]}
+    return Config.model_validate({
+        "state_dir": tmp_path / "state",
+        "policies": {"p": policy},
+        "accounts": [
+            {"name": name, "host": f"{name}.example", "username": name,
+             "password_env": "RT_UNIT_PW", "policy": "p", **account_fields}
+            for name in accounts
+        ],
+    })
+
+
+@pytest.fixture(autouse=True)
+def password(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("RT_UNIT_PW", SECRET)
+    return SECRET
+
+
+def populated(quota_bytes: int | None = 1_000_000) -> tuple[FakeServer, dict[str, Any]]:
+    """INBOX: two old read, one old flagged, one young; Trash: one old, one young."""
+    server = FakeServer.standard(quota_bytes=quota_bytes)
+    refs = {
+        "old1": server.add("INBOX", size=1000, received=NOW - 800 * DAY, flags={SEEN}),
+        "old2": server.add("INBOX", size=2000, received=NOW - 500 * DAY, flags={SEEN}),
+        "flagged": server.add("INBOX", size=4000, received=NOW - 900 * DAY,
+                              flags={SEEN, FLAGGED}),
+        "young": server.add("INBOX", size=8000, received=NOW - 3 * DAY, flags={SEEN}),
+        "trash_old": server.add("Trash", size=16_000, received=NOW - 60 * DAY, flags={SEEN}),
+        "trash_young": server.add("Trash", size=32_000, received=NOW - 2 * DAY, flags={SEEN}),
+    }
+    return server, refs
+
+
+class Connector:
+    """A connector that fails the first calls with the given errors, then connects."""
+
+    def __init__(self, server: FakeServer, *errors: BaseException,
+                 session_faults: list[dict[str, Any]] | None = None) -> None:
+        self.server = server
+        self.errors = list(errors)
+        self.session_faults = list(session_faults or [])
+        self.calls: list[tuple[str, str, bool]] = []
+        self.sessions: list[FakeSession] = []
+
+    def __call__(self, account: Account, password: str, readonly: bool) -> FakeSession:
+        self.calls.append((account.name, password, readonly))
+        if self.errors:
+            raise self.errors.pop(0)
+        faults = self.session_faults.pop(0) if self.session_faults else None
+        session = self.server.session(readonly=readonly, fail_on=faults)
+        self.sessions.append(session)
+        return session
+
+
+def run(config: Config, connect: Callable[..., Any], *, dry_run: bool = False,
+        sleeps: list[float] | None = None, name: str = "alice") -> Any:
+    sink = sleeps if sleeps is not None else []
+    return run_account(config, config.account(name), dry_run=dry_run, now=NOW,
+                       connect=connect, sleep=sink.append)
+
+
+def uids(server: FakeServer, folder: str) -> list[int]:
+    return server.uids(folder)
+
+
+# ------------------------------------------------------------------ happy paths
+
+
+def test_dry_run_plans_and_changes_nothing(tmp_path: Path) -> None:
+    server, refs = populated()
+    before = server.state()
+    connect = Connector(server)
+
+    result = run(make_config(tmp_path), connect, dry_run=True)
+
+    assert result.status == "ok", result.error
+    assert server.state() == before
+    assert [c[2] for c in connect.calls] == [True]  # a read-only session
+    assert connect.calls[0][1] == SECRET
+    assert {r.action.message.ref for r in result.results} == {
+        refs["old1"], refs["old2"], refs["trash_old"]}
+    assert {r.result for r in result.results} == {"planned"}
+    assert result.usage_bytes == server.usage_bytes()
+    assert result.limit_bytes == 1_000_000
+    assert result.usage_after_bytes == server.usage_bytes() - 19_000
+    assert result.dry_run is True
+    assert all(s.closed for s in connect.sessions)
+
+
+def test_real_run_does_the_plan_and_measures_again(tmp_path: Path) -> None:
+    server, refs = populated()
+    usage_before = server.usage_bytes()
+
+    result = run(make_config(tmp_path), Connector(server))
+
+    assert result.status == "ok", result.error
+    assert {r.result for r in result.results} == {"done"}
+    assert uids(server, "INBOX") == [refs["flagged"].uid, refs["young"].uid]
+    assert uids(server, "Trash") == [refs["trash_young"].uid]
+    assert result.usage_bytes == usage_before
+    assert result.usage_after_bytes == server.usage_bytes() == usage_before - 19_000
+    assert result.freed_bytes == 19_000
+    doc = report.account_dict(result)
+    assert doc["usage_after_bytes"] == server.usage_bytes()
+
+
+def test_no_quota_uses_the_policy_limit(tmp_path: Path) -> None:
+    server, _ = populated(quota_bytes=None)
+    policy = {"quota": {"limit": "1MiB"}, "rules": []}
+    result = run(make_config(tmp_path, policy=policy), Connector(server), dry_run=True)
+    assert result.status == "ok", result.error
+    assert result.usage_source == "sum"
+    assert result.limit_bytes == 1024 * 1024
+    assert result.usage_bytes == server.usage_bytes()
+
+
+# ------------------------------------------------------------------ retries
+
+
+def test_connect_error_is_retried_twice_then_fails(tmp_path: Path) -> None:
+    server, _ = populated()
+    before = server.state()
+    connect = Connector(server, *(ConnectError(f"refused #{i}") for i in range(5)))
+    sleeps: list[float] = []
+
+    result = run(make_config(tmp_path), connect, sleeps=sleeps)
+
+    assert RETRIES == 2
+    assert len(connect.calls) == 3  # the first try and two retries
+    assert sleeps == list(BACKOFF[:2]) and all(s > 0 for s in sleeps)
+    assert result.status == "error"
+    assert result.error_kind == "connect"
+    assert result.error == "refused #2"
+    assert server.state() == before
+
+
+def test_connect_error_then_success(tmp_path: Path) -> None:
+    server, refs = populated()
+    connect = Connector(server, ConnectError("refused"), ConnectError("reset"))
+    sleeps: list[float] = []
+
+    result = run(make_config(tmp_path), connect, sleeps=sleeps)
+
+    assert result.status == "ok", result.error
+    assert len(connect.calls) == 3 and len(sleeps) == 2
+    assert refs["old1"].uid not in uids(server, "INBOX")
+
+
+def test_connection_dropped_mid_scan_is_retried(tmp_path: Path) -> None:
+    server, _ = populated()
+    connect = Connector(server, session_faults=[{"scan": ConnectError("dropped")}])
+    sleeps: list[float] = []
+
+    result = run(make_config(tmp_path), connect, dry_run=True, sleeps=sleeps)
+
+    assert result.status == "ok", result.error
+    assert len(connect.sessions) == 2 and len(sleeps) == 1
+    assert connect.sessions[0].closed  # the broken session was closed, not leaked
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (AuthError("login rejected by alice.example"), "auth"),
+    (TlsError("certificate verify failed for alice.example"), "tls"),
+    (ProtocolError("NO [UNAVAILABLE] try later"), "protocol"),
+])
+def test_non_connection_errors_are_not_retried(tmp_path: Path, error: Exception,
+                                               kind: str) -> None:
+    server, _ = populated()
+    connect = Connector(server, error, ConnectError("never reached"))
+    sleeps: list[float] = []
+
+    result = run(make_config(tmp_path), connect, sleeps=sleeps)
+
+    assert len(connect.calls) == 1, "a rejected login must not be retried in the same run"
+    assert sleeps == []
+    assert result.status == "error"
+    assert result.error_kind == kind
+    assert result.error == str(error)
+    assert SECRET not in (result.error or "")
+
+
+# ------------------------------------------------------------------ skip, hold, secrets
+
+
+def test_locked_account_is_skipped(tmp_path: Path) -> None:
+    server, _ = populated()
+    before = server.state()
+    config = make_config(tmp_path)
+    connect = Connector(server)
+
+    with account_lock(config.state_dir, "alice"):
+        result = run(config, connect)
+
+    assert result.status == "skipped"
+    assert result.error and "another agent" in result.error
+    assert connect.calls == []
+    assert server.state() == before
+    # Skipped is not failed: the exit code stays 0.
+    assert RunResult(False, NOW, (result,)).exit_code == 0
+    # The lock is released afterwards: the next run works.
+    assert run(config, connect).status == "ok"
+
+
+@pytest.mark.parametrize("where", ["account", "policy"])
+def test_hold_is_report_only(tmp_path: Path, where: str) -> None:
+    server, refs = populated()
+    before = server.state()
+    if where == "account":
+        config = make_config(tmp_path, hold=True)
+    else:
+        config = make_config(tmp_path, policy={"hold": True, "rules": [
+            {"name": "old", "folders": ["INBOX"], "older_than": "1y", "action": "delete"}]})
+    connect = Connector(server)
+
+    result = run(config, connect, dry_run=False)
+
+    assert result.status == "ok", result.error
+    assert [c[2] for c in connect.calls] == [True]  # read-only although not a dry-run
+    assert server.state() == before
+    assert result.results and {r.result for r in result.results} == {"planned"}
+    assert refs["old1"] in {r.action.message.ref for r in result.results}
+    assert result.plan is not None and result.plan.hold
+    assert report.account_dict(result)["hold"] is True
+    assert "HOLD" in report.to_text(RunResult(False, NOW, (result,)))
+
+
+def test_missing_secret_fails_only_that_account(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RT_UNIT_PW")
+    server, _ = populated()
+    connect = Connector(server)
+    result = run(make_config(tmp_path), connect)
+    assert result.status == "error"
+    assert result.error_kind == "config"
+    assert "RT_UNIT_PW" in (result.error or "")
+    assert connect.calls == []
+
+
+def test_unexpected_bug_fails_the_account_not_the_run(tmp_path: Path) -> None:
+    server, _ = populated()
+    connect = Connector(server, session_faults=[{"list_folders": RuntimeError("oops")}])
+    result = run(make_config(tmp_path), connect)
+    assert result.status == "error"
+    assert result.error_kind == "other"
+    assert "oops" in (result.error or "")
+    assert all(s.closed for s in connect.sessions)
+
+
+# ------------------------------------------------------------------ run_all, measure
+
+
+def test_run_all_one_failure_others_still_run(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    servers = {"alice": populated()[0], "bob": populated()[0], "carol": populated()[0]}
+
+    def connect(account: Account, password: str, readonly: bool) -> FakeSession:
+        if account.name == "bob":
+            raise AuthError("login rejected by bob.example")
+        return servers[account.name].session(readonly=readonly)
+
+    config = make_config(tmp_path, accounts=("alice", "bob", "carol"))
+
+    result = run_all(config, dry_run=False, now=NOW, connect=connect)
+
+    assert [a.account for a in result.accounts] == ["alice", "bob", "carol"]
+    assert [a.status for a in result.accounts] == ["ok", "error", "ok"]
+    assert result.exit_code == 1
+    assert result.accounts[1].error_kind == "auth"
+    assert len(servers["carol"].uids("INBOX")) == 2
+
+    only = run_all(config, ["carol"], dry_run=True, now=NOW, connect=connect)
+    assert [a.account for a in only.accounts] == ["carol"]
+    assert only.exit_code == 0
+
+
+def test_measure_account(tmp_path: Path) -> None:
+    server, _ = populated()
+    before = server.state()
+    connect = Connector(server)
+    config = make_config(tmp_path)
+    result = measure_account(config, config.account("alice"), now=NOW, connect=connect)
+    assert result.status == "ok", result.error
+    assert result.usage_bytes == server.usage_bytes()
+    assert result.limit_bytes == 1_000_000
+    assert result.usage_source == "quota"
+    assert [c[2] for c in connect.calls] == [True]
+    assert server.state() == before
+
+    failing = Connector(server, AuthError("rejected"))
+    bad = measure_account(config, config.account("alice"), now=NOW, connect=failing)
+    assert bad.status == "error" and bad.error_kind == "auth"
