@@ -517,7 +517,7 @@ def test_explain_says_why_each_message_is_kept():
            for d in explain(pol, snapshot(*by_folder(*mailbox)), NOW)]
     assert got == [
         (1, "a", ActionKind.DELETE, "received 2026-10-19, older than 30d"),
-        (2, None, None, "received 2026-11-27, within keep_within 1w"),
+        (2, None, None, "received 2026-11-27, within keep_within 7d"),
         (3, "a", None, "protected (unread) under rule a"),
         (4, None, None, "flagged \\Deleted by another client"),
         (5, None, None, "no rule applies"),

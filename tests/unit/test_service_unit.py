@@ -96,6 +96,13 @@ class Fake:
         return self.result(account.name, datetime.now(UTC))
 
 
+def wait_active(fake: Fake, n: int, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(fake.active.values()) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} runs started"
+        time.sleep(0.01)
+
+
 def make_service(tmp_path, accounts, fake, **settings) -> RetentionService:
     policy = write_policy(tmp_path / "policy.yaml", accounts, state=tmp_path / "state")
     defaults = {"jitter": 0, "measure_every": "1h", "concurrency": 4,
@@ -163,7 +170,7 @@ def test_account_in_flight_is_skipped_and_reported(svc_factory, caplog):
     svc = svc_factory([("a", "h1", NEVER), ("b", "h1", NEVER)], fake, shutdown_timeout=2)
     svc.start(http=False)
     svc.sweep(NEVER)
-    assert fake.started.wait(5)
+    wait_active(fake, 2)
     with caplog.at_level(logging.INFO, logger="retention.runs"):
         svc.sweep(NEVER)
     assert metric(svc, "retention_runs_skipped_total", account="a") == 1
@@ -227,9 +234,7 @@ def test_graceful_stop_lets_running_accounts_finish(svc_factory):
                       concurrency=2, max_connections_per_host=2)
     svc.start(http=False)
     svc.sweep(NEVER)
-    deadline = time.monotonic() + 5
-    while sum(fake.active.values()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_active(fake, 2)
     t0 = time.monotonic()
     assert svc.shutdown(timeout=5) == 0
     assert time.monotonic() - t0 < 2
