@@ -59,6 +59,10 @@ demo: deps venv
 	@if [ -f retention/demo.py ]; then $(PY) -m retention.demo; \
 	else $(PY) scripts/demo.py; fi
 
+# Every bench/bench_*.py is a standalone script that prints its measurements.
+# BENCH_ARGS is passed to each (e.g. make bench BENCH_ARGS="--runs 1").
 bench: deps venv
-	@if [ -f bench/run.py ]; then $(PY) bench/run.py; \
-	else $(VENV)/bin/pytest -q bench; fi
+	@rc=0; for script in bench/bench_*.py; do \
+	  [ -f "$$script" ] || continue; \
+	  echo "+ $(PY) $$script $(BENCH_ARGS)"; $(PY) "$$script" $(BENCH_ARGS) || rc=1; \
+	done; exit $$rc

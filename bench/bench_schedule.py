@@ -9,8 +9,9 @@ Each run is a fresh subprocess (so peak RSS is that run's own), which:
    grouping by schedule, every schedule's period);
 2. ``schedule``: builds the service (metrics for every account, worker pool, one sweep job
    per distinct schedule, the measurement job) and starts it, HTTP server included;
-3. ``dispatch``: one sweep per schedule submits every account to the pool, with no-op
-   run/measure functions, until the pool is idle (the scheduling overhead per account);
+3. ``measure_sweep``/``dispatch``: the start-up measurement sweep, then one sweep per
+   schedule, submit every account to the pool with no-op run/measure functions, until the
+   pool is idle (the scheduling overhead per account, without any mail server);
 4. ``scrape``: one ``/metrics`` rendering with 10,000 accounts' series.
 
 The parent prints each run and the medians. The limits apply to load + schedule (wall
@@ -93,7 +94,8 @@ def one_run(path: Path) -> dict[str, float]:
     jobs = len(service._scheduler.get_jobs())
     t2 = time.perf_counter()
     c2 = time.process_time()
-    service.pool.wait_idle(120)  # the start-up measurement sweep
+    service._measuring_started.wait(30)  # the start-up measurement sweep ...
+    service.pool.wait_idle(120)  # ... has submitted every account, and they are done
     t3 = time.perf_counter()
     for schedule in loaded.groups:
         service.sweep(schedule)

@@ -402,8 +402,36 @@ def load_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> Co
     return resolved
 
 
-def _cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+def _check_values(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+    """Cron strings and archive path templates: checked here so `check` and `run` agree."""
+    from retention.archive.paths import TemplateError, validate_template
+    from retention.cron import ScheduleError, parse_schedule
+
     out: list[tuple[tuple[str | int, ...], str]] = []
+
+    def schedule(text: str | None, loc: tuple[str | int, ...]) -> None:
+        if text is None:
+            return
+        try:
+            parse_schedule(text)
+        except ScheduleError as e:
+            out.append((loc, str(e)))
+
+    for pname, policy in config.policies.items():
+        schedule(policy.schedule, ("policies", pname, "schedule"))
+    for i, acct in enumerate(config.accounts):
+        schedule(acct.schedule, ("accounts", i, "schedule"))
+    for name, target in config.archives.items():
+        key = "folder" if isinstance(target, ImapTarget) else "path"
+        try:
+            validate_template(target.folder if isinstance(target, ImapTarget) else target.path)
+        except TemplateError as e:
+            out.append((("archives", name, key), str(e)))
+    return out
+
+
+def _cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+    out: list[tuple[tuple[str | int, ...], str]] = _check_values(config)
     names: set[str] = set()
     for i, acct in enumerate(config.accounts):
         if acct.name in names:

@@ -49,7 +49,7 @@ _MERGE_TAG: Final = _STD_TAG_PREFIX + "merge"
 
 # A policy file has at most a few thousand values; anything far beyond this can only
 # come from alias expansion and is refused rather than built.
-_MAX_VALUES: Final = 100_000
+_MAX_VALUES = 5_000_000  # an alias bomb guard, far above a 100k-account fleet file
 
 # Node properties (`&anchor`, `!tag`, `!!str`, `!<verbatim>`) precede a scalar's text and
 # are included in its start mark; raw_scalar() should show only what the author typed as

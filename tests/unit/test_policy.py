@@ -322,3 +322,25 @@ def test_unknown_account_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "unknown account 'mallory'" in res.stderr
+
+
+def test_bad_schedules_and_archive_templates_are_config_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        archives:
+          cold: {type: mbox, path: './a/{acount}/{year}.mbox'}
+        policies:
+          p:
+            schedule: '61 * * * *'
+        accounts:
+          - name: a
+            host: h
+            username: u
+            password_env: X
+            policy: p
+            schedule: 'every day'
+        """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    found = {(p.line, p.field) for p in info.value.problems}
+    assert found == {(2, "archives.cold.path"), (5, "policies.p.schedule"),
+                     (12, "accounts.0.schedule")}
