@@ -92,10 +92,10 @@ policies:
     keep_within: 7d
     quota: {{warn_above: 80%, clean_above: 90%, clean_to: 75%}}
     rules:
-      - name: archive-3y
+      - name: archive-4y
         folders: ['*']
         exclude_folders: ['\\Trash', '\\Junk', '\\Sent']
-        older_than: 3y
+        older_than: 4y
         action: {{archive: cold}}
       - name: junk-when-full
         when: over_quota
