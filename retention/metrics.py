@@ -269,12 +269,7 @@ class Metrics:
                 return
             if result.status != "ok":
                 return
-            usage = result.usage_after_bytes if result.usage_after_bytes is not None \
-                else result.usage_bytes
-            if usage is not None:
-                a.usage = usage
-            if result.limit_bytes is not None:
-                a.limit = result.limit_bytes
+            _set_usage(a, result)
             if result.messages is not None:
                 a.messages = result.messages
 
@@ -301,12 +296,7 @@ class Metrics:
                 removed += 1 if kind.frees_space else 0
             if result.plan is not None:
                 a.short_by = result.plan.short_by_bytes
-            usage = result.usage_after_bytes if result.usage_after_bytes is not None \
-                else result.usage_bytes
-            if usage is not None:
-                a.usage = usage
-            if result.limit_bytes is not None:
-                a.limit = result.limit_bytes
+            _set_usage(a, result)
             if result.messages is not None:
                 # Moves stay in the account; deleted and archived messages leave it.
                 a.messages = max(0, result.messages - removed)
@@ -409,3 +399,11 @@ def _handler(
 
     return Handler
 
+
+def _set_usage(a: _Account, result: AccountResult) -> None:
+    """The gauges show the usage measured last: after the cleanup when there was one."""
+    usage = result.usage_after_bytes if result.usage_after_bytes is not None else result.usage_bytes
+    if usage is not None:
+        a.usage = usage
+    if result.limit_bytes is not None:
+        a.limit = result.limit_bytes
