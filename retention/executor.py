@@ -123,6 +123,7 @@ class Executor:
         self._pending_slots: dict[int, int] = {}  # row id -> plan index
         self._folders: dict[str, FolderInfo] | None = None
         self._present: dict[str, tuple[int, set[str]]] = {}
+        self._deleted_flag: set[str] = set()  # keys of present messages flagged \Deleted
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -197,9 +198,17 @@ class Executor:
             report.failed += 1
             return
         if row.state == PLANNED:  # delete / move / trash, outcome unknown
+            if present and row.action == ActionKind.DELETE.value and self._flagged_deleted(
+                row.ref
+            ):
+                # Cut between our UID STORE \Deleted and UID EXPUNGE: the planner would now
+                # skip it as "another client's pending delete", so finish the exact delete
+                # the plan chose rather than leave our flag behind.
+                to_delete.append(row)
+                return
             if present:
                 self.journal.mark([row.id], DROPPED, detail="interrupted before acting; "
-                                  "message untouched")
+                                  "message left in place")
                 report.dropped += 1
             else:
                 done = MOVED if row.action in ("move", "trash") else DELETED
@@ -258,6 +267,9 @@ class Executor:
             out.extend(self._recovery_writer(row).verify([Copy(row.locator, row.copy_sha256)]))
         return out
 
+    def _flagged_deleted(self, ref: MessageRef) -> bool:
+        return ref.key() in self._deleted_flag
+
     def _is_present(self, ref: MessageRef) -> bool | None:
         """Is the message still in its folder? None when the folder's UIDVALIDITY changed."""
         if ref.folder not in self._present:
@@ -271,6 +283,7 @@ class Executor:
                 self._present[ref.folder] = (
                     snap.uidvalidity, {m.ref.key() for m in snap.messages}
                 )
+                self._deleted_flag.update(m.ref.key() for m in snap.messages if m.deleted)
         validity, keys = self._present[ref.folder]
         if ref.uid is not None and validity != ref.uidvalidity:
             return None

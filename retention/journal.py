@@ -238,6 +238,10 @@ class Journal:
         step_log = Path(os.environ[STEP_LOG_ENV]) if os.environ.get(STEP_LOG_ENV) else None
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # SQLite gives its -wal and -shm files the main file's mode: create it private
+            # first, so no copy of the audit data is ever world-readable.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)
             conn = sqlite3.connect(
                 str(path), timeout=30.0, isolation_level=None, check_same_thread=False
             )
@@ -253,7 +257,10 @@ class Journal:
                 )
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            os.chmod(path, 0o600)
+            for suffix in ("-wal", "-shm"):  # journals created by an earlier version
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    os.chmod(side, 0o600)
         except sqlite3.Error as e:
             raise JournalError(f"cannot open journal {path}: {e}") from None
         except OSError as e:

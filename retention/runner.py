@@ -108,6 +108,9 @@ class _Pass:
         self.plan: Plan | None = None
         self.usage: Usage | None = None
         self.results: tuple[ActionResult, ...] = ()
+        # What earlier attempts of this run really did: a retry's fresh scan no longer
+        # shows those messages, but the report and the metrics must.
+        self.carried: tuple[ActionResult, ...] = ()
 
     def limit(self, usage: Usage) -> int | None:
         return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
@@ -212,10 +215,10 @@ class _Pass:
             ex = Executor(session, journal, archives=archives, run_id=self.run_id,
                           account=self.account.name, stop=self.stop)
             try:
-                return tuple(ex.execute(plan))
+                return self.carried + tuple(ex.execute(plan))
             finally:
                 # Kept for the report when execution fails part-way.
-                self.results = tuple(ex.results)
+                self.results = self.carried + tuple(ex.results)
 
     def _measure_after(
         self,
@@ -286,6 +289,9 @@ def run_account(
                     except AccountError as e:
                         if not e.retryable or attempt == RETRIES:
                             raise
+                        if stop is not None and stop.is_set():
+                            raise  # shutting down: the journal carries it to the next run
+                        p.carried = tuple(r for r in p.results if r.result == "done")
                         log.info("account=%s retry=%d cause=%s", account.name, attempt + 1, e)
                         sleep(BACKOFF[attempt])
                 raise AssertionError("unreachable")

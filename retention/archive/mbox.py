@@ -299,9 +299,14 @@ class MboxWriter:
         result = WriteResult()
         opened: list[_Open] = batch.state
         for o in opened:
+            if os.fstat(o.fd).st_size != o.offset:
+                # Someone who ignores our lock appended: those bytes are not ours to cut.
+                result.error = ArchiveError(
+                    f"archive {self.name}: {o.path} changed under the lock (another writer "
+                    "that does not honour flock?); nothing written"
+                )
+                break  # not unresolved: we wrote nothing, so recovery must not truncate
             try:
-                if os.fstat(o.fd).st_size != o.offset:
-                    raise OSError(0, "file changed under the lock")
                 write_all(o.fd, o.member)
                 os.fsync(o.fd)
                 fsync_dir(Path(o.path).parent)
