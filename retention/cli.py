@@ -1,4 +1,4 @@
-"""The ``retention`` command: check, run, usage, history, serve.
+"""Keep IMAP and POP3 mailboxes under quota without losing mail that matters.
 
 Exit codes: 0 every account succeeded; 1 an account failed (the others still ran);
 2 a usage or configuration error (each problem printed as ``FILE:LINE: field: message``,
