@@ -84,8 +84,10 @@ class Plan:
     hold: bool = False
     dropped: tuple[Dropped, ...] = ()
     warnings: tuple[str, ...] = ()
-    # Rules whose target folder is missing: name -> message (their actions fail in a run).
+    # Rules whose move/trash target the server lacks: (rule, why). Their would-be actions
+    # are in failed_actions: reported as failed, never executed.
     failed_rules: tuple[tuple[str, str], ...] = field(default=())
+    failed_actions: tuple[Action, ...] = field(default=())
 
     @property
     def freed_bytes(self) -> int:

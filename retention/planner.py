@@ -196,12 +196,12 @@ class _State:
 
 def _always_phase(
     rules: Sequence[_Rule], policy: Policy, snapshot: Snapshot, now: datetime
-) -> tuple[list[Action], list[Message], Counter[str]]:
-    """Decide every message by the always-rules: (actions, open messages, failed per rule)."""
+) -> tuple[list[Action], list[Message], list[Action]]:
+    """Decide every message by the always-rules: (actions, open messages, impossible ones)."""
     always = [r for r in rules if r.rule.when == "always"]
     actions: list[Action] = []
     open_: list[Message] = []
-    failed: Counter[str] = Counter()
+    failed: list[Action] = []
     for m in snapshot.messages():
         if m.deleted or (policy.keep_within and now - m.received < policy.keep_within):
             continue
@@ -213,7 +213,7 @@ def _always_phase(
         if protected_by(m, r.protect) or m.ref.folder == r.to_folder:
             open_.append(m)  # kept by this rule; an over-quota rule may still take it
         elif r.failure is not None:
-            failed[r.name] += 1
+            failed.append(_action(r, m, reason))
         else:
             actions.append(_action(r, m, reason))
     return actions, open_, failed
@@ -335,15 +335,16 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
             rules, open_, state, projected, target, headline, now)
         dropped += more
         short_by = max(0, projected - target)
+    failed_count = Counter(a.rule for a in failed)
     failed_rules = tuple(
-        (r.name, f"{r.failure}; {failed[r.name]} message(s) not acted on")
-        for r in rules if failed[r.name]
+        (r.name, f"{r.failure}; {failed_count[r.name]} message(s) not acted on")
+        for r in rules if failed_count[r.name]
     )
     return Plan(
         account=snapshot.account, actions=tuple(state.actions), usage_bytes=usage,
         limit_bytes=limit, usage_after_bytes=max(0, projected), short_by_bytes=short_by,
         deferred_by_cap=state.deferred, over_quota=over_quota, dropped=tuple(dropped),
-        warnings=tuple(warnings), failed_rules=failed_rules,
+        warnings=tuple(warnings), failed_rules=failed_rules, failed_actions=tuple(failed),
     )
 
 

@@ -178,11 +178,15 @@ class _Pass:
                 plan = dataclasses.replace(plan, hold=True)
             self.plan = plan
             self.warnings.extend(plan.warnings)
+            impossible = tuple(
+                ActionResult(a, "failed", dict(plan.failed_rules).get(a.rule))
+                for a in plan.failed_actions
+            )
             if self.readonly:
-                results = tuple(ActionResult(a, "planned") for a in plan.actions)
+                results = tuple(ActionResult(a, "planned") for a in plan.actions) + impossible
                 after = plan.usage_after_bytes
             else:
-                results = self._execute(session, plan)
+                results = self._execute(session, plan) + impossible
                 after = self._measure_after(session, folders, snapshot, results)
                 ledger.record_usage(
                     self.account.name, datetime.now(UTC), after, snapshot.usage.limit_bytes

@@ -323,3 +323,24 @@ def test_measure_account(tmp_path: Path) -> None:
     failing = Connector(server, AuthError("rejected"))
     bad = measure_account(config, config.account("alice"), now=NOW, connect=failing)
     assert bad.status == "error" and bad.error_kind == "auth"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_move_to_a_special_use_the_server_lacks_fails_those_actions(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    """The rule's would-be actions are reported failed with the reason; nothing moves."""
+    server, refs = populated()
+    config = make_config(tmp_path, policy={"rules": [
+        {"name": "to-all", "folders": ["INBOX"], "older_than": "1y",
+         "action": {"move_to": "\\All"}},
+    ]})
+    before = server.state()
+    result = run_account(config, config.accounts[0], dry_run=dry_run, now=NOW,
+                         connect=Connector(server))
+    assert result.status == "ok"
+    failed = [r for r in result.results if r.result == "failed"]
+    assert {r.action.message.ref for r in failed} == {refs["old1"], refs["old2"]}
+    assert all("special use" in (r.detail or "") for r in failed)
+    assert server.state() == before
+    assert result.plan is not None and result.plan.failed_rules[0][0] == "to-all"
