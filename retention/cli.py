@@ -16,8 +16,9 @@ from pathlib import Path
 
 from retention import __version__
 from retention.errors import ConfigError
-from retention.policy import Account, Config, effective_allow_empty, effective_clock, load_config
-from retention.policy import warnings as config_warnings
+from retention.policy import Account, Config, effective_allow_empty, effective_clock
+from retention.policyfile import load_config
+from retention.policyfile import warnings as config_warnings
 from retention.units import (
     format_count_or_percent,
     format_duration,

@@ -1,17 +1,15 @@
-"""The policy file: pydantic models, loading, and errors that name file, line and field.
+"""The policy file's schema: pydantic models, defaults and effective values.
 
-This module owns the schema of ``policy.yaml`` and the rules that make a file valid. It
-performs no network I/O; it reads the policy file and, for warnings only, checks whether
-secrets are present. ``load_config`` returns a fully resolved ``Config`` (relative paths
-made absolute against the file's folder, ``${VAR}`` expanded) or raises ``ConfigError``
-carrying one ``Problem`` per error, each printed as ``FILE:LINE: dotted.field: message``.
+This module owns what a policy file may say (unknown keys are errors; every model is
+frozen) and the effective values the rest of the agent uses (which clock a rule measures
+age by, what it protects). No I/O: ``policyfile.load_config`` reads a file into these
+models and reports problems with their line numbers.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,11 +22,9 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
-    ValidationError,
     model_validator,
 )
 
-from retention.errors import ConfigError, Problem
 from retention.plan import ActionKind, Clock
 from retention.units import (
     CountOrPercent,
@@ -38,7 +34,6 @@ from retention.units import (
     Size,
     parse_duration,
 )
-from retention.yamlsource import YamlDoc, YamlError, load_yaml
 
 Protect = Literal["flagged", "unread", "answered", "draft"]
 TRASH_JUNK = frozenset({"\\Trash", "\\Junk"})
@@ -292,289 +287,3 @@ def effective_protect(rule: Rule, policy: Policy, protocol: str) -> frozenset[st
     if protocol == "pop3":  # POP3 has no flags: protect has no meaning there
         return frozenset()
     return frozenset(rule.protect if rule.protect is not None else policy.protect)
-
-
-# --- loading ------------------------------------------------------------------------------
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _expand(value: str, loc: tuple[str | int, ...], problems: list[tuple[Any, str]]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in os.environ:
-            problems.append((loc, f"environment variable {name} is not set"))
-            return m.group(0)
-        return os.environ[name]
-
-    return _VAR.sub(sub, value)
-
-
-def _clean_loc(data: Any, loc: Sequence[str | int]) -> tuple[str | int, ...]:
-    """Drop pydantic's union/validator tags: keep only the path that exists in the data."""
-    out: list[str | int] = []
-    node = data
-    for i, part in enumerate(loc):
-        if isinstance(node, Mapping) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            out.append(part)
-            node = node[part]
-        elif i == len(loc) - 1 and isinstance(node, Mapping) and isinstance(part, str):
-            if not (part[:1].isupper() or "[" in part):
-                out.append(part)  # a missing key
-        # else: a tag such as 'function-after[...]' or a union member name
-    return tuple(out)
-
-
-def _message(err: Mapping[str, Any], doc: YamlDoc, loc: tuple[str | int, ...]) -> str:
-    kind = err.get("type", "")
-    msg = str(err.get("msg", ""))
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "missing required key"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if kind in ("string_type", "str_type") and loc:
-        raw = doc.raw_scalar(loc)
-        if raw is not None:
-            return f"must be a string; quote it: '{raw}'"
-    if kind in ("literal_error", "enum"):
-        expected = err.get("ctx", {}).get("expected", "")
-        return f"must be one of {expected}"
-    if kind == "union_tag_invalid":
-        return "type must be one of mbox, maildir, imap"
-    return msg
-
-
-_FIELD_PREFIX = re.compile(r"^([a-z_]+): (.*)$", re.S)
-
-
-def _split_field(loc: tuple[str | int, ...], msg: str) -> tuple[tuple[str | int, ...], str]:
-    """Model-level checks say ``field: message``; point the error at that field."""
-    m = _FIELD_PREFIX.match(msg)
-    if m is None:
-        return loc, msg
-    return loc + (m.group(1),), m.group(2)
-
-
-def _problem(path: Path, doc: YamlDoc, loc: tuple[str | int, ...], message: str) -> Problem:
-    return Problem(path, doc.line_of(loc), ".".join(str(p) for p in loc), message)
-
-
-def load_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> Config:
-    """Read, validate and resolve a policy file.
-
-    Raises:
-        ConfigError: with one Problem per error found (all of them, not just the first).
-    """
-    path = Path(path)
-    env = os.environ if env is None else env
-    try:
-        doc = load_yaml(path)
-    except YamlError as e:
-        raise ConfigError([Problem(e.path, e.line, "", e.message)]) from None
-    except OSError as e:
-        raise ConfigError([Problem(path, None, "", f"cannot read: {e.strerror}")]) from None
-    data = doc.data
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as e:
-        problems = []
-        seen: set[tuple[tuple[str | int, ...], str]] = set()
-        for err in e.errors():
-            loc = _clean_loc(data, err["loc"])
-            msg = _message(err, doc, loc)
-            if err.get("type") == "value_error":
-                loc, msg = _split_field(loc, msg)
-            if (loc, msg) not in seen:
-                seen.add((loc, msg))
-                problems.append(_problem(path, doc, loc, msg))
-        raise ConfigError(problems) from None
-    problems = [_problem(path, doc, loc, msg) for loc, msg in _cross_check(config)]
-    if problems:
-        raise ConfigError(problems)
-    resolved, expand_problems = _resolve(config, path, env)
-    if expand_problems:
-        raise ConfigError([_problem(path, doc, loc, msg) for loc, msg in expand_problems])
-    return resolved
-
-
-def _check_values(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
-    """Cron strings and archive path templates: checked here so `check` and `run` agree."""
-    from retention.archive.paths import TemplateError, validate_template
-    from retention.cron import ScheduleError, parse_schedule
-
-    out: list[tuple[tuple[str | int, ...], str]] = []
-
-    def schedule(text: str | None, loc: tuple[str | int, ...]) -> None:
-        if text is None:
-            return
-        try:
-            parse_schedule(text)
-        except ScheduleError as e:
-            out.append((loc, str(e)))
-
-    for pname, policy in config.policies.items():
-        schedule(policy.schedule, ("policies", pname, "schedule"))
-    for i, acct in enumerate(config.accounts):
-        schedule(acct.schedule, ("accounts", i, "schedule"))
-    for name, target in config.archives.items():
-        key = "folder" if isinstance(target, ImapTarget) else "path"
-        try:
-            validate_template(target.folder if isinstance(target, ImapTarget) else target.path)
-        except TemplateError as e:
-            out.append((("archives", name, key), str(e)))
-    return out
-
-
-def _cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
-    out: list[tuple[tuple[str | int, ...], str]] = _check_values(config)
-    names: set[str] = set()
-    for i, acct in enumerate(config.accounts):
-        if acct.name in names:
-            out.append((("accounts", i, "name"), f"duplicate account name {acct.name!r}"))
-        names.add(acct.name)
-        if acct.policy not in config.policies:
-            known = ", ".join(sorted(config.policies)) or "none"
-            out.append(
-                (("accounts", i, "policy"), f"unknown policy {acct.policy!r} (known: {known})")
-            )
-            continue
-        if acct.protocol == "pop3":
-            policy = config.policies[acct.policy]
-            for j, rule in enumerate(policy.rules):
-                loc: tuple[str | int, ...] = ("policies", acct.policy, "rules", j)
-                if rule.action.kind in (ActionKind.MOVE, ActionKind.TRASH):
-                    out.append(
-                        (
-                            loc + ("action",),
-                            f"{rule.action.kind.value} is not possible over POP3 "
-                            f"(used by pop3 account {acct.name!r})",
-                        )
-                    )
-                if any(f.upper() != "INBOX" for f in rule.folders):
-                    out.append(
-                        (
-                            loc + ("folders",),
-                            f"POP3 has only INBOX (used by pop3 account {acct.name!r})",
-                        )
-                    )
-    for pname, policy in config.policies.items():
-        rule_names: set[str] = set()
-        for j, rule in enumerate(policy.rules):
-            loc = ("policies", pname, "rules", j)
-            if rule.name in rule_names:
-                out.append((loc + ("name",), f"duplicate rule name {rule.name!r}"))
-            rule_names.add(rule.name)
-            if rule.action.kind is ActionKind.ARCHIVE and rule.action.target not in config.archives:
-                known = ", ".join(sorted(config.archives)) or "none defined"
-                out.append(
-                    (
-                        loc + ("action",),
-                        f"unknown archive target {rule.action.target!r} (known: {known})",
-                    )
-                )
-            if rule.when == "over_quota" and rule.action.kind in (
-                ActionKind.MOVE,
-                ActionKind.TRASH,
-            ):
-                out.append(
-                    (
-                        loc + ("action",),
-                        f"{rule.action.kind.value} frees no space (same quota root); "
-                        "over_quota rules must delete or archive",
-                    )
-                )
-            if (
-                rule.larger_than is not None
-                and rule.smaller_than is not None
-                and rule.larger_than >= rule.smaller_than
-            ):
-                out.append((loc + ("smaller_than",), "must be greater than larger_than"))
-    return out
-
-
-def _resolve(
-    config: Config, path: Path, env: Mapping[str, str]
-) -> tuple[Config, list[tuple[tuple[str | int, ...], str]]]:
-    """Expand ``${VAR}``, make relative paths absolute against the file's folder."""
-    base = path.resolve().parent
-    problems: list[tuple[Any, str]] = []
-
-    ignored: list[tuple[Any, str]] = []
-
-    def fix(p: Path | str | None, loc: tuple[str | int, ...], secret: bool = False) -> Any:
-        if p is None:
-            return None
-        # An unset variable in a secret's path is a missing secret: a warning in `check`
-        # (the file is unreadable), a failure of that one account in `run`.
-        sink = ignored if secret else problems
-        text = _expand(str(p), loc, sink) if "${" in str(p) else str(p)
-        q = Path(text).expanduser()
-        resolved = q if q.is_absolute() else base / q
-        return resolved if isinstance(p, Path) else str(resolved)
-
-    state_dir = fix(config.state_dir, ("state_dir",))
-    override = env.get("RETENTION_STATE_DIR") or env.get("STATE_DIRECTORY")
-    if override:
-        # systemd may pass several colon-separated directories; the first is ours.
-        state_dir = Path(override.split(":")[0])
-    accounts = [
-        a.model_copy(
-            update={
-                "ca_file": fix(a.ca_file, ("accounts", i, "ca_file")),
-                "password_file": fix(a.password_file, ("accounts", i, "password_file"), True),
-            }
-        )
-        for i, a in enumerate(config.accounts)
-    ]
-    archives: dict[str, Any] = {}
-    for name, t in config.archives.items():
-        if isinstance(t, ImapTarget):
-            archives[name] = t.model_copy(
-                update={
-                    "ca_file": fix(t.ca_file, ("archives", name, "ca_file")),
-                    "password_file": fix(
-                        t.password_file, ("archives", name, "password_file"), True
-                    ),
-                }
-            )
-        else:
-            archives[name] = t.model_copy(update={"path": fix(t.path, ("archives", name, "path"))})
-    resolved = config.model_copy(
-        update={
-            "state_dir": state_dir,
-            "accounts": accounts,
-            "archives": archives,
-            "source": path,
-        }
-    )
-    return resolved, problems
-
-
-def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[str]:
-    """Things ``check`` reports without failing: missing secrets, suspicious durations."""
-    env = os.environ if env is None else env
-    out: list[str] = []
-    for acct in config.accounts:
-        if acct.password_env is not None and acct.password_env not in env:
-            out.append(
-                f"account {acct.name}: environment variable {acct.password_env} is not set "
-                "(the account will fail until it is)"
-            )
-        if acct.password_file is not None and not os.access(acct.password_file, os.R_OK):
-            out.append(f"account {acct.name}: password_file {acct.password_file} is not readable")
-    for pname, policy in config.policies.items():
-        for rule in policy.rules:
-            if rule.older_than is not None and rule.older_than < timedelta(hours=1):
-                out.append(
-                    f"policy {pname}, rule {rule.name}: older_than is in minutes "
-                    "('m' is minutes; months are not a unit: use e.g. 30d)"
-                )
-    used = {a.policy for a in config.accounts}
-    for pname in sorted(set(config.policies) - used):
-        out.append(f"policy {pname} is not used by any account")
-    return out

@@ -56,7 +56,8 @@ from retention.forecast import WINDOW, fit_usage, latest_limit
 from retention.hostlimit import HostPool, Submitted
 from retention.ledger import Ledger
 from retention.metrics import Metrics, MetricsServer
-from retention.policy import Account, Config, load_config
+from retention.policy import Account, Config
+from retention.policyfile import load_config
 from retention.result import AccountResult
 from retention.settings import (
     ServiceSettings,

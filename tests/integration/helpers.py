@@ -194,7 +194,7 @@ class PolicyFile:
 
     def load(self) -> Any:
         """The validated ``Config`` (in-process; for ``retention.runner.run_all``)."""
-        from retention.policy import load_config
+        from retention.policyfile import load_config
 
         return load_config(self.path, env={})
 

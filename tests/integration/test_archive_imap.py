@@ -172,7 +172,7 @@ def test_append_timeout_reconciled_on_real_server(tmp_path, make_user):
     from retention.executor import Executor
     from retention.journal import Journal
     from retention.planner import plan as make_plan
-    from retention.policy import load_config
+    from retention.policyfile import load_config
 
     user, vault = make_user(), make_user()
     old, _kept = seed_mail(user)

@@ -16,8 +16,8 @@ from retention.policy import (
     effective_allow_empty,
     effective_clock,
     effective_protect,
-    load_config,
 )
+from retention.policyfile import load_config
 
 GOOD = """\
 state_dir: ./state

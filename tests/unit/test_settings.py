@@ -145,7 +145,7 @@ def test_unrelated_retention_variables_are_ignored(monkeypatch):
 
 
 def test_policy_file_block_end_to_end(tmp_path, monkeypatch):
-    from retention.policy import load_config
+    from retention.policyfile import load_config
 
     p = tmp_path / "policy.yaml"
     p.write_text(
