@@ -259,14 +259,16 @@ def _over_quota_phase(
 ) -> tuple[int, list[Dropped]]:
     """Take over-quota candidates until ``projected`` <= ``target``; return the projection."""
     over = [r for r in rules if r.rule.when == "over_quota"]
-    chosen: list[tuple[tuple[int, datetime, str, int, str], _Rule, Message]] = []
-    for m in candidates:
+    chosen: list[tuple[tuple[int, datetime, str, int, int], _Rule, Message]] = []
+    for position, m in enumerate(candidates):
         hit = _first(over, m, now)
         if hit is None or protected_by(m, hit[0].protect):
             continue
         r = hit[0]
         t = clock_time(m, r.clock)[0] or now  # unknown counts as now: youngest
-        key = (r.index, t, m.ref.folder, m.ref.uid or 0, m.ref.uidl or "")
+        # POP3 has no UIDs: ties (all first seen on the same run) go by position, i.e. the
+        # server's message order, which is arrival order; UIDLs are opaque and unordered.
+        key = (r.index, t, m.ref.folder, m.ref.uid or 0, position)
         chosen.append((key, r, m))
     chosen.sort(key=lambda c: c[0])
     rail: Counter[tuple[str, str]] = Counter()
