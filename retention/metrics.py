@@ -178,7 +178,8 @@ def _snapshot(a: _Account, now: float) -> _Snap:
         counters={
             "retention_actions_total": {k: float(v) for k, v in a.actions.items()},
             "retention_freed_bytes_total": {(k,): v for k, v in a.freed.items()},
-            "retention_account_errors_total": {(k,): v for k, v in a.errors.items()},
+            # Every reason from 0, so the first error is an increase() an alert can see.
+            "retention_account_errors_total": {(k,): float(a.errors[k]) for k in REASONS},
             "retention_runs_skipped_total": {(): a.skipped} if a.skipped else {},
         },
     )
