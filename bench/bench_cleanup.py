@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/bench_cleanup.py [--messages 20000] [--runs 5] [--size 2048]
 
-Measured by hand, never asserted in tests. A private Dovecot (tests/dovecot.py) holds, per
-measurement, a freshly seeded user whose INBOX has ``--messages`` messages of ``--size``
-bytes in arrival order: half received 367 days to 5 years ago, half 1 to 363 days ago (two
-days of margin on each side of the 365-day cut, because imapfilter's ``is_older`` works in
-whole days). The task: delete what is older than 365 days. Four commands are timed, each on
-its own fresh user so that none finds Dovecot's index cache warmed by another:
+Measured by hand, never asserted in tests. For each measurement a private Dovecot
+(tests/dovecot.py) is started with one freshly seeded user whose INBOX holds ``--messages``
+messages of ``--size`` bytes in arrival order: half received 367 days to 5 years ago, half
+1 to 363 days ago (two days of margin on each side of the 365-day cut, because
+imapfilter's ``is_older`` works in whole days). The task: delete what is older than 365
+days. Four commands are timed, each on its own fresh server and user, so that none finds
+Dovecot's caches warmed by another:
 
 * ``retention``:        ``python -m retention run -c POLICY`` (one rule: INBOX, older_than
   365d, action delete, protect [], keep_within 0d; a fresh ``state_dir``, so the journal and
@@ -30,9 +31,8 @@ their report/log output goes to a file. Per command:
 After each command the INBOX is checked over IMAP: a real run must leave exactly the young
 messages (count, none older than 364 days, none flagged \\Deleted); a dry run must leave all
 of them, unread and unflagged. The order of the four commands rotates from one repetition
-to the next, so a drift in the machine's load does not always hit the same tool. An untimed
-warm-up round (``--warmup``, default 1) comes first: in the first trial on this VM the first
-commands of the run were 4-10 times slower than the same commands later (Dovecot's CPU too).
+to the next, so that a drift in the machine's load does not always hit the same tool, and
+an untimed warm-up round (``--warmup``, default 1) comes first.
 
 Without imapfilter on PATH (Debian: ``apt-get install imapfilter``) only ``retention`` is
 measured; the script says so and never installs anything itself.
@@ -91,14 +91,16 @@ class Sample:
 
 @dataclass
 class Bench:
-    dc: Dovecot
+    """Runs one measurement at a time: fresh server, fresh user, the command, the checks."""
+
     work: Path
     messages: int
     size: int
     imapfilter: str | None
     timeout: float
-    samples: list[Sample] = field(default_factory=list)
+    dc: Dovecot = field(init=False)  # the instance of the current measurement
     _users: int = 0
+    _stopping: list[threading.Thread] = field(default_factory=list)
 
     # -- seeding -----------------------------------------------------------
 
@@ -111,13 +113,25 @@ class Bench:
         # young ones over 363 .. 1 days.
         ages = [367 + (1460 * (old - 1 - i)) // max(old, 1) for i in range(old)]
         ages += [1 + (362 * (young - 1 - i)) // max(young, 1) for i in range(young)]
-        user.seed("INBOX", (SeedMessage(received=now - age * DAY, size=self.size,
-                                        subject=f"bench {i}") for i, age in enumerate(ages)))
+        seed_inbox(self.dc, user, [SeedMessage(received=now - age * DAY, size=self.size,
+                                               subject=f"bench {i}")
+                                   for i, age in enumerate(ages)])
         return user
 
-    def drop_user(self, user: MailUser) -> None:
-        # The instance lives on tmpfs: 20,000 messages per user add up over the runs.
-        shutil.rmtree(self.dc.maildir(user.name).parent, ignore_errors=True)
+    def start_server(self) -> None:
+        """A fresh Dovecot for each measurement: nothing left over from the previous one."""
+        self.dc = Dovecot()
+        self.dc.start()
+
+    def stop_server(self) -> None:
+        # Dovecot takes ~6 s to stop, idle: let that overlap with the next measurement.
+        stopper = threading.Thread(target=self.dc.stop, daemon=True)
+        stopper.start()
+        self._stopping.append(stopper)
+
+    def close(self) -> None:
+        for stopper in self._stopping:
+            stopper.join()
 
     # -- the commands ------------------------------------------------------
 
@@ -180,6 +194,13 @@ class Bench:
         return (argv + ["-n"] if dry else argv), env
 
     def measure(self, tool: str, run: int) -> Sample:
+        self.start_server()
+        try:
+            return self._measure(tool, run)
+        finally:
+            self.stop_server()
+
+    def _measure(self, tool: str, run: int) -> Sample:
         user = self.fresh_user()
         tag = f"r{run}-{tool}"
         dry = tool.endswith("-dry")
@@ -197,7 +218,6 @@ class Bench:
         if code != 0:
             tail = (self.work / tag / "output.txt").read_text(errors="replace").strip()
             ok, problem = False, f"exit {code}: " + " | ".join(tail.splitlines()[-3:])
-        self.drop_user(user)
         return Sample(tool, wall, cpu, rss, code, server_cpu, bytes_in, bytes_out, sessions,
                       remaining, ok, problem)
 
@@ -283,6 +303,39 @@ def rusage_method() -> str:
     return "python launcher (peak RSS has a floor of ~8 MiB)"
 
 
+def seed_inbox(dc: Dovecot, user: MailUser, messages: list[SeedMessage]) -> None:
+    """Write ``messages`` into the user's INBOX maildir (UIDs in list order), then resync.
+
+    Like ``MailUser.seed``, but with file names shaped like Dovecot's own deliveries
+    (``TIME.M<usecs>P<pid>.bench``). Why not ``seed``: its names carry two counters that
+    grow in step (``M<i>`` and ``Q<n>``), and for some (pid, counter) combinations the
+    hash Dovecot keys its maildir uidlist on (a 4-bit-shift PJW hash of the name up to
+    ``,`` or ``:``) maps 20,000 such names onto as few as 25 values. Every SELECT then
+    walks those long chains: 0.85 s instead of 0.03 s for 20,000 messages, seen here as
+    20-25 s of Dovecot CPU for a retention run (one SELECT per batch of 500) that
+    normally costs 1.4 s, depending on the benchmark's pid.
+    """
+    cur = dc.folder_path(user.name, "INBOX") / "cur"
+    owner = cur.stat()  # add_user made it, owned by the mail user
+    pid, base = os.getpid(), int(time.time())
+    for i, msg in enumerate(messages):
+        raw = msg.build()
+        vsize = len(raw) + raw.count(b"\n") - raw.count(b"\r\n")  # bare LFs count as CRLF
+        stamp = msg.received.timestamp()
+        # Dovecot gives new files UIDs in the order of their names' time part
+        # (seconds, then M<usecs>): a strictly increasing one keeps list order.
+        secs, usecs = divmod(i, 1_000_000)
+        name = f"{base + secs}.M{usecs}P{pid}.bench,S={len(raw)},W={vsize}{msg.maildir_info()}"
+        fd = os.open(cur / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, raw)
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+            os.utime(fd, (stamp, stamp))
+        finally:
+            os.close(fd)
+    dc.doveadm("force-resync", "-u", user.name, "INBOX")
+
+
 def timed(argv: list[str], env: dict[str, str], output: Path,
           timeout: float) -> tuple[float, float, float, int]:
     """(wall s, user+system CPU s, peak RSS MiB, exit code) of one command."""
@@ -350,9 +403,23 @@ def summarize(samples: list[Sample], tools: list[str]) -> dict[str, dict[str, fl
             print(f"\nratio {ours} / {peer} (of medians)")
             for key, label, _fmt in COLUMNS:
                 theirs = medians[peer][key]
-                ratio = medians[ours][key] / theirs if theirs else float("inf")
-                print(f"    {label:<18} {ratio:>10.2f}")
+                ratio = f"{medians[ours][key] / theirs:.2f}" if theirs else "-"
+                print(f"    {label:<18} {ratio:>10}")
     return medians
+
+
+def run_all(bench: Bench, tools: list[str], runs: int, warmup: int) -> list[Sample]:
+    for i in range(warmup):
+        for tool in tools:
+            print_sample(f"warm-up {i + 1}", bench.measure(tool, -i))
+    samples = []
+    for run in range(1, runs + 1):
+        shift = (run - 1) % len(tools)  # rotate the order: a load drift hits every tool
+        for tool in tools[shift:] + tools[:shift]:
+            sample = bench.measure(tool, run)
+            samples.append(sample)
+            print_sample(run, sample)
+    return samples
 
 
 def main() -> int:
@@ -386,22 +453,16 @@ def main() -> int:
           f"{args.runs} runs; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; "
           f"CPU and peak RSS by {rusage_method()}")
 
-    samples: list[Sample] = []
-    with tempfile.TemporaryDirectory(prefix="bench-cleanup-") as tmp, Dovecot() as dc:
-        bench = Bench(dc, Path(tmp), args.messages, args.size, imapfilter, args.timeout)
-        for i in range(args.warmup):
-            for tool in tools:
-                print_sample(f"warm-up {i + 1}", bench.measure(tool, -i))
-        for run in range(1, args.runs + 1):
-            shift = (run - 1) % len(tools)
-            for tool in tools[shift:] + tools[:shift]:
-                sample = bench.measure(tool, run)
-                samples.append(sample)
-                print_sample(run, sample)
-        medians = summarize(samples, tools)
-        wrong = [s for s in samples if not s.ok]
-        if wrong:
-            print(f"\n{len(wrong)} command(s) failed or left a wrong mailbox (see above)")
+    with tempfile.TemporaryDirectory(prefix="bench-cleanup-") as tmp:
+        bench = Bench(Path(tmp), args.messages, args.size, imapfilter, args.timeout)
+        try:
+            samples = run_all(bench, tools, args.runs, args.warmup)
+        finally:
+            bench.close()
+    medians = summarize(samples, tools)
+    wrong = [s for s in samples if not s.ok]
+    if wrong:
+        print(f"\n{len(wrong)} command(s) failed or left a wrong mailbox (see above)")
     if args.json:
         doc: dict[str, Any] = {"messages": args.messages, "size": args.size, "runs": args.runs,
                                "samples": [vars(s) for s in samples], "medians": medians}
