@@ -27,7 +27,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +56,48 @@ ACTION_KEYS = frozenset({
 })
 USAGE_KEYS = frozenset({"account", "protocol", "status", "error", "usage_bytes", "limit_bytes",
                         "ratio", "source"})
+
+
+SEEN = frozenset({"\\Seen"})
+FLAGGED = frozenset({"\\Seen", "\\Flagged"})
+UNREAD: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """One seeded message: its tag, folder, exact bytes and flags (Message-ID from the tag)."""
+
+    tag: str
+    folder: str
+    raw: bytes
+    flags: frozenset[str]
+    domain: str = "retention.test"
+
+    @property
+    def message_id(self) -> str:
+        return f"<{self.tag}@{self.domain}>"
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def uid(self, state: State) -> int:
+        return uid_of(state, self.folder, self.raw)
+
+
+@contextmanager
+def patched_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for an in-process run, restoring them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def ago(**delta: float) -> datetime:

@@ -17,7 +17,7 @@ import pytest
 
 from retention.runner import run_account
 from tests.dovecot import MailUser, SeedMessage
-from tests.integration.helpers import PolicyFile, ago, env_var_for
+from tests.integration.helpers import PolicyFile, ago, env_var_for, patched_env
 
 KiB = 1024
 T0 = datetime.now(UTC).replace(microsecond=0)
@@ -53,20 +53,10 @@ def inbox(user: MailUser) -> list[str]:
 
 
 def run_at(pf: PolicyFile, now: datetime, *, dry_run: bool = False) -> Any:
-    import os
-
     config = pf.load()
-    saved = {k: os.environ.get(k) for k in pf.env}
-    os.environ.update(pf.env)
-    try:
+    with patched_env(pf.env):
         return run_account(config, config.accounts[0], dry_run=dry_run, now=now,
                            sleep=lambda _s: None)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def maildir_files(root: Path) -> list[bytes]:

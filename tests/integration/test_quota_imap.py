@@ -29,45 +29,23 @@ import pytest
 
 from tests.dovecot import Dovecot, MailUser, SeedMessage
 from tests.integration.helpers import (
+    FLAGGED,
+    SEEN,
+    UNREAD,
     CliResult,
     PolicyFile,
+    Seeded,
     State,
     ago,
     sha256,
     state_diff,
-    uid_of,
 )
 
 KiB = 1024
 MiB = 1024 * KiB
-SEEN = frozenset({"\\Seen"})
-FLAGGED = frozenset({"\\Seen", "\\Flagged"})
-UNREAD: frozenset[str] = frozenset()
 
 
 # ------------------------------------------------------------------------------ seeding
-
-
-@dataclass(frozen=True)
-class Seeded:
-    """One seeded message: its tag (also its Message-ID), folder, bytes and flags."""
-
-    tag: str
-    folder: str
-    raw: bytes
-    flags: frozenset[str]
-
-    @property
-    def message_id(self) -> str:
-        return f"<{self.tag}@quota.test>"
-
-    @property
-    def size(self) -> int:
-        return len(self.raw)
-
-    def uid(self, state: State) -> int:
-        return uid_of(state, self.folder, self.raw)
-
 
 Spec = tuple[str, float, int, frozenset[str]]  # (tag, age in days, size in KiB, flags)
 
@@ -83,7 +61,7 @@ def seed(user: MailUser, folder: str, specs: Sequence[Spec]) -> dict[str, Seeded
     out = {}
     for (tag, _days, kib, flags), raw in zip(specs, raws, strict=True):
         assert len(raw) == kib * KiB and b"\n" not in raw.replace(b"\r\n", b"")
-        out[tag] = Seeded(tag, folder, raw, flags)
+        out[tag] = Seeded(tag, folder, raw, flags, domain="quota.test")
     return out
 
 

@@ -8,7 +8,6 @@ and after with ``Dovecot.folder_state`` (flags, SHA-256 of the bytes, INTERNALDA
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,7 +19,11 @@ from tests.dovecot import Dovecot, MailUser, SeedMessage
 from tests.integration.helpers import (
     ACCOUNT_KEYS,
     ACTION_KEYS,
+    FLAGGED,
+    SEEN,
+    UNREAD,
     PolicyFile,
+    Seeded,
     ago,
     planned,
     sha256,
@@ -29,22 +32,6 @@ from tests.integration.helpers import (
 )
 
 MiB = 1024 * 1024
-SEEN = frozenset({"\\Seen"})
-FLAGGED = frozenset({"\\Seen", "\\Flagged"})
-UNREAD: frozenset[str] = frozenset()
-
-@dataclass(frozen=True)
-class Seeded:
-    """One seeded message: where it went and its exact bytes."""
-
-    tag: str
-    folder: str
-    raw: bytes
-    flags: frozenset[str]
-
-    @property
-    def message_id(self) -> str:
-        return f"<{self.tag}@retention.test>"
 
 
 def seed(user: MailUser, folder: str, specs: Sequence[tuple[str, datetime, frozenset[str]]],

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from retention.model import DELETED
 from retention.runner import run_account
 from tests.dovecot import MailUser, SeedMessage
 from tests.integration.faultproxy import FaultProxy
-from tests.integration.helpers import PolicyFile, ago
+from tests.integration.helpers import PolicyFile, ago, patched_env
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -30,18 +28,7 @@ DELETE_OLD = {"p": {"protect": [], "rules": [
 ]}}
 
 
-@contextmanager
-def env(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+env = patched_env
 
 
 def via_proxy(pf: PolicyFile, user: MailUser, proxy: FaultProxy) -> str:
