@@ -25,8 +25,8 @@ from retention.adapters import MailSession
 from retention.errors import AccountError, AccountLocked, FolderSkipped, RetentionError
 from retention.folders import folders_to_scan
 from retention.ledger import Ledger
-from retention.model import FolderInfo, FolderSnapshot, Snapshot, Usage
-from retention.plan import Clock, Plan
+from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Usage
+from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
 from retention.policy import Account, Config, Policy, effective_clock
 from retention.result import AccountResult, ActionResult, RunResult
@@ -77,6 +77,48 @@ def _open_ledger(config: Config) -> Ledger:
 
 def _needs_sent(policy: Policy, protocol: str) -> bool:
     return any(effective_clock(r, protocol) is Clock.SENT for r in policy.rules)
+
+
+def with_message_ids(session: MailSession, plan: Plan, warnings: list[str]) -> Plan:
+    """The plan with the Message-ID of every message it acts on (read-only reads).
+
+    A scan without the Date header does not read Message-IDs (that would be a header per
+    message of the folder); the report, the journal, the audit history and the IMAP
+    archive's reconciliation need them only for the messages acted on, so they are read
+    here, one folder at a time. A folder that changed meanwhile (``FolderSkipped``) keeps
+    None and a warning; its actions are skipped when executed anyway.
+    """
+    # A MailSession written before message_ids existed keeps working, without the ids.
+    read = getattr(session, "message_ids", None)
+    if read is None:
+        return plan
+    by_folder: dict[tuple[str, int], list[MessageRef]] = {}
+    for a in (*plan.actions, *plan.failed_actions):
+        if a.message.message_id is None:
+            ref = a.message.ref
+            by_folder.setdefault((ref.folder, ref.uidvalidity), []).append(ref)
+    ids: dict[MessageRef, str | None] = {}
+    for refs in by_folder.values():
+        try:
+            ids.update(read(refs))
+        except FolderSkipped as e:
+            warnings.append(f"folder {e.folder}: Message-IDs not read: {e.reason}")
+    if not any(ids.values()):
+        return plan
+
+    def fill(action: Action) -> Action:
+        mid = ids.get(action.message.ref)
+        if mid is None or action.message.message_id is not None:
+            return action
+        return dataclasses.replace(
+            action, message=dataclasses.replace(action.message, message_id=mid)
+        )
+
+    return dataclasses.replace(
+        plan,
+        actions=tuple(fill(a) for a in plan.actions),
+        failed_actions=tuple(fill(a) for a in plan.failed_actions),
+    )
 
 
 class _Pass:
@@ -174,6 +216,9 @@ class _Pass:
                 self.account.name, self.now, snapshot.usage.usage_bytes, snapshot.usage.limit_bytes
             )
             plan = make_plan(self.policy, snapshot, self.now)
+            if not _needs_sent(self.policy, self.account.protocol):
+                # The scan read no header; with the Date it read the Message-ID too.
+                plan = with_message_ids(session, plan, self.warnings)
             if self.hold:
                 plan = dataclasses.replace(plan, hold=True)
             self.plan = plan

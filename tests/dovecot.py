@@ -907,9 +907,10 @@ protocol pop3 {{
         """Write messages straight into the folder's maildir, then have Dovecot index them.
 
         Fast enough for tens of thousands of messages: one file per message in cur/,
-        named TIME.M<n>P<pid>Q<seq>.seed,S=<size>,W=<vsize>:2,<flags> (S= and W=
-        spare Dovecot reading the files for sizes), mtime = INTERNALDATE, owned by
-        the mail user. UIDs follow list order. Creates the folder if needed.
+        named like Dovecot's own deliveries, TIME.M<usecs>P<pid>.seed,S=<size>,
+        W=<vsize>:2,<flags> (S= and W= spare Dovecot reading the files for sizes),
+        mtime = INTERNALDATE, owned by the mail user. UIDs follow list order. Creates
+        the folder if needed.
         Returns the bytes written, in order.
 
         No `doveadm quota recalc` by default: the count backend sums the folders'
@@ -919,13 +920,18 @@ protocol pop3 {{
         cur = self.ensure_folder(user, folder) / "cur"
         pid, base = os.getpid(), int(time.time())
         written: list[bytes] = []
-        for i, msg in enumerate(messages):
+        for msg in messages:
             raw = msg.build()
             stamp = _aware(msg.received).timestamp()
             # Dovecot numbers new files in the order of the time part of their names
             # (seconds, then M<usecs>), so a strictly increasing one keeps list order.
-            secs, usecs = divmod(i, 1_000_000)
-            name = (f"{base + secs}.M{usecs}P{pid}Q{next(self._seq)}.seed"
+            # One counter for the whole server keeps names unique across calls. Only one:
+            # a second one growing in step (the old "Q<n>" part) can collapse 20,000
+            # names onto ~25 values of the hash Dovecot keys its maildir uidlist on (a
+            # 4-bit-shift PJW hash of the name up to "," or ":"), and every SELECT of
+            # the folder then walks those chains: 0.85 s instead of 0.03 s.
+            secs, usecs = divmod(next(self._seq), 1_000_000)
+            name = (f"{base + secs}.M{usecs}P{pid}.seed"
                     f",S={len(raw)},W={_vsize(raw)}{msg.maildir_info()}")
             fd = os.open(cur / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:

@@ -69,6 +69,17 @@ class MailSession(Protocol):
         Fetched in batches (bounded memory per round trip, command lines under 8 KB).
         ``with_sent`` asks for the Date header (IMAP: cheap; POP3: one ``TOP n 0`` each).
         Messages whose headers are missing or garbage are returned with ``sent=None``.
+        ``message_id`` is read only along with the Date header (``with_sent``); otherwise
+        it is None and ``message_ids`` reads it for the messages that need it.
+        """
+        ...
+
+    def message_ids(self, refs: Sequence[MessageRef]) -> dict[MessageRef, str | None]:
+        """The Message-ID header of each ref (all in one folder), read-only.
+
+        IMAP: EXAMINE (UIDVALIDITY re-checked: ``UidValidityChanged``) and
+        ``BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]`` in batches; POP3: ``TOP n 0``. Every ref
+        is a key; a message without the header, or no longer there, maps to None.
         """
         ...
 

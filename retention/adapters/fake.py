@@ -315,7 +315,9 @@ class FakeSession:
             Message(
                 ref=self._ref(box, m), size=m.size, received=m.received,
                 flags=frozenset(f for f in m.flags if f != RECENT),
-                sent=m.sent if with_sent else None, saved=m.saved, message_id=m.message_id,
+                sent=m.sent if with_sent else None, saved=m.saved,
+                # As the real adapters: read along with the Date header only.
+                message_id=m.message_id if with_sent else None,
                 date_header=m.date_header if with_sent else None,
             )
             for m in sorted(box.messages.values(), key=lambda m: m.uid)
@@ -324,6 +326,14 @@ class FakeSession:
         validity = box.uidvalidity if self.protocol == "imap" else 0
         return FolderSnapshot(box.info(), validity, messages,
                               has_savedate="SAVEDATE" in self.server.capabilities)
+
+    def message_ids(self, refs: Sequence[MessageRef]) -> dict[MessageRef, str | None]:
+        self._enter("message_ids", refs)
+        if not refs:
+            return {}
+        self._box(refs)
+        found = {r: self.server.message(r) for r in refs}
+        return {r: m.message_id if m is not None else None for r, m in found.items()}
 
     def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
         self._enter("fetch", refs)

@@ -30,7 +30,9 @@ from retention.model import DELETED, RECENT, MessageRef
 
 log = logging.getLogger("retention.imap")
 
-ACT_BATCH = 1000  # UIDs per STORE/EXPUNGE/MOVE/COPY (the set is compressed and split by length)
+# UIDs per STORE/EXPUNGE/MOVE/COPY round (SEARCH, STORE, EXPUNGE, SEARCH); the set is
+# compressed and split by length, so command lines stay under 8 KB whatever the count.
+ACT_BATCH = 5000
 
 
 class ImapActions(ImapConnection):

@@ -10,7 +10,8 @@ folder (``INBOX``), no flags and no server dates, so:
   ``received`` = the time this session was opened ("first seen now", which can never make a
   message old) and the runner replaces it with the ledger's first-seen time. ``with_sent``
   reads each message's header with ``TOP n 0`` (pipelined where the server offers
-  PIPELINING), which, unlike ``RETR``, does not mark it read.
+  PIPELINING), which, unlike ``RETR``, does not mark it read; ``message_ids`` does the same
+  for just the messages it is given.
 * ``DELE`` only marks: the deletions are committed by ``commit()`` (a successful ``QUIT``).
   ``close()`` without ``commit()`` sends ``RSET`` and drops the connection without ``QUIT``
   (RFC 1939 section 6: the server then removes nothing), as does any error.
@@ -441,6 +442,23 @@ class Pop3Session:
             log.info("%s: TOP refused for %d message(s) (%s): no Date header for them",
                      self.where, len(refused), refused[0])
         return out
+
+    def message_ids(self, refs: Sequence[MessageRef]) -> dict[MessageRef, str | None]:
+        """The Message-ID of each ref, read with ``TOP n 0`` (pipelined), read-only.
+
+        A ref not in this session's listing, or DELE'd in it, maps to None, as does every
+        ref when the server offers no TOP.
+        """
+        found: dict[MessageRef, str | None] = dict.fromkeys(refs)
+        todo: dict[int, MessageRef] = {}
+        for ref in found:
+            n = self._number(ref)
+            if n is not None and n not in self._marked:
+                todo[n] = ref
+        if todo:
+            for n, (_sent, _raw, mid) in self._headers(sorted(todo)).items():
+                found[todo[n]] = mid
+        return found
 
     def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
         """The exact bytes of each message (``RETR``; ``TOP n <all>`` when read-only).

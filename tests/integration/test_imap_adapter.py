@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from retention.adapters.imap import ImapSession
+from retention.adapters.imap import SCAN_BATCH, ImapSession
 from retention.errors import (
     AuthError,
     ConnectError,
@@ -271,6 +271,52 @@ def test_scan_reads_metadata_and_survives_broken_headers(mail_user):
     assert naive.sent == datetime(2024, 1, 1, 10, tzinfo=UTC) and naive.deleted
 
 
+def test_lean_scan_reads_no_header_and_message_ids_reads_only_what_is_asked(mail_user):
+    user = mail_user
+    user.seed("INBOX", [
+        SeedMessage(received=NOW - timedelta(days=3), message_id="  <one@example.com>  ",
+                    flags={FLAGGED}),
+        SeedMessage(received=NOW - timedelta(days=2), message_id=None),
+        SeedMessage(received=NOW - timedelta(days=1), message_id="<three@example.com>"),
+        SeedMessage(received=NOW, raw=b"Message-ID:\r\n <folded@example.com>\r\n\r\nx\r\n"),
+    ])
+    before = user.folder_state()
+    with open_session(user) as session:  # a writable session reads read-only all the same
+        sent: list[bytes] = []
+        real_command = session._client._imap._command
+
+        def recording(name, *args):
+            sent.append(b" ".join(a if isinstance(a, bytes) else str(a).encode()
+                                  for a in (name, *args)))
+            return real_command(name, *args)
+
+        session._client._imap._command = recording
+        snap = session.scan(folder(session, "INBOX"), with_sent=False)
+        assert [m.ref.uid for m in snap.messages] == [1, 2, 3, 4]
+        assert all(m.message_id is None and m.sent is None for m in snap.messages)
+        assert snap.messages[0].flags == {FLAGGED} and snap.messages[0].size > 0
+        assert not any(b"BODY" in line.upper() for line in sent)
+        refs = [m.ref for m in snap.messages]
+        # Another client removes the third meanwhile: it maps to None.
+        with user.imap_client() as other:
+            other.select_folder("INBOX")
+            other.delete_messages([3])
+            other.expunge()
+        sent.clear()
+        ids = session.message_ids([refs[0], refs[1], refs[2], refs[3]])
+        assert ids == {refs[0]: "<one@example.com>", refs[1]: None, refs[2]: None,
+                       refs[3]: "<folded@example.com>"}
+        assert session.message_ids([]) == {}
+        fetches = [line for line in sent if b"FETCH" in line.upper()]
+        assert len(fetches) == 1 and b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]" in fetches[0]
+        assert session.commands["SELECT"] == 0
+        stale = type(refs[0])(refs[0].folder, refs[0].uidvalidity + 1, refs[0].uid)
+        with pytest.raises(UidValidityChanged):
+            session.message_ids([stale])
+    after = user.folder_state()
+    assert after["INBOX"] == {u: v for u, v in before["INBOX"].items() if u != 3}
+
+
 def test_readonly_session_refuses_changes_and_scanning_changes_nothing(mail_user):
     user = mail_user
     user.seed("INBOX", [SeedMessage(received=NOW - timedelta(days=d)) for d in range(5)])
@@ -438,8 +484,9 @@ def test_twenty_thousand_messages_are_scanned_in_batches(make_user, capsys):
     assert len(snap.messages) == count and bodies == 2000
     assert [m.ref.uid for m in snap.messages] == list(range(1, count + 1))
     assert sent["UID FETCH"] == session.commands["UID FETCH"]
-    scan_fetches = count // 1000
-    assert sent["UID FETCH"] == scan_fetches + 2 + 2000 // 200  # + size pass + body batches
+    scan_fetches = -(-count // SCAN_BATCH)
+    # + one size pass for the 2000 bodies + the body batches
+    assert sent["UID FETCH"] == scan_fetches + 1 + 2000 // 200
     assert sum(sent.values()) <= scan_fetches + 20
     with capsys.disabled():
         print(f"\n[20k] seed {seeded:.1f}s, scan {scanned:.2f}s with {scan_fetches} UID FETCH "

@@ -458,6 +458,24 @@ def test_pipelined_retr_is_bounded_by_bytes_and_exact(mail_user, proxy, monkeypa
     assert len(proxy.sent(rb"^RETR")) == 7
 
 
+def test_message_ids_read_with_top_for_the_given_refs_only(mail_user, proxy):
+    mail_user.seed("INBOX", [
+        SeedMessage(received=NOW, message_id="<a@x>"),
+        SeedMessage(received=NOW, message_id=None),
+        SeedMessage(received=NOW, message_id="<c@x>"),
+    ])
+    before = mail_user.folder_state()
+    with Pop3Session.connect(via(proxy, mail_user), mail_user.password, readonly=True) as s:
+        refs = [m.ref for m in s.scan(INBOX, with_sent=False).messages]
+        assert proxy.sent(rb"^TOP") == []
+        unknown = MessageRef("INBOX", 0, None, "no-such-uidl")
+        ids = s.message_ids([refs[2], refs[1], unknown])
+        assert ids == {refs[2]: "<c@x>", refs[1]: None, unknown: None}
+        assert s.message_ids([]) == {}
+    assert [bytes(line).strip() for line in proxy.sent(rb"^TOP")] == [b"TOP 2 0", b"TOP 3 0"]
+    assert mail_user.folder_state() == before
+
+
 def test_without_top_sent_is_none(mail_user, proxy):
     from tests.integration.faultproxy import pop3_err
 

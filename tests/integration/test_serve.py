@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from retention.executor import REMOVE_BATCH
 from retention.journal import Journal
 from retention.ledger import Ledger
 from tests.dovecot import SeedMessage
@@ -223,7 +224,7 @@ def test_serve_ticks_metrics_counters_and_reload(tmp_path, make_user, serve_fact
 def test_sigterm_during_a_run_exits_0_with_a_clean_journal(tmp_path, make_user,
                                                           serve_factory):
     user = make_user(500 * MiB)
-    total = 6000
+    total = REMOVE_BATCH + 1000  # two journaled batches: SIGTERM lands in the first
     user.seed("INBOX", old_messages(total, 2 * KiB))
     # One recent message: a rule may not empty INBOX (allow_empty_folder).
     user.seed("INBOX", [SeedMessage(received=ago(days=1), size=KiB, subject="new")])

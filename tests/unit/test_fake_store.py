@@ -34,6 +34,24 @@ def test_scan_reports_what_was_added():
     assert g.ref == garbage and g.sent is None and g.date_header == "not a date"
 
 
+def test_message_ids_are_read_with_the_date_header_or_on_request():
+    server = FakeServer(now=lambda: NOW)
+    a = server.add(message_id="<a@x>")
+    b = server.add(message_id=None)
+    session = server.session(readonly=True)
+    inbox = _folder(session, "INBOX")
+    assert [m.message_id for m in session.scan(inbox).messages] == ["<a@x>", None]
+    lean = session.scan(inbox, with_sent=False).messages
+    assert [(m.message_id, m.sent) for m in lean] == [(None, None), (None, None)]
+    gone = server.add()
+    server.folders["INBOX"].messages.pop(gone.uid or 0)
+    assert session.message_ids([a, b, gone]) == {a: "<a@x>", b: None, gone: None}
+    assert session.message_ids([]) == {}
+    server.recreate("INBOX")
+    with pytest.raises(UidValidityChanged):
+        session.message_ids([a])
+
+
 def test_generated_bodies_have_the_declared_size_and_fetch_returns_them():
     server = FakeServer()
     refs = [server.add(size=s) for s in (300, 5000)]

@@ -344,3 +344,130 @@ def test_move_to_a_special_use_the_server_lacks_fails_those_actions(
     assert all("special use" in (r.detail or "") for r in failed)
     assert server.state() == before
     assert result.plan is not None and result.plan.failed_rules[0][0] == "to-all"
+
+
+# ------------------------------------------------------------------ Message-IDs
+
+
+class Recorder:
+    """A ``fail_on`` value that records the refs each ``message_ids`` call was given."""
+
+    def __init__(self, exc: BaseException | None = None) -> None:
+        self.calls: list[list[Any]] = []
+        self.exc = exc
+
+    def __call__(self, refs: Any) -> None:
+        self.calls.append(list(refs))
+        if self.exc is not None:
+            raise self.exc
+
+
+def fake_id(ref: Any) -> str:
+    return f"<fake-{ref.uidvalidity}-{ref.uid}@fake.example>"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_message_ids_are_read_for_the_acted_on_messages_only(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    """A received-clock scan reads no header: the runner reads the Message-IDs of the
+    planned messages, per folder, and the report and the audit history carry them."""
+    server, refs = populated()
+    # Also a move whose target the server lacks: a failed action, reported with its id.
+    config = make_config(tmp_path, policy={"rules": [
+        {"name": "old", "folders": ["INBOX"], "older_than": "1y", "action": "delete"},
+        {"name": "trash", "folders": ["\\Trash"], "older_than": "30d", "age_by": "received",
+         "action": {"move_to": "\\All"}},
+    ]})
+    recorder = Recorder()
+    connect = Connector(server, session_faults=[{"message_ids": recorder}])
+    before = server.state()
+
+    result = run(config, connect, dry_run=dry_run)
+
+    assert result.status == "ok", result.error
+    acted = {refs["old1"], refs["old2"], refs["trash_old"]}
+    assert sorted(map(sorted, recorder.calls)) == [
+        sorted([refs["old1"], refs["old2"]]), [refs["trash_old"]]]
+    by_ref = {r.action.message.ref: r for r in result.results}
+    assert set(by_ref) == acted
+    for ref in acted:  # FakeServer.add's Message-IDs
+        assert by_ref[ref].action.message.message_id == fake_id(ref)
+    doc = report.account_dict(result)
+    assert all(a["message_id"] for a in doc["actions"])
+    if dry_run:
+        assert server.state() == before and connect.sessions[0].readonly
+    else:
+        from retention.journal import Journal
+
+        with Journal.open(tmp_path / "state" / "journal.sqlite3") as journal:
+            removed = journal.removals(account="alice")
+        assert sorted((r.uid, r.message_id) for r in removed) == sorted(
+            (r.uid, fake_id(r)) for r in (refs["old1"], refs["old2"]))
+
+
+def test_a_sent_clock_scan_already_read_the_message_ids(tmp_path: Path) -> None:
+    server, refs = populated()
+    config = make_config(tmp_path, policy={"rules": [
+        {"name": "old", "folders": ["INBOX"], "older_than": "1y", "age_by": "sent",
+         "action": "delete"},
+    ]})
+    connect = Connector(server)
+    result = run(config, connect, dry_run=True)
+    assert result.status == "ok", result.error
+    assert connect.sessions[0].calls["message_ids"] == 0
+    assert {r.action.message.ref for r in result.results} == {refs["old1"], refs["old2"]}
+    assert all(r.action.message.message_id for r in result.results)
+
+
+def test_a_folder_changed_before_its_message_ids_are_read_is_a_warning(
+    tmp_path: Path,
+) -> None:
+    from retention.errors import UidValidityChanged
+
+    server, refs = populated()
+    recorder = Recorder(UidValidityChanged("INBOX", "UIDVALIDITY changed"))
+    connect = Connector(server, session_faults=[{"message_ids": recorder}])
+    result = run(make_config(tmp_path), connect, dry_run=True)
+    assert result.status == "ok", result.error
+    assert any("INBOX" in w and "Message-IDs not read" in w for w in result.warnings)
+    ids = {r.action.message.ref: r.action.message.message_id for r in result.results}
+    assert ids == {refs["old1"]: None, refs["old2"]: None, refs["trash_old"]: None}
+
+
+def test_pop3_message_ids_of_the_acted_on_messages(tmp_path: Path) -> None:
+    server = FakeServer(protocol="pop3")
+    old = server.add(size=100)
+    server.add(size=200)
+    config = make_config(tmp_path, protocol="pop3", policy={"rules": [
+        {"name": "all", "folders": ["INBOX"], "older_than": "1d", "action": "delete"},
+    ]})
+    first = run(config, Connector(server), dry_run=True)  # first seen now: nothing is old
+    assert first.status == "ok" and first.results == ()
+    server.add(size=300)  # first seen by the second run
+    recorder = Recorder()
+    connect = Connector(server, session_faults=[{"message_ids": recorder}])
+    result = run_account(config, config.account("alice"), dry_run=True, now=NOW + 2 * DAY,
+                         connect=connect)
+    assert result.status == "ok", result.error
+    assert len(recorder.calls) == 1 and len(recorder.calls[0]) == 2 and old in recorder.calls[0]
+    assert [r.action.message.message_id for r in result.results] == [
+        server.message(r.action.message.ref).message_id  # type: ignore[union-attr]
+        for r in result.results]
+    assert all(r.action.message.message_id for r in result.results)
+
+
+def test_a_session_without_message_ids_still_runs(tmp_path: Path) -> None:
+    """A MailSession written before ``message_ids`` existed: the run goes on without ids."""
+    server, refs = populated()
+
+    class OldSession(FakeSession):
+        message_ids = None  # type: ignore[assignment]
+
+    def connect(account: Account, password: str, readonly: bool) -> FakeSession:
+        return OldSession(server, readonly=readonly)
+
+    result = run(make_config(tmp_path), connect)
+    assert result.status == "ok", result.error
+    assert {r.result for r in result.results} == {"done"}
+    assert all(r.action.message.message_id is None for r in result.results)
