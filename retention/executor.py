@@ -1,4 +1,4 @@
-"""The executor: performs exactly a plan's actions, journal first, and recovers crashed runs.
+"""The executor: performs exactly a plan's actions, journal first.
 
 This module owns the order of every destructive step. It never decides policy: it acts on
 exactly the messages the plan names, grouped by folder and kind, in batches:
@@ -18,40 +18,39 @@ action and is raised at once. A batch whose server call failed half-way keeps it
 tell which messages went. ``Executor.results`` holds every action's result even when
 ``execute`` raises.
 
-``recover`` finishes what an interrupted run left for this account (see its docstring).
-The runner calls ``recover`` before it scans, then ``execute``; for POP3, ``execute`` ends
-with ``session.commit()`` (``QUIT``), which also commits the deletions ``recover`` retried.
+``recover`` finishes what an interrupted run left for this account: that is
+``retention.recovery``, which ``Executor.recover`` delegates to (``recover`` and
+``RecoveryReport`` are also importable from here). The runner calls ``recover`` before it
+scans, then ``execute``; for POP3, ``execute`` ends with ``session.commit()`` (``QUIT``),
+which also commits the deletions ``recover`` retried.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
-from retention.archive.mbox import repair_intent, verify_copies
 from retention.errors import AccountError, ArchiveError, FolderSkipped
 from retention.journal import (
     ARCHIVED,
     DELETED,
     DELETING,
-    DROPPED,
     FAILED,
     MOVED,
     OPEN_STATES,
-    PLANNED,
     SKIPPED,
     VERIFIED,
     Journal,
-    JournalRow,
     NewRow,
 )
-from retention.model import FolderInfo, MessageRef
+from retention.model import MessageRef
 from retention.plan import Action, ActionKind, Plan
+from retention.recovery import Recovery, carried, release_carry
+from retention.recovery import RecoveryReport as RecoveryReport
+from retention.recovery import recover as recover
 from retention.result import ActionResult, Outcome
 
 if TYPE_CHECKING:
@@ -59,11 +58,6 @@ if TYPE_CHECKING:
     from retention.policy import Account, Config
 
 JOURNAL_FILE = "journal.sqlite3"
-# recover() and execute() are separate calls of the runner on one session: what recovery
-# left pending (POP3 DELEs awaiting QUIT) and finished travels with the session object.
-_CARRY: weakref.WeakKeyDictionary[Any, tuple[list[int], dict[str, str]]] = (
-    weakref.WeakKeyDictionary()
-)
 BATCH_SIZE = 100  # messages per archive batch (one mbox member, one journal round)
 BATCH_BYTES = 32 * 1024 * 1024  # ...and at most this much source data in memory
 # Refs per delete/move call and journal round (the adapter splits command lines itself).
@@ -71,17 +65,6 @@ BATCH_BYTES = 32 * 1024 * 1024  # ...and at most this much source data in memory
 # and commits the journal twice; a crash or a stop request still leaves at most one batch
 # in flight, whose rows stay 'planned' until recover() looks at the server.
 REMOVE_BATCH = 5000
-
-
-@dataclass
-class RecoveryReport:
-    """What ``recover`` did, for logs and tests."""
-
-    completed: int = 0  # removals confirmed or finished
-    dropped: int = 0  # planned but never acted on: rolled back
-    failed: int = 0  # copy missing/damaged or folder changed: source left in place
-    pending_commit: int = 0  # POP3 deletions retried, committed by execute()
-    notes: list[str] = field(default_factory=list)
 
 
 class _Stop(Exception):  # noqa: N818 - control flow inside execute()
@@ -120,178 +103,22 @@ class Executor:
         self.results: list[ActionResult] = []
         self._pop3 = session.protocol == "pop3"
         # 'deleting' rows committed by session.commit() (POP3), and recovery's outcomes:
-        # carried from recover() to execute() on the same session (see _CARRY).
-        carried = _CARRY.get(session)
-        self._pending: list[int] = carried[0] if carried else []
-        self._handled: dict[str, str] = carried[1] if carried else {}
+        # carried from recover() to execute() on the same session (retention.recovery).
+        self._pending, self._handled = carried(session)
         self._pending_slots: dict[int, int] = {}  # row id -> plan index
-        self._folders: dict[str, FolderInfo] | None = None
-        self._present: dict[str, tuple[int, set[str]]] = {}
-        self._deleted_flag: set[str] = set()  # keys of present messages flagged \Deleted
+        self._recovery: Recovery | None = None  # one per executor: it caches the scans
 
     # -- recovery ----------------------------------------------------------------------------
 
     def recover(self) -> RecoveryReport:
-        """Finish or roll back what an interrupted run left for this account.
-
-        * mbox intents: the file is truncated back to the journalled offset; their rows
-          (still ``planned``) are ``dropped`` - the message is still in its folder.
-        * ``planned`` archive rows: a complete copy the run made (Maildir file, IMAP message
-          found by Message-ID and hash) is adopted as ``archived``; otherwise ``dropped``.
-        * ``planned`` delete/move rows: ``deleted``/``moved`` if the message is gone from the
-          folder (same UIDVALIDITY), else ``dropped``.
-        * ``archived``/``verified`` rows: the copy is verified again (exists, hash); then the
-          source is deleted if still there. A missing or damaged copy makes the row
-          ``failed`` and leaves the source alone (the next plan archives it again).
-        * ``deleting`` rows (POP3): deleted again if the UIDL is still listed, else ``deleted``.
-
-        No message is archived twice: a copy is only ever made again after the previous
-        attempt was proven absent or rolled back. Raises ArchiveError when a target needed
-        to verify a copy cannot be reached (nothing is deleted then).
-        """
-        report = RecoveryReport()
-        _CARRY[self.session] = (self._pending, self._handled)
-        for intent in self.journal.intents(account=self.account):
-            repair_intent(self.journal, intent)
-        rows = self.journal.open_rows(self.account)
-        if not rows:
-            return report
-        to_delete: list[JournalRow] = []
-        for row in rows:
-            self._recover_row(row, report, to_delete)
-        by_folder: dict[str, list[JournalRow]] = {}
-        for row in to_delete:
-            by_folder.setdefault(row.folder, []).append(row)
-        for folder_rows in by_folder.values():
-            self._recover_deletes(folder_rows, report)
-        return report
-
-    def _recover_row(
-        self, row: JournalRow, report: RecoveryReport, to_delete: list[JournalRow]
-    ) -> None:
-        key = row.ref.key()
-        state = row.state
-        if row.action == ActionKind.ARCHIVE.value and state == PLANNED:
-            found = self._recovery_writer(row).find(row)
-            if found is None:
-                self.journal.mark([row.id], DROPPED, detail="interrupted before the archive "
-                                  "copy was complete; message left in place")
-                report.dropped += 1
-                return
-            location, locator = found
-            self.journal.mark([row.id], ARCHIVED, location=location, locator=locator,
-                              detail="copy found by recovery")
-            row = _with(row, state=ARCHIVED, location=location, locator=locator)
-            state = ARCHIVED
-        if state in (ARCHIVED, VERIFIED):
-            assert row.copy_sha256 is not None
-            ok = self._verify_rows([row])[0]
-            if not ok:
-                self.journal.mark([row.id], FAILED, detail=f"archived copy at {row.location} "
-                                  "is missing or damaged; source left in place")
-                report.failed += 1
-                report.notes.append(f"copy missing or damaged: {row.location}")
-                return
-            if state == ARCHIVED:
-                self.journal.mark([row.id], VERIFIED, name="verified-by-recovery")
-                row = _with(row, state=VERIFIED)
-        present = self._is_present(row.ref)
-        if present is None:
-            self.journal.mark([row.id], SKIPPED, detail="UIDVALIDITY changed since the "
-                              "interrupted run; source left in place")
-            report.failed += 1
-            return
-        if row.state == PLANNED:  # delete / move / trash, outcome unknown
-            if present and row.action == ActionKind.DELETE.value and self._flagged_deleted(
-                row.ref
-            ):
-                # Cut between our UID STORE \Deleted and UID EXPUNGE: the planner would now
-                # skip it as "another client's pending delete", so finish the exact delete
-                # the plan chose rather than leave our flag behind.
-                to_delete.append(row)
-                return
-            if present:
-                self.journal.mark([row.id], DROPPED, detail="interrupted before acting; "
-                                  "message left in place")
-                report.dropped += 1
-            else:
-                done = MOVED if row.action in ("move", "trash") else DELETED
-                self.journal.mark([row.id], done, detail="completed (confirmed by recovery)")
-                self._handled[key] = f"completed by run {row.run_id}"
-                report.completed += 1
-            return
-        # verified or deleting: the source goes, if it is still there
-        if present:
-            to_delete.append(row)
-        else:
-            self.journal.mark([row.id], DELETED, detail="completed (confirmed by recovery)")
-            self._handled[key] = f"completed by run {row.run_id}"
-            report.completed += 1
-
-    def _recover_deletes(self, rows: list[JournalRow], report: RecoveryReport) -> None:
-        refs = [r.ref for r in rows]
-        try:
-            removed = self.session.delete(refs)
-        except FolderSkipped as e:
-            self.journal.mark([r.id for r in rows if r.state != DELETING], SKIPPED,
-                              detail=e.reason)
-            return
-        self.journal.step("source-removed")
-        gone = [r for r in rows if r.ref in removed]
-        vanished = [r for r in rows if r.ref not in removed]
-        self.journal.mark([r.id for r in vanished], DELETED,
-                          detail="gone before recovery could delete it; the copy is verified")
-        report.completed += len(vanished)
-        if self._pop3:
-            self.journal.mark([r.id for r in gone if r.state != DELETING], DELETING)
-            self._pending.extend(r.id for r in gone)
-            report.pending_commit += len(gone)
-        else:
-            self.journal.mark([r.id for r in gone], DELETED, detail="completed by recovery")
-            report.completed += len(gone)
-        for r in gone:
-            self._handled[r.ref.key()] = f"completed from run {r.run_id}"
-
-    def _recovery_writer(self, row: JournalRow) -> ArchiveWriter:
-        if self.archives is not None and row.target in self.archives.targets:
-            assert row.target is not None
-            return self.archives.writer(row.target, self.journal, self.run_id)
-        kind = row.locator.get("type")
-        if kind in ("mbox", "maildir"):
-            return _LocatorOnly(row.target or "?")
-        raise ArchiveError(
-            f"archive target {row.target!r} of an interrupted run is no longer configured; "
-            "cannot verify its copies (nothing deleted)"
-        )
-
-    def _verify_rows(self, rows: Sequence[JournalRow]) -> list[bool]:
-        out = []
-        for row in rows:
-            assert row.copy_sha256 is not None
-            out.extend(self._recovery_writer(row).verify([Copy(row.locator, row.copy_sha256)]))
-        return out
-
-    def _flagged_deleted(self, ref: MessageRef) -> bool:
-        return ref.key() in self._deleted_flag
-
-    def _is_present(self, ref: MessageRef) -> bool | None:
-        """Is the message still in its folder? None when the folder's UIDVALIDITY changed."""
-        if ref.folder not in self._present:
-            if self._folders is None:
-                self._folders = {f.name: f for f in self.session.list_folders()}
-            info = self._folders.get(ref.folder)
-            if info is None:
-                self._present[ref.folder] = (ref.uidvalidity, set())
-            else:
-                snap = self.session.scan(info, with_sent=False)
-                self._present[ref.folder] = (
-                    snap.uidvalidity, {m.ref.key() for m in snap.messages}
-                )
-                self._deleted_flag.update(m.ref.key() for m in snap.messages if m.deleted)
-        validity, keys = self._present[ref.folder]
-        if ref.uid is not None and validity != ref.uidvalidity:
-            return None
-        return ref.key() in keys
+        """Finish or roll back what an interrupted run left for this account: see
+        ``retention.recovery`` (what it finishes is then reported ``done`` by ``execute``)."""
+        if self._recovery is None:
+            self._recovery = Recovery(
+                self.session, self.journal, archives=self.archives, run_id=self.run_id,
+                account=self.account, pending=self._pending, handled=self._handled,
+            )
+        return self._recovery.run()
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -379,7 +206,7 @@ class Executor:
     def _commit(self) -> None:
         """Make pending removals durable (POP3 ``QUIT``) and journal them ``deleted``."""
         self.session.commit()
-        _CARRY.pop(self.session, None)
+        release_carry(self.session)
         if self._pending:
             self.journal.mark(self._pending, DELETED, name="committed")
             self._pending.clear()
@@ -555,68 +382,11 @@ class Executor:
             )
 
 
-def _with(row: JournalRow, **changes: Any) -> JournalRow:
-    import dataclasses
-
-    return dataclasses.replace(row, **changes)
-
-
-class _LocatorOnly:
-    """Verifies mbox/Maildir copies of a target no longer in the config, by locator alone."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def verify(self, copies: Sequence[Copy]) -> list[bool]:
-        from retention.archive.maildir import current_path, matches
-
-        out = []
-        for c in copies:
-            if c.locator.get("type") == "mbox":
-                out.extend(verify_copies([c]))
-            else:
-                out.append(matches(current_path(c.locator), c.copy_sha256))
-        return out
-
-    def find(self, row: JournalRow) -> tuple[str, dict[str, Any]] | None:
-        if row.locator.get("type") == "maildir":
-            from retention.archive.maildir import MaildirWriter
-            from retention.policy import MaildirTarget
-
-            return MaildirWriter(self.name, MaildirTarget(type="maildir", path=""),
-                                 account="").find(row)
-        return None
-
-    def place(self, items: Sequence[Item]) -> Any:
-        raise ArchiveError(f"archive target {self.name!r} is not configured")
-
-    def write(self, batch: Any) -> Any:
-        raise ArchiveError(f"archive target {self.name!r} is not configured")
-
-    def release(self, batch: Any) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 # -- the runner's entry points -----------------------------------------------------------------
 
 
 def journal_path(config: Config) -> Path:
     return Path(config.state_dir) / JOURNAL_FILE
-
-
-def recover(config: Config, account: Account, session: MailSession) -> RecoveryReport:
-    """Open the journal and archives for ``account`` and run ``Executor.recover``."""
-    from datetime import UTC, datetime
-
-    with Journal.open(journal_path(config)) as journal, ArchiveSet(
-        config.archives, account=account.name
-    ) as archives:
-        run_id = f"recover-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-        return Executor(session, journal, archives=archives, run_id=run_id,
-                        account=account.name).recover()
 
 
 def execute(

@@ -248,7 +248,7 @@ class _Pass:
             session.close()
 
     def _recover(self, session: MailSession) -> None:
-        from retention.executor import recover
+        from retention.recovery import recover
 
         recover(self.config, self.account, session)
 

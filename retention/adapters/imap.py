@@ -2,8 +2,8 @@
 
 This module owns the IMAP session's entry point (``connect``) and its reading: usage, scan,
 message_ids, fetch. The connection, login, error mapping and folder selection live in
-``imap_conn``; delete, move and append in ``imap_act``; the pure wire helpers in
-``imap_wire``. The guarantees (see ``retention.adapters`` for the contract):
+``imap_conn``; delete, move and append in ``imap_act``; FETCH parsing in ``imap_fetch``;
+the pure wire helpers in ``imap_wire``. The guarantees (see ``retention.adapters`` for the contract):
 
 * Reading never changes anything: ``scan``/``message_ids``/``fetch``/``usage`` use
   ``EXAMINE`` and ``BODY.PEEK`` in every session, read-only or not, so ``\\Seen`` is never
@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 from retention.adapters.imap_act import ImapActions, one_folder, ref_uid
 from retention.adapters.imap_conn import default_port, open_client
+from retention.adapters.imap_fetch import parse_imap_datetime
 from retention.adapters.imap_wire import (
     aware_utc,
     normalise_flags,
     parse_date,
     parse_header_fields,
-    parse_imap_datetime,
     parse_message_id,
     uid_batches,
 )

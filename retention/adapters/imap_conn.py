@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
+from retention.adapters.imap_fetch import parse_fetch
 from retention.adapters.imap_wire import (
     compress_uids,
     display_name,
     expand_uid_set,
-    parse_fetch,
     reply_text,
     scrub,
     selectable,
@@ -398,7 +398,7 @@ class ImapConnection:
     def _fetch(self, batch: Sequence[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
         """One ``UID FETCH`` of a batch (its set compressed) -> ``{uid: {item: value}}``.
 
-        Parsed by ``imap_wire.parse_fetch``, which never lets an unsolicited FETCH about
+        Parsed by ``imap_fetch.parse_fetch``, which never lets an unsolicited FETCH about
         another message change the data of a requested one.
         """
         with self.guard("UID FETCH"):

@@ -1,0 +1,335 @@
+"""Crash recovery: finishing or rolling back what an interrupted run left in the journal.
+
+This module owns the journal rows a run did not close (the agent was killed, the connection
+dropped, a batch's server call failed half-way): before the next run of the account scans,
+each open row is either finished or rolled back, judged by what the server and the archive
+show, never by the journal alone. The invariants it keeps:
+
+* Nothing is archived twice: a ``planned`` archive row whose copy is complete (Maildir file,
+  IMAP message found by Message-ID and hash) is adopted, not written again; an mbox file is
+  truncated back to its journalled offset. A copy is only ever made again after the previous
+  attempt was proven absent or rolled back.
+* Nothing is deleted without a verified copy: the copy of an ``archived``/``verified`` row is
+  read back and hashed again before its source goes; a missing or damaged copy leaves the
+  source in place (row ``failed``), an unreachable target raises ``ArchiveError`` before
+  anything is deleted, and a changed UIDVALIDITY leaves the folder alone.
+* Our own ``\\Deleted`` flags are finished: a delete cut between ``UID STORE \\Deleted`` and
+  ``UID EXPUNGE`` is completed for exactly the planned UIDs. Left behind, the flag would make
+  the planner skip the message as another client's pending delete.
+
+Hand-off to the executor: the runner calls ``recover`` (here) and then ``execute`` (a new
+``Executor``) as separate calls on one session. What recovery finished (``handled``: ref
+key -> detail, so the plan's action for it is reported ``done``) and, for POP3, the ids of
+the rows whose deletion was retried and awaits ``QUIT`` (``pending``) travel with the
+session object (``carried``); the executor's commit journals those ``deleted`` and ends the
+hand-off (``release_carry``). ``Executor.recover`` runs a ``Recovery`` that shares the
+executor's own containers.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item
+from retention.archive.mbox import repair_intent, verify_copies
+from retention.errors import ArchiveError, FolderSkipped
+from retention.journal import (
+    ARCHIVED,
+    DELETED,
+    DELETING,
+    DROPPED,
+    FAILED,
+    MOVED,
+    PLANNED,
+    SKIPPED,
+    VERIFIED,
+    Journal,
+    JournalRow,
+)
+from retention.model import FolderInfo, MessageRef
+from retention.plan import ActionKind
+
+if TYPE_CHECKING:
+    from retention.adapters import MailSession
+    from retention.policy import Account, Config
+
+# session -> (pending POP3 row ids, handled ref keys) left by recovery for execute().
+_CARRY: weakref.WeakKeyDictionary[Any, tuple[list[int], dict[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def carried(session: MailSession) -> tuple[list[int], dict[str, str]]:
+    """What a recovery on ``session`` left for execution (the very containers, so both
+    sides keep adding to them), or new empty ones."""
+    carry = _CARRY.get(session)
+    return (carry[0], carry[1]) if carry else ([], {})
+
+
+def release_carry(session: MailSession) -> None:
+    """End the hand-off: the session's pending removals are committed."""
+    _CARRY.pop(session, None)
+
+
+@dataclass
+class RecoveryReport:
+    """What ``recover`` did, for logs and tests."""
+
+    completed: int = 0  # removals confirmed or finished
+    dropped: int = 0  # planned but never acted on: rolled back
+    failed: int = 0  # copy missing/damaged or folder changed: source left in place
+    pending_commit: int = 0  # POP3 deletions retried, committed by execute()
+    notes: list[str] = field(default_factory=list)
+
+
+class Recovery:
+    """Recovers one account's interrupted runs over one session (see the module docstring).
+
+    ``pending`` and ``handled`` are the executor's containers when it delegates here;
+    without them, those a previous recovery left on the session are extended.
+    """
+
+    def __init__(
+        self,
+        session: MailSession,
+        journal: Journal,
+        *,
+        archives: ArchiveSet | None,
+        run_id: str,
+        account: str,
+        pending: list[int] | None = None,
+        handled: dict[str, str] | None = None,
+    ) -> None:
+        self.session = session
+        self.journal = journal
+        self.archives = archives
+        self.run_id = run_id
+        self.account = account
+        self._pop3 = session.protocol == "pop3"
+        carried_pending, carried_handled = carried(session)
+        self.pending = carried_pending if pending is None else pending
+        self.handled = carried_handled if handled is None else handled
+        self._folders: dict[str, FolderInfo] | None = None
+        self._present: dict[str, tuple[int, set[str]]] = {}
+        self._deleted_flag: set[str] = set()  # keys of present messages flagged \Deleted
+
+    def run(self) -> RecoveryReport:
+        """Finish or roll back what an interrupted run left for this account.
+
+        * mbox intents: the file is truncated back to the journalled offset; their rows
+          (still ``planned``) are ``dropped`` - the message is still in its folder.
+        * ``planned`` archive rows: a complete copy the run made (Maildir file, IMAP message
+          found by Message-ID and hash) is adopted as ``archived``; otherwise ``dropped``.
+        * ``planned`` delete/move rows: ``deleted``/``moved`` if the message is gone from the
+          folder (same UIDVALIDITY), else ``dropped``.
+        * ``archived``/``verified`` rows: the copy is verified again (exists, hash); then the
+          source is deleted if still there. A missing or damaged copy makes the row
+          ``failed`` and leaves the source alone (the next plan archives it again).
+        * ``deleting`` rows (POP3): deleted again if the UIDL is still listed, else ``deleted``.
+
+        No message is archived twice: a copy is only ever made again after the previous
+        attempt was proven absent or rolled back. Raises ArchiveError when a target needed
+        to verify a copy cannot be reached (nothing is deleted then).
+        """
+        report = RecoveryReport()
+        _CARRY[self.session] = (self.pending, self.handled)
+        for intent in self.journal.intents(account=self.account):
+            repair_intent(self.journal, intent)
+        rows = self.journal.open_rows(self.account)
+        if not rows:
+            return report
+        to_delete: list[JournalRow] = []
+        for row in rows:
+            self._recover_row(row, report, to_delete)
+        by_folder: dict[str, list[JournalRow]] = {}
+        for row in to_delete:
+            by_folder.setdefault(row.folder, []).append(row)
+        for folder_rows in by_folder.values():
+            self._recover_deletes(folder_rows, report)
+        return report
+
+    def _recover_row(
+        self, row: JournalRow, report: RecoveryReport, to_delete: list[JournalRow]
+    ) -> None:
+        key = row.ref.key()
+        state = row.state
+        if row.action == ActionKind.ARCHIVE.value and state == PLANNED:
+            found = self._recovery_writer(row).find(row)
+            if found is None:
+                self.journal.mark([row.id], DROPPED, detail="interrupted before the archive "
+                                  "copy was complete; message left in place")
+                report.dropped += 1
+                return
+            location, locator = found
+            self.journal.mark([row.id], ARCHIVED, location=location, locator=locator,
+                              detail="copy found by recovery")
+            row = replace(row, state=ARCHIVED, location=location, locator=locator)
+            state = ARCHIVED
+        if state in (ARCHIVED, VERIFIED):
+            assert row.copy_sha256 is not None
+            ok = self._verify_rows([row])[0]
+            if not ok:
+                self.journal.mark([row.id], FAILED, detail=f"archived copy at {row.location} "
+                                  "is missing or damaged; source left in place")
+                report.failed += 1
+                report.notes.append(f"copy missing or damaged: {row.location}")
+                return
+            if state == ARCHIVED:
+                self.journal.mark([row.id], VERIFIED, name="verified-by-recovery")
+                row = replace(row, state=VERIFIED)
+        present = self._is_present(row.ref)
+        if present is None:
+            self.journal.mark([row.id], SKIPPED, detail="UIDVALIDITY changed since the "
+                              "interrupted run; source left in place")
+            report.failed += 1
+            return
+        if row.state == PLANNED:  # delete / move / trash, outcome unknown
+            if present and row.action == ActionKind.DELETE.value and self._flagged_deleted(
+                row.ref
+            ):
+                # Cut between our UID STORE \Deleted and UID EXPUNGE: the planner would now
+                # skip it as "another client's pending delete", so finish the exact delete
+                # the plan chose rather than leave our flag behind.
+                to_delete.append(row)
+                return
+            if present:
+                self.journal.mark([row.id], DROPPED, detail="interrupted before acting; "
+                                  "message left in place")
+                report.dropped += 1
+            else:
+                done = MOVED if row.action in ("move", "trash") else DELETED
+                self.journal.mark([row.id], done, detail="completed (confirmed by recovery)")
+                self.handled[key] = f"completed by run {row.run_id}"
+                report.completed += 1
+            return
+        # verified or deleting: the source goes, if it is still there
+        if present:
+            to_delete.append(row)
+        else:
+            self.journal.mark([row.id], DELETED, detail="completed (confirmed by recovery)")
+            self.handled[key] = f"completed by run {row.run_id}"
+            report.completed += 1
+
+    def _recover_deletes(self, rows: list[JournalRow], report: RecoveryReport) -> None:
+        refs = [r.ref for r in rows]
+        try:
+            removed = self.session.delete(refs)
+        except FolderSkipped as e:
+            self.journal.mark([r.id for r in rows if r.state != DELETING], SKIPPED,
+                              detail=e.reason)
+            return
+        self.journal.step("source-removed")
+        gone = [r for r in rows if r.ref in removed]
+        vanished = [r for r in rows if r.ref not in removed]
+        self.journal.mark([r.id for r in vanished], DELETED,
+                          detail="gone before recovery could delete it; the copy is verified")
+        report.completed += len(vanished)
+        if self._pop3:
+            self.journal.mark([r.id for r in gone if r.state != DELETING], DELETING)
+            self.pending.extend(r.id for r in gone)
+            report.pending_commit += len(gone)
+        else:
+            self.journal.mark([r.id for r in gone], DELETED, detail="completed by recovery")
+            report.completed += len(gone)
+        for r in gone:
+            self.handled[r.ref.key()] = f"completed from run {r.run_id}"
+
+    def _recovery_writer(self, row: JournalRow) -> ArchiveWriter:
+        if self.archives is not None and row.target in self.archives.targets:
+            assert row.target is not None
+            return self.archives.writer(row.target, self.journal, self.run_id)
+        kind = row.locator.get("type")
+        if kind in ("mbox", "maildir"):
+            return _LocatorOnly(row.target or "?")
+        raise ArchiveError(
+            f"archive target {row.target!r} of an interrupted run is no longer configured; "
+            "cannot verify its copies (nothing deleted)"
+        )
+
+    def _verify_rows(self, rows: Sequence[JournalRow]) -> list[bool]:
+        out = []
+        for row in rows:
+            assert row.copy_sha256 is not None
+            out.extend(self._recovery_writer(row).verify([Copy(row.locator, row.copy_sha256)]))
+        return out
+
+    def _flagged_deleted(self, ref: MessageRef) -> bool:
+        return ref.key() in self._deleted_flag
+
+    def _is_present(self, ref: MessageRef) -> bool | None:
+        """Is the message still in its folder? None when the folder's UIDVALIDITY changed."""
+        if ref.folder not in self._present:
+            if self._folders is None:
+                self._folders = {f.name: f for f in self.session.list_folders()}
+            info = self._folders.get(ref.folder)
+            if info is None:
+                self._present[ref.folder] = (ref.uidvalidity, set())
+            else:
+                snap = self.session.scan(info, with_sent=False)
+                self._present[ref.folder] = (
+                    snap.uidvalidity, {m.ref.key() for m in snap.messages}
+                )
+                self._deleted_flag.update(m.ref.key() for m in snap.messages if m.deleted)
+        validity, keys = self._present[ref.folder]
+        if ref.uid is not None and validity != ref.uidvalidity:
+            return None
+        return ref.key() in keys
+
+
+class _LocatorOnly:
+    """Verifies mbox/Maildir copies of a target no longer in the config, by locator alone."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def verify(self, copies: Sequence[Copy]) -> list[bool]:
+        from retention.archive.maildir import current_path, matches
+
+        out = []
+        for c in copies:
+            if c.locator.get("type") == "mbox":
+                out.extend(verify_copies([c]))
+            else:
+                out.append(matches(current_path(c.locator), c.copy_sha256))
+        return out
+
+    def find(self, row: JournalRow) -> tuple[str, dict[str, Any]] | None:
+        if row.locator.get("type") == "maildir":
+            from retention.archive.maildir import MaildirWriter
+            from retention.policy import MaildirTarget
+
+            return MaildirWriter(self.name, MaildirTarget(type="maildir", path=""),
+                                 account="").find(row)
+        return None
+
+    def place(self, items: Sequence[Item]) -> Any:
+        raise ArchiveError(f"archive target {self.name!r} is not configured")
+
+    def write(self, batch: Any) -> Any:
+        raise ArchiveError(f"archive target {self.name!r} is not configured")
+
+    def release(self, batch: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+# -- the runner's entry point ------------------------------------------------------------------
+
+
+def recover(config: Config, account: Account, session: MailSession) -> RecoveryReport:
+    """Open the journal and archives for ``account`` and run its ``Recovery``."""
+    # Imported here: the executor imports this module (it delegates ``recover`` to it).
+    from retention.executor import journal_path
+
+    with Journal.open(journal_path(config)) as journal, ArchiveSet(
+        config.archives, account=account.name
+    ) as archives:
+        run_id = f"recover-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+        return Recovery(session, journal, archives=archives, run_id=run_id,
+                        account=account.name).run()
