@@ -3,7 +3,8 @@
 This module owns the IMAP session's entry point (``connect``) and its reading: usage, scan,
 message_ids, fetch. The connection, login, error mapping and folder selection live in
 ``imap_conn``; delete, move and append in ``imap_act``; FETCH parsing in ``imap_fetch``;
-the pure wire helpers in ``imap_wire``. The guarantees (see ``retention.adapters`` for the contract):
+the pure wire helpers in ``imap_wire``. The guarantees (see ``retention.adapters`` for
+the contract):
 
 * Reading never changes anything: ``scan``/``message_ids``/``fetch``/``usage`` use
   ``EXAMINE`` and ``BODY.PEEK`` in every session, read-only or not, so ``\\Seen`` is never
