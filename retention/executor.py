@@ -273,12 +273,19 @@ class Executor:
             else:
                 state = DELETED if kind in ("delete", "archive") else MOVED
                 self.journal.mark([row for _, _, row in done], state)
-            self.journal.mark([row for _, _, row in gone], SKIPPED,
-                              detail="no longer in the folder")
+            if kind != "archive":
+                self.journal.mark([row for _, _, row in gone], SKIPPED,
+                                  detail="no longer in the folder")
+            # An archived message the delete did not remove (already gone, or it survived
+            # UID EXPUNGE) keeps its verified row: the next run's recovery deletes it or
+            # confirms it gone, instead of the next plan archiving it a second time.
         for i, a, _ in done:
             slots[i] = ActionResult(a, "done", details.get(a.message.ref))
         for i, a, _ in gone:
-            slots[i] = ActionResult(a, "skipped", "no longer in the folder")
+            why = "no longer in the folder" if kind != "archive" else (
+                "archived and verified, but not removed from the folder; the next run "
+                "finishes it")
+            slots[i] = ActionResult(a, "skipped", why)
 
     # archive
 

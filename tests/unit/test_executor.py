@@ -475,3 +475,26 @@ def test_crash_again_during_recovery(tmp_path, target_kind):
             norm = normalise if target_kind == "mbox" else (lambda b: b)
             assert Counter(copies) == Counter(norm(b) for b in originals.values()), (first, second)
             assert left == [] and len(history) == len(originals)
+
+
+def test_archived_message_that_survives_the_delete_is_finished_not_archived_again(
+    tmp_path, journal
+):
+    """A verified copy whose source the delete did not remove stays open for recovery."""
+    server = FakeServer()
+    seed(server, folders=("INBOX",), per_folder=3)
+    plan = plan_for(server)
+    archives = mbox_set(tmp_path)
+    session = server.session()
+    session.delete = lambda refs: set()  # e.g. the server answered UID EXPUNGE but kept them
+    results = Executor(session, journal, archives=archives, run_id="r1",
+                       account="alice").execute(plan)
+    assert {r.result for r in results} == {"skipped"}
+    assert all("next run" in (r.detail or "") for r in results)
+    assert len(server.uids("INBOX")) == 3 and len(mbox_messages(tmp_path / "arch")) == 3
+
+    nxt = Executor(server.session(), journal, archives=archives, run_id="r2", account="alice")
+    nxt.recover()
+    assert server.uids("INBOX") == []
+    assert len(mbox_messages(tmp_path / "arch")) == 3  # finished, not archived twice
+    assert len(query(journal)) == 3
