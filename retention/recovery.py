@@ -183,8 +183,8 @@ class Recovery:
                 row = replace(row, state=VERIFIED)
         present = self._is_present(row.ref)
         if present is None:
-            self.journal.mark([row.id], SKIPPED, detail="UIDVALIDITY changed since the "
-                              "interrupted run; source left in place")
+            self.journal.mark([row.id], SKIPPED, detail="the folder is gone or its "
+                              "UIDVALIDITY changed since the interrupted run; nothing done")
             report.failed += 1
             return
         if row.state == PLANNED:  # delete / move / trash, outcome unknown
@@ -261,13 +261,16 @@ class Recovery:
         return ref.key() in self._deleted_flag
 
     def _is_present(self, ref: MessageRef) -> bool | None:
-        """Is the message still in its folder? None when the folder's UIDVALIDITY changed."""
+        """Is the message still in its folder? None when the folder is gone or its
+        UIDVALIDITY changed (POP3 refs have no UID: INBOX always exists)."""
         if ref.folder not in self._present:
             if self._folders is None:
                 self._folders = {f.name: f for f in self.session.list_folders()}
             info = self._folders.get(ref.folder)
             if info is None:
-                self._present[ref.folder] = (ref.uidvalidity, set())
+                # Renamed or deleted since the crash: we cannot tell which, so nothing is
+                # claimed done (a rename would leave the messages, under another name).
+                self._present[ref.folder] = (-1, set())
             else:
                 snap = self.session.scan(info, with_sent=False)
                 self._present[ref.folder] = (
