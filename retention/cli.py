@@ -115,7 +115,10 @@ def describe(config: Config) -> str:
         out.append(f"  schedule: {config.schedule_of(acct)}")
         protect = ", ".join(pol.protect) if acct.protocol == "imap" else "(ignored for POP3)"
         out.append(f"  protect: {protect}; keep_within: {format_duration(pol.keep_within)}")
-        limit = format_size(q.limit) if q.limit is not None else "server quota"
+        if q.limit is not None:
+            limit = format_size(q.limit)
+        else:  # POP3 has no quota command: without quota.limit there is no limit at all
+            limit = "server quota" if acct.protocol == "imap" else "none (set quota.limit)"
         out.append(
             f"  quota: limit={limit} warn_above={format_percent(q.warn_above)} "
             f"clean_above={format_percent(q.clean_above)} clean_to={format_percent(q.clean_to)} "

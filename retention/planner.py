@@ -244,13 +244,16 @@ def _empty_folder_rail(
 
 
 def _percent(usage: int, limit: int, level: float) -> str:
-    """``93% > 90%`` (one decimal where whole percents would read ``90% > 90%``)."""
+    """``93% > 90%``: as many decimals (up to 4) as it takes for the text to be true."""
     threshold = Fraction(repr(level)) * limit
     op = ">" if usage > threshold else ">="
-    shown = f"{usage * 100 // limit}%"
-    if shown == format_percent(level) and op == ">":
-        shown = f"{usage * 1000 // limit / 10:.1f}%"
-    return f"{shown} {op} {format_percent(level)}"
+    level_pct = Fraction(repr(level)) * 100
+    for decimals in range(5):
+        scale = 10**decimals
+        value = Fraction(usage * 100 * scale // limit, scale)  # rounded down, never up
+        if value > level_pct or (op == ">=" and value >= level_pct):
+            break
+    return f"{float(value):.{decimals}f}% {op} {format_percent(level)}"
 
 
 def _over_quota_phase(
@@ -272,25 +275,45 @@ def _over_quota_phase(
         chosen.append((key, r, m))
     chosen.sort(key=lambda c: c[0])
     rail: Counter[tuple[str, str]] = Counter()
+    banned: set[tuple[str, str]] = set()
+    deferred: dict[tuple[str, str], list[int]] = {}  # sizes the cap deferred, per key
     wanted = projected  # also counts what the cap defers, to count the deferrals
     for _, r, m in chosen:
         if wanted <= target:
             break
         folder = m.ref.folder
+        rf = (r.name, folder)
+        if rf in banned:
+            rail[rf] += 1
+            continue
         if not r.allow_empty and state.removed[folder] + 1 >= state.counts.get(folder, 0):
-            rail[(r.name, folder)] += 1
+            # The rail fires: all of this rule's actions in this folder leave the plan
+            # (issue 3), and what they would have freed is wanted again from other rules.
+            mine = [a for a in state.actions
+                    if a.over_quota and a.rule == r.name and a.message.ref.folder == folder]
+            state.actions[:] = [a for a in state.actions if a not in mine]
+            back = sum(a.message.size for a in mine)
+            projected += back
+            wanted += back + sum(deferred.get(rf, ()))
+            state.cap_left += len(mine)
+            state.removed[folder] -= len(mine)
+            state.deferred -= len(deferred.get(rf, ()))
+            rail[rf] += len(mine) + len(deferred.pop(rf, ())) + 1
+            banned.add(rf)
             continue
         wanted -= m.size
         if state.cap_left <= 0:
             state.deferred += 1
+            deferred.setdefault(rf, []).append(m.size)
             continue
         state.cap_left -= 1
         state.removed[folder] += 1
         projected -= m.size
         state.actions.append(_action(r, m, f"{headline}: oldest in rule {r.name}", True))
     dropped = [
-        Dropped(rule, folder, n, f"over-quota cleanup would remove the last message of "
-                f"{folder}; kept (allow_empty_folder is false)")
+        Dropped(rule, folder, n, f"over-quota cleanup would remove every message of "
+                f"{folder}; this rule's actions there are dropped (allow_empty_folder is "
+                "false)")
         for (rule, folder), n in sorted(rail.items())
     ]
     return projected, dropped
@@ -310,7 +333,12 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     counts = {f.name: len(f.messages) for f in snapshot.folders}
     actions, open_, failed = _always_phase(rules, policy, snapshot, now)
     actions, dropped = _empty_folder_rail(actions, rules, counts)
-    cap = quota.max_delete_per_run.resolve(snapshot.message_count)
+    # A percentage is of the account's messages, not only of the folders the rules scan.
+    total = snapshot.usage.messages
+    cap = quota.max_delete_per_run.resolve(
+        total if total is not None and total >= snapshot.message_count
+        else snapshot.message_count
+    )
     state = _State(
         actions=actions[:cap],
         removed=Counter(a.message.ref.folder for a in actions[:cap]),

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from retention.errors import ConfigError, Problem
-from retention.plan import ActionKind
+from retention.plan import ActionKind, Clock
 from retention.policy import Config, ImapTarget
 from retention.yamlsource import YamlDoc, YamlError, load_yaml
 
@@ -103,9 +103,11 @@ def load_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> Co
     try:
         doc = load_yaml(path)
     except YamlError as e:
-        raise ConfigError([Problem(e.path, e.line, "", e.message)]) from None
+        field = ".".join(str(p) for p in e.loc)
+        raise ConfigError([Problem(e.path, e.line, field, e.message)]) from None
     except OSError as e:
-        raise ConfigError([Problem(path, None, "", f"cannot read: {e.strerror}")]) from None
+        # Line 1: every problem line keeps the FILE:LINE: shape, even for a missing file.
+        raise ConfigError([Problem(path, 1, "", f"cannot read: {e.strerror}")]) from None
     data = doc.data
     try:
         config = Config.model_validate(data)
@@ -171,6 +173,14 @@ def _cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                 (("accounts", i, "policy"), f"unknown policy {acct.policy!r} (known: {known})")
             )
             continue
+        if acct.protocol == "imap":
+            for j, rule in enumerate(config.policies[acct.policy].rules):
+                if rule.age_by is Clock.FIRST_SEEN:
+                    out.append(
+                        (("policies", acct.policy, "rules", j, "age_by"),
+                         f"first_seen is for POP3 accounts; use received, sent or saved "
+                         f"(used by imap account {acct.name!r})")
+                    )
         if acct.protocol == "pop3":
             policy = config.policies[acct.policy]
             for j, rule in enumerate(policy.rules):

@@ -70,11 +70,13 @@ _KIND_NAMES: Final[dict[str, str]] = {
 class YamlError(Exception):
     """A policy file that cannot be read as strict YAML; ``str()`` is ``path:line: message``."""
 
-    def __init__(self, path: Path, line: int, message: str) -> None:
+    def __init__(self, path: Path, line: int, message: str, loc: Loc = ()) -> None:
         super().__init__(path, line, message)
         self.path = path
         self.line = line
         self.message = message
+        # Where in the data the problem is, when known (e.g. the duplicated key's path).
+        self.loc = loc
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
@@ -214,7 +216,13 @@ class _Builder:
                 if node.tag != _MAP_TAG:
                     raise self.error(node, f"unsupported tag {_short_tag(node.tag)}")
                 mapping: dict[str, Any] = {}
-                for key, (key_node, value_node) in self.entries(node).items():
+                try:
+                    entries = self.entries(node)
+                except YamlError as e:
+                    if e.message.startswith("duplicate key ") and not e.loc:
+                        e.loc = (*loc, e.message[len("duplicate key "):].strip("'\""))
+                    raise
+                for key, (key_node, value_node) in entries.items():
                     self.lines[(*loc, key)] = _line(key_node)
                     mapping[key] = self.build(value_node, (*loc, key))
                 return mapping

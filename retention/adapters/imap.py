@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,11 @@ class ImapSession(ImapActions):
                 log.debug("%s: %s: summing sizes", self.label, exc)
                 quota = None
             if quota is not None:
+                if quota.messages is None:
+                    # No MESSAGE resource: count them (the cap's percentage and the
+                    # messages gauge are about the whole account, not the scanned folders).
+                    infos = list(folders) if folders is not None else self.folders()
+                    quota = replace(quota, messages=self._message_count(infos))
                 return quota
         infos = list(folders) if folders is not None else self.folders()
         total = count = 0
@@ -136,6 +142,21 @@ class ImapSession(ImapActions):
             if best is None or ratio > best[0]:
                 best = (ratio, usage)
         return best[1] if best else None
+
+    def _message_count(self, infos: Sequence[FolderInfo]) -> int | None:
+        """Messages in all selectable folders (``STATUS (MESSAGES)``); None if refused."""
+        total = 0
+        for info in infos:
+            if not info.selectable:
+                continue
+            try:
+                with self.guard("STATUS"):
+                    status = self._client.folder_status(self.server(info.name), ["MESSAGES"])
+            except ProtocolError as exc:
+                log.debug("%s: STATUS %s: %s", self.label, info.name, exc)
+                return None
+            total += int(status.get(b"MESSAGES", 0))
+        return total
 
     def _folder_size(self, folder: str) -> tuple[int, int]:
         """(bytes, messages) of one folder: ``STATUS (SIZE)`` or RFC822.SIZE fetches."""

@@ -305,6 +305,14 @@ def reply_text(exc: BaseException) -> str:
     m = _IMAPCLIENT_ERROR.match(text)
     if m:
         return one_line(m.group(1))
+    if len(text) > 2 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
+        # imapclient's LoginError carries the server's bytes as their repr: b'[AUTH...]'
+        try:
+            raw = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raw = None
+        if isinstance(raw, bytes):
+            text = raw.decode("utf-8", errors="replace")
     return one_line(text) or type(exc).__name__
 
 

@@ -470,11 +470,13 @@ def test_empty_folder_rail_sees_two_rules_emptying_a_folder_together():
     assert [(d.rule, d.count) for d in p.dropped] == [("a", 1)]
 
 
-def test_over_quota_keeps_the_last_message_unless_allowed():
+def test_over_quota_rail_drops_all_the_rules_actions_in_that_folder():
+    """Issue 3: when the rail fires, all of that rule's actions in that folder go."""
     pol = quota_policy(rule("any", folders=["INBOX"], when="over_quota"))
     p = run(pol, msg("INBOX", 1), msg("INBOX", 2), usage=10_000, limit=1_000, filler=False)
-    assert uids(p) == [("INBOX", 1)]
-    assert [(d.rule, d.folder, d.count) for d in p.dropped] == [("any", "INBOX", 1)]
+    assert uids(p) == []
+    assert [(d.rule, d.folder, d.count) for d in p.dropped] == [("any", "INBOX", 2)]
+    assert p.short_by_bytes > 0
     pol = quota_policy(rule("any", folders=["INBOX"], when="over_quota",
                             allow_empty_folder=True))
     p = run(pol, msg("INBOX", 1), msg("INBOX", 2), usage=10_000, limit=1_000, filler=False)

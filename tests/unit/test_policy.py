@@ -209,7 +209,8 @@ BAD: list[tuple[str, str, str, int, str, str]] = [
         "missing required key",
     ),
     ("port out of range", "port: 993", "port: 99300", 22, "accounts.0.port", "65535"),
-    ("duplicate key", "    port: 993\n", "    port: 993\n    port: 994\n", 23, "", "duplicate key"),
+    ("duplicate key", "    port: 993\n", "    port: 993\n    port: 994\n", 23, "accounts.0.port",
+     "duplicate key"),
     (
         "unknown archive target",
         "action: {move_to: '\\Archive'}",
