@@ -307,11 +307,20 @@ def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[st
             out.append(f"account {acct.name}: password_file {acct.password_file} is not readable")
     for pname, policy in config.policies.items():
         for rule in policy.rules:
-            if rule.older_than is not None and rule.older_than < timedelta(hours=1):
+            # Parsed durations lose their unit: one that is not whole hours was written in
+            # minutes, which is almost always "6m" meant as six months.
+            if rule.older_than is not None and (
+                rule.older_than < timedelta(hours=1) or rule.older_than.total_seconds() % 3600
+            ):
                 out.append(
                     f"policy {pname}, rule {rule.name}: older_than is in minutes "
                     "('m' is minutes; months are not a unit: use e.g. 30d)"
                 )
+        if policy.quota.warn_above >= policy.quota.clean_above:
+            out.append(
+                f"policy {pname}: warn_above is not below clean_above, so no warning comes "
+                "before cleanup starts"
+            )
     used = {a.policy for a in config.accounts}
     for pname in sorted(set(config.policies) - used):
         out.append(f"policy {pname} is not used by any account")

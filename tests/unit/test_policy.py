@@ -345,3 +345,13 @@ def test_bad_schedules_and_archive_templates_are_config_errors(tmp_path: Path) -
     found = {(p.line, p.field) for p in info.value.problems}
     assert found == {(2, "archives.cold.path"), (5, "policies.p.schedule"),
                      (12, "accounts.0.schedule")}
+
+
+def test_check_warns_about_minutes_and_warn_above_clean_above(tmp_path: Path) -> None:
+    from retention.policyfile import warnings
+
+    text = GOOD.replace("older_than: 30d", "older_than: 90m").replace(
+        "quota: {limit: 1GiB}", "quota: {limit: 1GiB, warn_above: 95%, clean_above: 90%}")
+    found = warnings(load_config(write(tmp_path, text), env={}), env={"ALICE_PASSWORD": "x"})
+    assert any("rule trash: older_than is in minutes" in w for w in found), found
+    assert any("warn_above is not below clean_above" in w for w in found), found
