@@ -9,6 +9,7 @@ folder is touched; the server is stopped at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -175,7 +176,15 @@ def main() -> int:
         rc |= retention("usage", "-c", str(policy), env=env, cwd=workdir)
         rc |= retention("run", "-c", str(policy), "--dry-run", env=env, cwd=workdir)
         print("\n(the dry-run changed nothing; now the real run)")
-        rc |= retention("run", "-c", str(policy), env=env, cwd=workdir)
+        report = workdir / "report.json"
+        rc |= retention("run", "-c", str(policy), "--format", "json", "--output", str(report),
+                        env=env, cwd=workdir)
+        print(f"(the real run's JSON report, message by message: {report})")
+        for acct in json.loads(report.read_text())["accounts"]:
+            done = sum(1 for a in acct["actions"] if a["result"] == "done")
+            print(f"  {acct['account']}: status {acct['status']}, {done} messages removed, "
+                  f"{acct['freed_bytes']} bytes freed, usage {acct['usage_bytes']} -> "
+                  f"{acct['usage_after_bytes']} of {acct['limit_bytes']}")
         rc |= retention("usage", "-c", str(policy), env=env, cwd=workdir)
         rc |= retention("history", "-c", str(policy), "--account", "alice", env=env, cwd=workdir)
         archived = (
