@@ -50,8 +50,8 @@ from retention.journal import (
     Journal,
     JournalRow,
 )
-from retention.model import FolderInfo, MessageRef
-from retention.plan import ActionKind
+from retention.model import FolderInfo, Message, MessageRef
+from retention.plan import Action, ActionKind, Clock
 
 if TYPE_CHECKING:
     from retention.adapters import MailSession
@@ -84,6 +84,10 @@ class RecoveryReport:
     failed: int = 0  # copy missing/damaged or folder changed: source left in place
     pending_commit: int = 0  # POP3 deletions retried, committed by execute()
     notes: list[str] = field(default_factory=list)
+    # The removals this recovery finished (and, for POP3, those its QUIT will commit):
+    # the run reports them, since a fresh scan no longer shows those messages.
+    finished: list[JournalRow] = field(default_factory=list)
+    pending: list[JournalRow] = field(default_factory=list)
 
 
 class Recovery:
@@ -205,6 +209,7 @@ class Recovery:
                 self.journal.mark([row.id], done, detail="completed (confirmed by recovery)")
                 self.handled[key] = f"completed by run {row.run_id}"
                 report.completed += 1
+                report.finished.append(row)
             return
         # verified or deleting: the source goes, if it is still there
         if present:
@@ -213,6 +218,7 @@ class Recovery:
             self.journal.mark([row.id], DELETED, detail="completed (confirmed by recovery)")
             self.handled[key] = f"completed by run {row.run_id}"
             report.completed += 1
+            report.finished.append(row)
 
     def _recover_deletes(self, rows: list[JournalRow], report: RecoveryReport) -> None:
         refs = [r.ref for r in rows]
@@ -228,13 +234,16 @@ class Recovery:
         self.journal.mark([r.id for r in vanished], DELETED,
                           detail="gone before recovery could delete it; the copy is verified")
         report.completed += len(vanished)
+        report.finished.extend(vanished)
         if self._pop3:
             self.journal.mark([r.id for r in gone if r.state != DELETING], DELETING)
             self.pending.extend(r.id for r in gone)
             report.pending_commit += len(gone)
+            report.pending.extend(gone)
         else:
             self.journal.mark([r.id for r in gone], DELETED, detail="completed by recovery")
             report.completed += len(gone)
+            report.finished.extend(gone)
         for r in gone:
             self.handled[r.ref.key()] = f"completed from run {r.run_id}"
 
@@ -336,3 +345,16 @@ def recover(config: Config, account: Account, session: MailSession) -> RecoveryR
         run_id = f"recover-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
         return Recovery(session, journal, archives=archives, run_id=run_id,
                         account=account.name).run()
+
+
+def row_action(row: JournalRow) -> Action:
+    """The action a journal row recorded, rebuilt for the report of the run that finished it."""
+    message = Message(
+        ref=row.ref, size=row.size, received=row.internal_date or row.created,
+        flags=row.flags, message_id=row.message_id,
+    )
+    return Action(
+        message=message, kind=ActionKind(row.action), rule=row.rule,
+        clock=Clock(row.clock) if row.clock else Clock.RECEIVED,
+        reason=row.reason or "", to_folder=row.to_folder, archive=row.target,
+    )

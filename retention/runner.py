@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retention.adapters import MailSession
 from retention.errors import AccountError, AccountLocked, FolderSkipped, RetentionError
@@ -31,6 +32,9 @@ from retention.planner import plan as make_plan
 from retention.policy import Account, Config, Policy, effective_clock
 from retention.result import AccountResult, ActionResult, RunResult
 from retention.secrets import read_password
+
+if TYPE_CHECKING:
+    from retention.journal import JournalRow
 
 log = logging.getLogger("retention.runner")
 
@@ -153,6 +157,9 @@ class _Pass:
         # What earlier attempts of this run really did: a retry's fresh scan no longer
         # shows those messages, but the report and the metrics must.
         self.carried: tuple[ActionResult, ...] = ()
+        # Journal rows that this run's recovery finished (see _with_recovered).
+        self.recovered: list[JournalRow] = []
+        self.recovered_pending: list[JournalRow] = []
 
     def limit(self, usage: Usage) -> int | None:
         return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
@@ -231,7 +238,7 @@ class _Pass:
                 results = tuple(ActionResult(a, "planned") for a in plan.actions) + impossible
                 after = plan.usage_after_bytes
             else:
-                results = self._execute(session, plan) + impossible
+                results = self._with_recovered(self._execute(session, plan)) + impossible
                 after = self._measure_after(session, folders, snapshot, results)
                 ledger.record_usage(
                     self.account.name, datetime.now(UTC), after, snapshot.usage.limit_bytes
@@ -250,7 +257,24 @@ class _Pass:
     def _recover(self, session: MailSession) -> None:
         from retention.recovery import recover
 
-        recover(self.config, self.account, session)
+        report = recover(self.config, self.account, session)
+        self.recovered += report.finished  # kept across retries within this run
+        self.recovered_pending = report.pending  # uncommitted ones are redone on retry
+
+    def _with_recovered(self, results: tuple[ActionResult, ...]) -> tuple[ActionResult, ...]:
+        """Add the removals recovery finished in this run: a fresh scan no longer shows
+        them, yet this run did them (report, metrics). POP3's are done once QUIT commits,
+        i.e. when execution returned normally."""
+        from retention.recovery import row_action
+
+        seen = {r.action.message.ref.key() for r in results}
+        extra = []
+        for row in [*self.recovered, *self.recovered_pending]:
+            if row.ref.key() not in seen:
+                seen.add(row.ref.key())
+                extra.append(ActionResult(row_action(row), "done",
+                                          f"finished from interrupted run {row.run_id}"))
+        return results + tuple(extra)
 
     def _execute(self, session: MailSession, plan: Plan) -> tuple[ActionResult, ...]:
         from retention.archive import ArchiveSet

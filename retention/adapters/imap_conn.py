@@ -11,6 +11,7 @@ name map, and a per-command counter that tests use to bound round trips.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import imaplib
 import logging
@@ -132,7 +133,11 @@ def _starttls(client: Any, ctx: ssl.SSLContext | None, label: str) -> None:
 
 
 def _login(client: Any, username: str, password: str, label: str) -> None:
-    secrets = [password]
+    # A server that echoes our command back would show the password as LOGIN quotes it
+    # (RFC 3501 quoted string) or as AUTHENTICATE PLAIN's base64: scrub those forms too.
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+    plain = base64.b64encode(f"\0{username}\0{password}".encode()).decode("ascii")
+    secrets = [quoted, password, plain]
     try:
         if not (username.isascii() and password.isascii()):
             # LOGIN's quoted strings are 7-bit in imaplib; SASL PLAIN carries UTF-8.

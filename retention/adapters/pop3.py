@@ -170,6 +170,9 @@ def _login_error(where: str, reply: object, password: str) -> NoReturn:
     """Classify a refused login by its RFC 2449/3206 response code."""
     # A server that echoes what it was sent must not put the password into our errors.
     text = _reply_text(reply).replace(password, "***") if password else _reply_text(reply)
+    if text == "-ERR EOF":
+        # poplib's own words for a connection that closed: not the server refusing us.
+        raise ConnectError(f"{where}: connection lost during login")
     upper = text.upper()
     if "[IN-USE]" in upper or "[SYS/TEMP]" in upper or "[LOGIN-DELAY]" in upper:
         raise ConnectError(f"{where}: login refused for now: {text}")
@@ -353,8 +356,9 @@ class Pop3Session:
         if self._numbers is None:
             try:
                 uidl_body = self._command("UIDL", multiline=True)
-            except ProtocolError:
-                raise ProtocolError(f"{self.where}: {NO_UIDL}") from None
+            except ProtocolError as e:
+                # Say what the server answered: it may list UIDL in CAPA and still refuse.
+                raise ProtocolError(f"{self.where}: {NO_UIDL} (UIDL answered: {e})") from None
             list_body = self._command("LIST", multiline=True)
             try:
                 uidls = parse_listing(uidl_body, "UIDL")

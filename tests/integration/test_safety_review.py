@@ -193,3 +193,57 @@ def test_mbox_write_never_truncates_bytes_it_did_not_write(tmp_path: Path) -> No
     journal.close()
     assert res.error is not None  # refusing to write is right...
     assert path.read_bytes() == foreign, "...but the other writer's bytes were truncated away"
+
+
+# --- Acceptance pass 2 ------------------------------------------------------------------------
+
+
+def test_removals_finished_by_a_retry_are_in_the_report(
+    mail_user: MailUser, tmp_path: Path
+) -> None:
+    """The connection drops on UID EXPUNGE: the retry's recovery finishes those deletes,
+    and the run's report (and so the metrics) counts them as done by this run."""
+    mail_user.seed("INBOX", [SeedMessage(received=ago(days=400 + i)) for i in range(4)])
+    mail_user.seed("INBOX", [SeedMessage(received=ago(days=1))])
+    with FaultProxy(mail_user.server.host, mail_user.server.imap_port) as proxy:
+        proxy.drop_on(rb"UID EXPUNGE", times=1)
+        pf = PolicyFile(tmp_path, DELETE_OLD)
+        via_proxy(pf, mail_user, proxy)
+        result = run(pf)
+    assert result.status == "ok"
+    assert len(mail_user.folder_state()["INBOX"]) == 1
+    done = [r for r in result.results if r.result == "done"]
+    assert len(done) == 4, [(r.result, r.detail) for r in result.results]
+    assert result.freed_bytes == sum(r.action.message.size for r in done) > 0
+
+
+def test_pop3_connection_lost_during_login_is_a_connect_error(
+    mail_user: MailUser, tmp_path: Path
+) -> None:
+    """poplib reports a closed connection as '-ERR EOF': not a rejected password."""
+    with FaultProxy(mail_user.server.host, mail_user.server.pop3_port) as proxy:
+        proxy.drop_on(rb"^PASS", times=None)
+        pf = PolicyFile(tmp_path, {"p": {"rules": []}})
+        pf.add_imap(mail_user, security="none", port=proxy.port, host="127.0.0.1",
+                    protocol="pop3")
+        result = run(pf)
+    assert result.status == "error"
+    assert result.error_kind == "connect", result.error
+    assert proxy.connections == 3  # retried twice
+
+
+def test_an_echoed_quoted_password_is_scrubbed(mail_user: MailUser, tmp_path: Path) -> None:
+    """A server that echoes LOGIN shows the password IMAP-quoted (\\" and \\\\ escaped)."""
+    password = 'Pw-Zebra-9917"Q\\x'
+    with FaultProxy(mail_user.server.host, mail_user.server.imap_port) as proxy:
+        proxy.reply_on(rb" LOGIN ", lambda line: line.split(b" ", 1)[0]
+                       + b" NO [AUTHENTICATIONFAILED] rejected: " + line.rstrip(b"\r\n")
+                       + b"\r\n")
+        pf = PolicyFile(tmp_path, DELETE_OLD)
+        pf.add_imap(mail_user, security="none", port=proxy.port, host="127.0.0.1",
+                    password=password)
+        result = run(pf)
+    assert result.status == "error" and result.error_kind == "auth"
+    assert result.error is not None and "***" in result.error
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+    assert password not in result.error and quoted not in result.error
