@@ -150,6 +150,8 @@ class _Pass:
         self.connect = connect
         self.stop = stop
         self.warnings: list[str] = []
+        if not account.tls_verify and account.security != "none":
+            self.warnings.append("TLS certificate verification is off (tls_verify: false)")
         # The last attempt's plan and results, reported even when the account fails.
         self.plan: Plan | None = None
         self.usage: Usage | None = None
