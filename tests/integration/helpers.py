@@ -169,14 +169,27 @@ class PolicyFile:
         unless given) goes into the environment variable ``env_var_for(name)``; ``fields``
         override any account key.
         """
+        return self._add(user, "imap", password=password, name=name, policy=policy,
+                         security=security, **fields)
+
+    def add_pop3(self, user: MailUser, *, password: str | None = None, name: str | None = None,
+                 policy: str | None = None, security: str = "tls", **fields: Any) -> str:
+        """Like ``add_imap``, for the server's POP3 (995 / 110-style) ports."""
+        return self._add(user, "pop3", password=password, name=name, policy=policy,
+                         security=security, **fields)
+
+    def _add(self, user: MailUser, protocol: str, *, password: str | None, name: str | None,
+             policy: str | None, security: str, **fields: Any) -> str:
         server = user.server
         name = name or user.name.replace("_", "-").strip("-")
         password = user.password if password is None else password
+        tls_port, plain_port = ((server.imaps_port, server.imap_port) if protocol == "imap"
+                                else (server.pop3s_port, server.pop3_port))
         entry: dict[str, Any] = {
             "name": name,
-            "protocol": "imap",
+            "protocol": protocol,
             "host": server.host,
-            "port": server.imaps_port if security == "tls" else server.imap_port,
+            "port": tls_port if security == "tls" else plain_port,
             "security": security,
             "username": user.name,
             "password_env": env_var_for(name),

@@ -25,22 +25,9 @@ T0 = datetime.now(UTC).replace(microsecond=0)
 
 def add_pop3(pf: PolicyFile, user: MailUser, *, name: str = "pop", security: str = "tls",
              port: int | None = None, **fields: Any) -> str:
-    server = user.server
-    entry: dict[str, Any] = {
-        "name": name, "protocol": "pop3", "host": server.host,
-        "port": port or (server.pop3s_port if security == "tls" else server.pop3_port),
-        "security": security, "username": user.name, "password_env": env_var_for(name),
-        "policy": next(iter(pf.policies)), "timeout": "60s",
-    }
-    if security == "none":
-        entry["allow_plaintext"] = True
-    else:
-        entry["ca_file"] = str(server.ca_file)
-    entry.update(fields)
-    pf.accounts.append(entry)
-    pf.env[env_var_for(name)] = user.password
-    pf.write()
-    return name
+    if port is not None:
+        fields["port"] = port
+    return pf.add_pop3(user, name=name, security=security, **fields)
 
 
 def sha(data: bytes) -> str:

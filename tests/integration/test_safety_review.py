@@ -224,8 +224,7 @@ def test_pop3_connection_lost_during_login_is_a_connect_error(
     with FaultProxy(mail_user.server.host, mail_user.server.pop3_port) as proxy:
         proxy.drop_on(rb"^PASS", times=None)
         pf = PolicyFile(tmp_path, {"p": {"rules": []}})
-        pf.add_imap(mail_user, security="none", port=proxy.port, host="127.0.0.1",
-                    protocol="pop3")
+        pf.add_pop3(mail_user, security="none", port=proxy.port, host="127.0.0.1")
         result = run(pf)
     assert result.status == "error"
     assert result.error_kind == "connect", result.error
