@@ -58,10 +58,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from retention.testing.dovecot import Dovecot, MailUser, SeedMessage, dovecot_unavailable_reason
 
-from tests.dovecot import Dovecot, MailUser, SeedMessage, dovecot_unavailable_reason  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 Command = tuple[list[str], dict[str, str]]  # argv, environment
 TOOLS = ("retention", "imapfilter", "retention-dry", "imapfilter-dry")

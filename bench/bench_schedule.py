@@ -34,7 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SCHEDULES = ["0 3 * * *", "30 2 * * *", "0 */6 * * *", "15 4 * * 1-5"]
 
@@ -72,9 +71,9 @@ def write_policy(path: Path, accounts: int) -> None:
 def one_run(path: Path) -> dict[str, float]:
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from retention.config.settings import resolve_settings
     from retention.result import AccountResult
-    from retention.service import RetentionService, load_policy
-    from retention.settings import resolve_settings
+    from retention.service.serve import RetentionService, load_policy
 
     def fake(config, account, **_kw) -> AccountResult:
         now = datetime.now(UTC)

@@ -15,16 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from retention import __version__
-from retention.errors import ConfigError
-from retention.policy import Account, Config, effective_allow_empty, effective_clock
-from retention.policyfile import load_config
-from retention.policyfile import warnings as config_warnings
-from retention.units import (
+from retention.config.load import load_config
+from retention.config.load import warnings as config_warnings
+from retention.config.schema import Account, Config, effective_allow_empty, effective_clock
+from retention.config.units import (
     format_count_or_percent,
     format_duration,
     format_percent,
     format_size,
 )
+from retention.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -168,7 +168,7 @@ def _cmd_check(config: Config) -> int:
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     from retention import report
-    from retention.runner import run_all
+    from retention.run.account import run_all
 
     accounts = _select(config, args.account)
     result = run_all(config, [a.name for a in accounts], dry_run=args.dry_run)
@@ -185,7 +185,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
     from retention import report
-    from retention.runner import measure_account
+    from retention.run.account import measure_account
 
     results = [measure_account(config, a) for a in _select(config, args.account)]
     if args.format == "json":
@@ -209,7 +209,7 @@ def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_history(config: Config, args: argparse.Namespace) -> int:
-    from retention.history import history
+    from retention.state.history import history
 
     _select(config, args.account)
     sys.stdout.write(history(config, accounts=args.account, since=args.since, fmt=args.format))
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = _config_path(args.config)
         if args.command == "serve":
-            from retention.service import serve
+            from retention.service.serve import serve
 
             return serve(path)
         config = load_config(path)

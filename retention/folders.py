@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from retention.model import FolderInfo, SpecialUse
 
 if TYPE_CHECKING:
-    from retention.policy import Policy
+    from retention.config.schema import Policy
 
 __all__ = [
     "excluded_by",

@@ -34,16 +34,16 @@ from datetime import UTC, datetime, time
 from fractions import Fraction
 
 from retention import folders as fl
-from retention.model import ANSWERED, DRAFT, FLAGGED, SEEN, FolderInfo, Message, Snapshot
-from retention.plan import Action, ActionKind, Clock, Dropped, Plan
-from retention.policy import (
+from retention.config.schema import (
     Policy,
     Rule,
     effective_allow_empty,
     effective_clock,
     effective_protect,
 )
-from retention.units import format_duration, format_percent, format_size
+from retention.config.units import format_duration, format_percent, format_size
+from retention.model import ANSWERED, DRAFT, FLAGGED, SEEN, FolderInfo, Message, Snapshot
+from retention.plan import Action, ActionKind, Clock, Dropped, Plan
 
 __all__ = ["Decision", "clock_time", "explain", "plan", "protected_by"]
 

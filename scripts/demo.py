@@ -17,10 +17,10 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from retention.testing.dovecot import Dovecot, SeedMessage
 
-from tests.dovecot import Dovecot, SeedMessage  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 MiB = 1024 * 1024
 QUOTA = 20 * MiB

@@ -19,7 +19,7 @@ failure: CI must never go green by skipping the integration suite.
 Every test under tests/integration/, and every test using a Dovecot fixture, gets
 the `dovecot` marker, so `-m "not dovecot"` runs the pure unit tests only.
 
-Import the library as `tests.dovecot` (one module object, so its AUTO sentinel
+Import the library as `retention.testing.dovecot` (one module object, so its AUTO sentinel
 compares correctly everywhere); the repository root is put on sys.path for that.
 """
 
@@ -39,7 +39,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from tests.dovecot import Dovecot, MailUser, dovecot_unavailable_reason  # noqa: E402
+from retention.testing.dovecot import Dovecot, MailUser, dovecot_unavailable_reason  # noqa: E402
 
 MiB = 1024 * 1024
 DEFAULT_QUOTA_BYTES = 50 * MiB

@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from retention.config.schema import Policy
 from retention.model import (
     ANSWERED,
     DELETED,
@@ -27,7 +28,6 @@ from retention.model import (
     Snapshot,
     Usage,
 )
-from retention.policy import Policy
 
 NOW = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -6,7 +6,7 @@ folder (``INBOX``), no flags and no server dates, so:
 * Identity is the ``UIDL``; message numbers are mapped from this session's own UIDL listing
   and never carried across sessions. A server without UIDL fails the account: no safe
   retention without stable ids.
-* Age comes from the agent's first-seen ledger (``retention.ledger``): ``scan`` returns
+* Age comes from the agent's first-seen ledger (``retention.state.observations``): ``scan`` returns
   ``received`` = the time this session was opened ("first seen now", which can never make a
   message old) and the runner replaces it with the ledger's first-seen time. ``with_sent``
   reads each message's header with ``TOP n 0`` (pipelined where the server offers
@@ -37,6 +37,7 @@ from email.utils import parsedate_to_datetime
 from typing import IO, NoReturn
 
 from retention.adapters.tls import classify_ssl_error, make_context
+from retention.config.schema import Connection
 from retention.errors import (
     AuthError,
     ConnectError,
@@ -46,7 +47,6 @@ from retention.errors import (
 )
 from retention.model import FolderInfo, FolderSnapshot, Message, MessageRef, Usage
 from retention.model import Protocol as MailProtocol
-from retention.policy import Connection
 
 log = logging.getLogger("retention.pop3")
 

@@ -3,7 +3,7 @@
 This package owns writing archive copies (``mbox``, ``maildir``, ``imap`` modules), reading
 them back to verify them, and finding the copies an interrupted run may have made. It never
 deletes a source message and never decides what to archive: the executor drives it, and
-journals every step (``retention.journal``) before and after each call here.
+journals every step (``retention.state.journal``) before and after each call here.
 
 A writer works in batches, in four calls the executor interleaves with journal commits::
 
@@ -41,8 +41,8 @@ from retention.errors import ArchiveError
 from retention.plan import Action
 
 if TYPE_CHECKING:
-    from retention.journal import Journal, JournalRow
-    from retention.policy import ArchiveTarget, Connection
+    from retention.config.schema import ArchiveTarget, Connection
+    from retention.state.journal import Journal, JournalRow
 
 
 def sha256(data: bytes) -> str:
@@ -226,7 +226,7 @@ class ArchiveSet:
             from retention.archive.imap import ImapWriter
 
             if self._secrets is None:
-                from retention.secrets import read_password
+                from retention.config.secrets import read_password
 
                 self._secrets = read_password
             w = ImapWriter(

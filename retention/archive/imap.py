@@ -25,15 +25,15 @@ from retention.archive.paths import expand
 from retention.errors import AccountError, ArchiveError, ConnectError, FolderSkipped
 
 if TYPE_CHECKING:
-    from retention.adapters.imap import ImapSession
-    from retention.journal import JournalRow
-    from retention.policy import ImapTarget
+    from retention.adapters.imap.session import ImapSession
+    from retention.config.schema import ImapTarget
+    from retention.state.journal import JournalRow
 
 Connect = Callable[["ImapTarget", str], "ImapSession"]
 
 
 def _default_connect(target: ImapTarget, password: str) -> ImapSession:
-    from retention.adapters.imap import ImapSession
+    from retention.adapters.imap.session import ImapSession
 
     return ImapSession.connect(target, password, readonly=False)
 

@@ -44,8 +44,8 @@ from retention.archive.paths import expand, fs_folder
 from retention.errors import ArchiveError
 
 if TYPE_CHECKING:
-    from retention.journal import JournalRow
-    from retention.policy import MaildirTarget
+    from retention.config.schema import MaildirTarget
+    from retention.state.journal import JournalRow
 
 _LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S"}
 _SEQ = itertools.count(1)

@@ -49,8 +49,8 @@ from retention.archive.paths import expand
 from retention.errors import ArchiveError
 
 if TYPE_CHECKING:
-    from retention.journal import Intent, Journal, JournalRow
-    from retention.policy import MboxTarget
+    from retention.config.schema import MboxTarget
+    from retention.state.journal import Intent, Journal, JournalRow
 
 LOCK_TIMEOUT = 120.0
 _ESCAPE = re.compile(rb"(?m)^(>*From )")
@@ -163,7 +163,7 @@ def _resolve_intents(journal: Journal, intents: Sequence[Intent], fd: int) -> No
     if not intents:
         return
     _truncate_to(fd, min(i.offset for i in intents))
-    from retention.journal import DROPPED, PLANNED
+    from retention.state.journal import DROPPED, PLANNED
 
     with journal.transaction("mbox-repaired"):
         for intent in intents:
@@ -198,7 +198,7 @@ def repair_intent(journal: Journal, intent: Intent) -> None:
 
 
 def _resolve_missing(journal: Journal, intent: Intent) -> None:
-    from retention.journal import DROPPED, PLANNED
+    from retention.state.journal import DROPPED, PLANNED
 
     with journal.transaction("mbox-repaired"):
         ids = [r.id for r in journal.rows_of_intent(intent.id) if r.state == PLANNED]

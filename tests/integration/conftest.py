@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.dovecot import MailUser
+from retention.testing.dovecot import MailUser
 
 
 @pytest.fixture

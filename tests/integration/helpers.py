@@ -14,7 +14,7 @@ Example::
 
     pf = PolicyFile(tmp_path, {"p": {"rules": [{"name": "old", "older_than": "1y",
                                                 "action": "delete"}]}})
-    pf.add_imap(mail_user)  # a tests.dovecot.MailUser, e.g. from the make_user fixture
+    pf.add_imap(mail_user)  # a retention.testing.dovecot.MailUser, e.g. from the make_user fixture
     result = pf.run(dry_run=True)
     assert result.code == 0 and result.report["accounts"][0]["status"] == "ok"
 """
@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from tests.dovecot import MailUser, MessageState
+from retention.testing.dovecot import MailUser, MessageState
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -249,8 +249,8 @@ class PolicyFile:
         return self.cli("usage", "--format", fmt)
 
     def load(self) -> Any:
-        """The validated ``Config`` (in-process; for ``retention.runner.run_all``)."""
-        from retention.policyfile import load_config
+        """The validated ``Config`` (in-process; for ``retention.run.account.run_all``)."""
+        from retention.config.load import load_config
 
         return load_config(self.path, env={})
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from retention.archive.mbox import normalise, read_all, unescape
-from tests.dovecot import MailUser, SeedMessage
+from retention.testing.dovecot import MailUser, SeedMessage
 from tests.integration.helpers import REPO, CliResult, PolicyFile, ago, env_var_for
 
 POLICY = {"standard": {"protect": [], "rules": [

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from retention.archive.mbox import normalise, read_all, unescape
-from tests.dovecot import MailUser, SeedMessage
+from retention.testing.dovecot import MailUser, SeedMessage
 from tests.integration.helpers import PolicyFile, ago, env_var_for
 
 POLICY = {
@@ -166,13 +166,13 @@ def test_archives_are_byte_identical(tmp_path, make_user, kind):
 
 def test_append_timeout_reconciled_on_real_server(tmp_path, make_user):
     """APPEND reaches the server but the answer is lost: the retry finds it, no duplicate."""
-    from retention.adapters.imap import ImapSession
+    from retention.adapters.imap.session import ImapSession
     from retention.archive import ArchiveSet
+    from retention.config.load import load_config
     from retention.errors import ConnectError
-    from retention.executor import Executor
-    from retention.journal import Journal
     from retention.planner import plan as make_plan
-    from retention.policyfile import load_config
+    from retention.run.executor import Executor
+    from retention.state.journal import Journal
 
     user, vault = make_user(), make_user()
     old, _kept = seed_mail(user)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dovecot import MailUser, SeedMessage
+from retention.testing.dovecot import MailUser, SeedMessage
 from tests.integration.helpers import ACCOUNT_KEYS, USAGE_KEYS, PolicyFile, ago, uid_of
 
 MiB = 1024 * 1024

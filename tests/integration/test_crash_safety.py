@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from retention.archive.mbox import normalise, read_all, unescape
-from tests.dovecot import MailUser, SeedMessage
+from retention.testing.dovecot import MailUser, SeedMessage
 from tests.integration.helpers import CliResult, PolicyFile, ago, env_var_for
 
 pytestmark = pytest.mark.slow

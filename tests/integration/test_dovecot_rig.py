@@ -14,7 +14,7 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from tests.dovecot import Dovecot, MailUser, SeedMessage
+from retention.testing.dovecot import Dovecot, MailUser, SeedMessage
 
 MiB = 1024 * 1024
 T0 = datetime(2021, 3, 4, 5, 6, 7, tzinfo=UTC)

@@ -19,7 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from retention.adapters.imap import SCAN_BATCH, ImapSession
+from retention.adapters.imap.session import SCAN_BATCH, ImapSession
+from retention.config.schema import Connection
 from retention.errors import (
     AuthError,
     ConnectError,
@@ -29,9 +30,8 @@ from retention.errors import (
     UidValidityChanged,
 )
 from retention.model import DELETED, FLAGGED, SEEN
-from retention.policy import Connection
-from tests.dovecot import MailUser, SeedMessage
-from tests.integration.faultproxy import FaultProxy, imap_bad
+from retention.testing.dovecot import MailUser, SeedMessage
+from retention.testing.faultproxy import FaultProxy, imap_bad
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from retention.adapters.pop3 import Pop3Session
+from retention.config.schema import Account
 from retention.errors import AuthError, ConnectError, ProtocolError, TlsError
-from retention.ledger import Ledger
 from retention.model import FolderInfo, MessageRef
-from retention.policy import Account
-from tests.dovecot import AUTO, MailUser, SeedMessage
+from retention.state.observations import Ledger
+from retention.testing.dovecot import AUTO, MailUser, SeedMessage
 
 INBOX = FolderInfo("INBOX")
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -281,7 +281,7 @@ def test_first_seen_ages_messages_across_restarts(mail_user, tmp_path):
 
 @pytest.fixture(scope="module")
 def _proxy(dovecot):
-    from tests.integration.faultproxy import FaultProxy
+    from retention.testing.faultproxy import FaultProxy
 
     # One proxy for the module (every test user lives on the session's server): closing a
     # FaultProxy waits for its accept thread.
@@ -314,7 +314,7 @@ def contents(user: MailUser) -> dict[int, str]:
 
 
 def test_uidl_refused_fails_clearly(mail_user, proxy):
-    from tests.integration.faultproxy import pop3_err
+    from retention.testing.faultproxy import pop3_err
 
     seed(mail_user, 2)
     proxy.reply_on(rb"^UIDL", pop3_err("command not implemented"))
@@ -374,7 +374,7 @@ def test_reply_cut_during_quit_is_not_confirmed(mail_user, proxy):
 
 
 def test_dele_or_quit_refused_commits_nothing(mail_user, proxy):
-    from tests.integration.faultproxy import pop3_err
+    from retention.testing.faultproxy import pop3_err
 
     seed(mail_user, 3)
     before = mail_user.folder_state()
@@ -395,7 +395,7 @@ def test_dele_or_quit_refused_commits_nothing(mail_user, proxy):
 
 
 def test_starttls_never_falls_back_to_plaintext(mail_user, proxy):
-    from tests.integration.faultproxy import pop3_err
+    from retention.testing.faultproxy import pop3_err
 
     proxy.reply_on(rb"^CAPA", b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\n.\r\n")  # STLS not offered
     with pytest.raises(TlsError, match="STLS"):
@@ -477,7 +477,7 @@ def test_message_ids_read_with_top_for_the_given_refs_only(mail_user, proxy):
 
 
 def test_without_top_sent_is_none(mail_user, proxy):
-    from tests.integration.faultproxy import pop3_err
+    from retention.testing.faultproxy import pop3_err
 
     seed(mail_user, 3)
     proxy.reply_on(rb"^CAPA", CAPA_SERIAL, times=2)

@@ -1,6 +1,6 @@
 """POP3 accounts end to end: policy file, runner / ``retention run``, journal, archive.
 
-The age tests call ``retention.runner.run_account`` in-process with an injected clock (no
+The age tests call ``retention.run.account.run_account`` in-process with an injected clock (no
 sleeping): POP3 age is the agent's first sighting, so moving ``now`` forward is the only
 way to age a message. The rest go through ``python -m retention run --format json`` as a
 user would, with ``age_by: sent`` (the Date header, read with TOP) so no clock is needed.
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from retention.runner import run_account
-from tests.dovecot import MailUser, SeedMessage
+from retention.run.account import run_account
+from retention.testing.dovecot import MailUser, SeedMessage
 from tests.integration.helpers import PolicyFile, ago, env_var_for, patched_env
 
 KiB = 1024
@@ -164,7 +164,7 @@ def test_archive_then_delete_is_byte_identical(mail_user, tmp_path):
 
 
 def test_dropped_before_quit_then_next_run_finishes_without_duplicates(mail_user, tmp_path):
-    from tests.integration.faultproxy import FaultProxy
+    from retention.testing.faultproxy import FaultProxy
 
     raws = mail_user.seed("INBOX", [SeedMessage(received=ago(days=400 + i), size=8 * KiB)
                                     for i in range(5)])
@@ -199,7 +199,7 @@ def test_dropped_before_quit_then_next_run_finishes_without_duplicates(mail_user
 
 
 def test_uidl_refused_and_wrong_password_fail_only_that_account(mail_user, make_user, tmp_path):
-    from tests.integration.faultproxy import FaultProxy, pop3_err
+    from retention.testing.faultproxy import FaultProxy, pop3_err
 
     other = make_user()
     other.seed("INBOX", [SeedMessage(received=ago(days=400))])

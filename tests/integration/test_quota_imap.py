@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.dovecot import Dovecot, MailUser, SeedMessage
+from retention.testing.dovecot import Dovecot, MailUser, SeedMessage
 from tests.integration.helpers import (
     FLAGGED,
     SEEN,

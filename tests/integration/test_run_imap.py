@@ -1,7 +1,7 @@
 """End-to-end runs against a real Dovecot: what a run removes, keeps and reports (issue 2).
 
 Every test seeds a fresh user, runs the real CLI (``python -m retention run``, password in
-an environment variable) or ``retention.runner.run_all``, and compares the mailbox before
+an environment variable) or ``retention.run.account.run_all``, and compares the mailbox before
 and after with ``Dovecot.folder_state`` (flags, SHA-256 of the bytes, INTERNALDATE per UID).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.dovecot import Dovecot, MailUser, SeedMessage
+from retention.testing.dovecot import Dovecot, MailUser, SeedMessage
 from tests.integration.helpers import (
     ACCOUNT_KEYS,
     ACTION_KEYS,
@@ -227,7 +227,7 @@ def test_real_run_removes_exactly_the_selection(tmp_path: Path, mail_user: MailU
 def test_message_flagged_deleted_by_another_client_survives(
         tmp_path: Path, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch,
         action: Any) -> None:
-    from retention.runner import run_all
+    from retention.run.account import run_all
 
     seeded = seed(mail_user, "INBOX", [
         ("gone-1", ago(days=400), SEEN),

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from retention.model import DELETED
-from retention.runner import run_account
-from tests.dovecot import MailUser, SeedMessage
-from tests.integration.faultproxy import FaultProxy
+from retention.run.account import run_account
+from retention.testing.dovecot import MailUser, SeedMessage
+from retention.testing.faultproxy import FaultProxy
 from tests.integration.helpers import PolicyFile, ago, patched_env
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -119,7 +119,7 @@ def test_journal_wal_and_shm_files_are_private(tmp_path: Path) -> None:
     locations of every message acted on, readable by any local user. (``Ledger.open``
     pre-creates its file 0600, so its WAL/SHM are private: do the same here.)
     """
-    from retention.journal import Journal
+    from retention.state.journal import Journal
 
     state = tmp_path / "state"
     state.mkdir(mode=0o755)
@@ -170,10 +170,10 @@ def test_mbox_write_never_truncates_bytes_it_did_not_write(tmp_path: Path) -> No
     """
     from retention.archive import Item, sha256
     from retention.archive.mbox import MboxWriter
-    from retention.journal import Journal
+    from retention.config.schema import MboxTarget
     from retention.model import Message, MessageRef
     from retention.plan import Action, ActionKind, Clock
-    from retention.policy import MboxTarget
+    from retention.state.journal import Journal
 
     when = datetime(2021, 5, 6, tzinfo=UTC)
     data = b"Subject: a\r\n\r\nbody\r\n"

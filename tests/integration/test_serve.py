@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from retention.executor import REMOVE_BATCH
-from retention.journal import Journal
-from retention.ledger import Ledger
-from tests.dovecot import SeedMessage
+from retention.run.executor import REMOVE_BATCH
+from retention.state.journal import Journal
+from retention.state.observations import Ledger
+from retention.testing.dovecot import SeedMessage
 from tests.integration.helpers import REPO, PolicyFile, ago
 
 EVERY_2S = "*/2 * * * * *"

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from retention.archive import Copy, Item, sha256
 from retention.archive.maildir import MaildirWriter, info_for
-from retention.journal import Journal, NewRow
+from retention.config.schema import MaildirTarget
 from retention.model import Message, MessageRef
 from retention.plan import Action, ActionKind, Clock
-from retention.policy import MaildirTarget
+from retention.state.journal import Journal, NewRow
 
 WHEN = datetime(2022, 2, 3, 4, 5, 6, tzinfo=UTC)
 

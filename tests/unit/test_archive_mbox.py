@@ -19,10 +19,10 @@ from retention.archive.mbox import (
     read_all,
     repair_intent,
 )
-from retention.journal import DROPPED, Journal, NewRow
+from retention.config.schema import MboxTarget
 from retention.model import Message, MessageRef
 from retention.plan import Action, ActionKind, Clock
-from retention.policy import MboxTarget
+from retention.state.journal import DROPPED, Journal, NewRow
 
 WHEN = datetime(2021, 5, 6, 7, 8, 9, tzinfo=UTC)
 

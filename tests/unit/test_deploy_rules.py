@@ -314,7 +314,7 @@ def _seconds(value: timedelta) -> float:
 
 
 def test_kubernetes_manifests_fit_together(tmp_path: Path) -> None:
-    from retention.policyfile import load_config
+    from retention.config.load import load_config
 
     objs = _k8s_objects()
     deployment = objs[("Deployment", "retention")]
@@ -384,7 +384,7 @@ def _timespan(value: str) -> float:
 
 
 def test_systemd_units(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from retention.policyfile import load_config
+    from retention.config.load import load_config
 
     serve = _unit("retention.service")
     assert serve["ExecStart"][0].endswith(" serve -c /etc/retention/policy.yaml")

@@ -12,12 +12,12 @@ import pytest
 from retention.adapters.fake import FakeServer
 from retention.archive import ArchiveSet
 from retention.archive.mbox import normalise, read_all, unescape
+from retention.config.schema import ImapTarget, MaildirTarget, MboxTarget
 from retention.errors import ArchiveError, ConnectError, ProtocolError
-from retention.executor import Executor
-from retention.history import query
-from retention.journal import PLANNED, VERIFIED, Journal
 from retention.plan import Action, ActionKind, Clock, Plan
-from retention.policy import ImapTarget, MaildirTarget, MboxTarget
+from retention.run.executor import Executor
+from retention.state.history import query
+from retention.state.journal import PLANNED, VERIFIED, Journal
 
 OLD = datetime(2020, 6, 1, 10, 0, tzinfo=UTC)
 

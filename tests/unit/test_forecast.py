@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retention.forecast import Fit, fit_usage, latest_limit, seconds_until_full
+from retention.service.forecast import Fit, fit_usage, latest_limit, seconds_until_full
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 GIB = 1024**3

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from imapclient.datetime_util import parse_to_datetime
 from imapclient.response_parser import parse_fetch_response
 
-from retention.adapters.imap_fetch import parse_fetch, parse_imap_datetime, parse_simple_fetch
+from retention.adapters.imap.fetch import parse_fetch, parse_imap_datetime, parse_simple_fetch
 
 
 def test_parse_fetch_ignores_unsolicited_responses_about_other_messages():

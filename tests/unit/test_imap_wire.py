@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from imapclient.exceptions import IMAPClientError
 
 from retention.adapters import tls
-from retention.adapters.imap_wire import (
+from retention.adapters.imap.wire import (
     ESCAPED_SLASH,
     MAX_SET_CHARS,
     compress_uids,

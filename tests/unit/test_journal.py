@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from retention import history as hist
 from retention.errors import ConfigError, JournalError
-from retention.journal import (
+from retention.model import Message, MessageRef
+from retention.plan import Action, ActionKind, Clock
+from retention.state import history as hist
+from retention.state.journal import (
     ARCHIVED,
     DELETED,
     DELETING,
@@ -23,8 +25,6 @@ from retention.journal import (
     Journal,
     NewRow,
 )
-from retention.model import Message, MessageRef
-from retention.plan import Action, ActionKind, Clock
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -139,7 +139,7 @@ def test_crash_after_env_kills_the_process(tmp_path):
     import sys
 
     code = (
-        "from retention.journal import Journal\n"
+        "from retention.state.journal import Journal\n"
         "j = Journal.open(r'%s')\n"
         "for i in range(5):\n"
         "    j.step('s')\n"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from retention.errors import JournalError
-from retention.ledger import Ledger, LedgerError
+from retention.state.observations import Ledger, LedgerError
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from retention.forecast import Fit
-from retention.metrics import Metrics, MetricsServer, error_reason
+from retention.config.schema import Config
 from retention.model import Message, MessageRef
 from retention.plan import Action, ActionKind, Clock, Plan
-from retention.policy import Config
 from retention.result import AccountResult, ActionResult
+from retention.service.forecast import Fit
+from retention.service.metrics import Metrics, MetricsServer, error_reason
 
 T0 = datetime(2024, 6, 1, 3, 0, tzinfo=UTC)
 

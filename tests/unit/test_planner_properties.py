@@ -10,11 +10,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from retention.config.schema import Policy, effective_clock, effective_protect
 from retention.folders import select
 from retention.model import ANSWERED, DRAFT, FLAGGED, SEEN, Message, Snapshot
 from retention.plan import ActionKind, Clock
 from retention.planner import plan
-from retention.policy import Policy, effective_clock, effective_protect
 from tests.strategies import LEVELS, NOW, PROTECT_SETS, policies, policy, snapshots
 
 # Local settings, not a global profile: other test modules keep theirs.

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from retention.errors import ConfigError
-from retention.plan import ActionKind, Clock
-from retention.policy import (
+from retention.config.load import load_config
+from retention.config.schema import (
     effective_allow_empty,
     effective_clock,
     effective_protect,
 )
-from retention.policyfile import load_config
+from retention.errors import ConfigError
+from retention.plan import ActionKind, Clock
 
 GOOD = """\
 state_dir: ./state
@@ -348,7 +348,7 @@ def test_bad_schedules_and_archive_templates_are_config_errors(tmp_path: Path) -
 
 
 def test_check_warns_about_minutes_and_warn_above_clean_above(tmp_path: Path) -> None:
-    from retention.policyfile import warnings
+    from retention.config.load import warnings
 
     text = GOOD.replace("older_than: 30d", "older_than: 90m").replace(
         "quota: {limit: 1GiB}", "quota: {limit: 1GiB, warn_above: 95%, clean_above: 90%}")

@@ -1,4 +1,4 @@
-"""The runner (retention.runner) against the in-memory fake server: outcomes, retries, locks.
+"""The runner (retention.run.account) against the in-memory fake server: outcomes, retries, locks.
 
 Faults a real server cannot produce on demand (a connection refused twice and then accepted,
 a drop in the middle of a scan) are injected through the connector.
@@ -15,11 +15,18 @@ import pytest
 
 from retention import report
 from retention.adapters.fake import FakeServer, FakeSession
+from retention.config.schema import Account, Config
 from retention.errors import AuthError, ConnectError, ProtocolError, TlsError
 from retention.model import FLAGGED, SEEN
-from retention.policy import Account, Config
 from retention.result import RunResult
-from retention.runner import BACKOFF, RETRIES, account_lock, measure_account, run_account, run_all
+from retention.run.account import (
+    BACKOFF,
+    RETRIES,
+    account_lock,
+    measure_account,
+    run_account,
+    run_all,
+)
 
 NOW = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -398,7 +405,7 @@ def test_message_ids_are_read_for_the_acted_on_messages_only(
     if dry_run:
         assert server.state() == before and connect.sessions[0].readonly
     else:
-        from retention.journal import Journal
+        from retention.state.journal import Journal
 
         with Journal.open(tmp_path / "state" / "journal.sqlite3") as journal:
             removed = journal.removals(account="alice")

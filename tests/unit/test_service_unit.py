@@ -16,14 +16,19 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from retention.cron import ScheduleError, crontab_weekdays, parse_schedule, schedule_period
+from retention.config.schedule import (
+    ScheduleError,
+    crontab_weekdays,
+    parse_schedule,
+    schedule_period,
+)
+from retention.config.settings import ServiceSettings
 from retention.errors import ConfigError
-from retention.hostlimit import HostPool, Submitted
-from retention.ledger import Ledger
-from retention.logs import RedactionFilter, account_run_fields, logfmt, redact
 from retention.result import AccountResult
-from retention.service import RetentionService, load_policy
-from retention.settings import ServiceSettings
+from retention.service.logs import RedactionFilter, account_run_fields, logfmt, redact
+from retention.service.pool import HostPool, Submitted
+from retention.service.serve import RetentionService, load_policy
+from retention.state.observations import Ledger
 
 FAST = "* * * * * *"  # every second
 NEVER = "0 0 1 1 *"  # once a year: only manual sweeps in most tests
@@ -447,7 +452,7 @@ def test_serve_stops_cleanly_and_restores_signal_handlers(tmp_path, monkeypatch,
     import signal
     import urllib.request
 
-    from retention.service import serve
+    from retention.service.serve import serve
 
     # An unreachable account: the start-up measurement fails fast (connection refused).
     policy = write_policy(tmp_path / "p.yaml", [("a", "127.0.0.1", NEVER)], state=tmp_path)
@@ -475,7 +480,7 @@ def test_serve_stops_cleanly_and_restores_signal_handlers(tmp_path, monkeypatch,
 def test_serve_config_errors(tmp_path, monkeypatch, restore_logging):
     import socket
 
-    from retention.service import serve
+    from retention.service.serve import serve
 
     monkeypatch.delenv("RETENTION_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="RETENTION_CONFIG"):

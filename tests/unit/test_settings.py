@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from retention.errors import ConfigError
-from retention.policy import Service
-from retention.settings import (
+from retention.config.schema import Service
+from retention.config.settings import (
     ServiceSettings,
     config_path_from_env,
     resolve_settings,
     secrets_dirs,
     service_changes,
 )
+from retention.errors import ConfigError
 
 KEYS = ("METRICS_PORT", "METRICS_ADDRESS", "MEASURE_EVERY", "CONCURRENCY",
         "MAX_CONNECTIONS_PER_HOST", "JITTER", "SHUTDOWN_TIMEOUT", "ACCOUNT_LABEL", "CONFIG",
@@ -145,7 +145,7 @@ def test_unrelated_retention_variables_are_ignored(monkeypatch):
 
 
 def test_policy_file_block_end_to_end(tmp_path, monkeypatch):
-    from retention.policyfile import load_config
+    from retention.config.load import load_config
 
     p = tmp_path / "policy.yaml"
     p.write_text(

@@ -1,4 +1,4 @@
-"""Unit tests for retention.units: policy value syntaxes and their pydantic types."""
+"""Unit tests for retention.config.units: policy value syntaxes and their pydantic types."""
 
 import json
 import math
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from retention.units import (
+from retention.config.units import (
     CountOrPercent,
     CountOrPercentT,
     Duration,

@@ -1,4 +1,4 @@
-"""Unit tests for retention.yamlsource: strict YAML loading with line numbers."""
+"""Unit tests for retention.config.yamlsource: strict YAML loading with line numbers."""
 
 import datetime
 from pathlib import Path
@@ -9,8 +9,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retention import yamlsource
-from retention.yamlsource import YamlDoc, YamlError, load_yaml, parse_yaml
+from retention.config import yamlsource
+from retention.config.yamlsource import YamlDoc, YamlError, load_yaml, parse_yaml
 
 PATH = Path("policy.yaml")
 

@@ -8,7 +8,7 @@ This module owns where each service setting comes from. Highest wins:
 3. secret files named ``retention_<key>`` in the secrets directories (``/run/secrets``,
    systemd's ``$CREDENTIALS_DIRECTORY``, or ``$RETENTION_SECRETS_DIR``), for containers;
 4. the ``service:`` block of the policy file;
-5. the defaults of ``retention.policy.Service``.
+5. the defaults of ``retention.config.schema.Service``.
 
 Plus settings that only make sense outside the file: ``RETENTION_CONFIG`` (the policy
 file), ``RETENTION_METRICS_PORT_FILE`` (where to write the bound port, for port 0),
@@ -30,9 +30,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from retention.config.schema import Service
+from retention.config.units import parse_duration
 from retention.errors import ConfigError, Problem
-from retention.policy import Service
-from retention.units import parse_duration
 
 ENV_PREFIX = "RETENTION_"
 DEFAULT_SECRETS_DIR = Path("/run/secrets")

@@ -17,8 +17,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from retention.adapters.imap_conn import ImapConnection
-from retention.adapters.imap_wire import (
+from retention.adapters.imap.connection import ImapConnection
+from retention.adapters.imap.wire import (
     aware_utc,
     compress_uids,
     parse_appenduid,

@@ -19,7 +19,7 @@ tell which messages went. ``Executor.results`` holds every action's result even 
 ``execute`` raises.
 
 ``recover`` finishes what an interrupted run left for this account: that is
-``retention.recovery``, which ``Executor.recover`` delegates to (``recover`` and
+``retention.run.recovery``, which ``Executor.recover`` delegates to (``recover`` and
 ``RecoveryReport`` are also importable from here). The runner calls ``recover`` before it
 scans, then ``execute``; for POP3, ``execute`` ends with ``session.commit()`` (``QUIT``),
 which also commits the deletions ``recover`` retried.
@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
 from retention.errors import AccountError, ArchiveError, FolderSkipped
-from retention.journal import (
+from retention.model import MessageRef
+from retention.plan import Action, ActionKind, Plan
+from retention.result import ActionResult, Outcome
+from retention.run.recovery import Recovery, carried, release_carry
+from retention.run.recovery import RecoveryReport as RecoveryReport
+from retention.run.recovery import recover as recover
+from retention.state.journal import (
     ARCHIVED,
     DELETED,
     DELETING,
@@ -46,16 +52,10 @@ from retention.journal import (
     Journal,
     NewRow,
 )
-from retention.model import MessageRef
-from retention.plan import Action, ActionKind, Plan
-from retention.recovery import Recovery, carried, release_carry
-from retention.recovery import RecoveryReport as RecoveryReport
-from retention.recovery import recover as recover
-from retention.result import ActionResult, Outcome
 
 if TYPE_CHECKING:
     from retention.adapters import MailSession
-    from retention.policy import Account, Config
+    from retention.config.schema import Account, Config
 
 JOURNAL_FILE = "journal.sqlite3"
 BATCH_SIZE = 100  # messages per archive batch (one mbox member, one journal round)
@@ -103,7 +103,7 @@ class Executor:
         self.results: list[ActionResult] = []
         self._pop3 = session.protocol == "pop3"
         # 'deleting' rows committed by session.commit() (POP3), and recovery's outcomes:
-        # carried from recover() to execute() on the same session (retention.recovery).
+        # carried from recover() to execute() on the same session (retention.run.recovery).
         self._pending, self._handled = carried(session)
         self._pending_slots: dict[int, int] = {}  # row id -> plan index
         self._recovery: Recovery | None = None  # one per executor: it caches the scans
@@ -112,7 +112,7 @@ class Executor:
 
     def recover(self) -> RecoveryReport:
         """Finish or roll back what an interrupted run left for this account: see
-        ``retention.recovery`` (what it finishes is then reported ``done`` by ``execute``)."""
+        ``retention.run.recovery`` (what it finishes is then reported ``done`` by ``execute``)."""
         if self._recovery is None:
             self._recovery = Recovery(
                 self.session, self.journal, archives=self.archives, run_id=self.run_id,

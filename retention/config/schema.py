@@ -25,8 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from retention.plan import ActionKind, Clock
-from retention.units import (
+from retention.config.units import (
     CountOrPercent,
     CountOrPercentT,
     Duration,
@@ -34,6 +33,7 @@ from retention.units import (
     Size,
     parse_duration,
 )
+from retention.plan import ActionKind, Clock
 
 Protect = Literal["flagged", "unread", "answered", "draft"]
 TRASH_JUNK = frozenset({"\\Trash", "\\Junk"})

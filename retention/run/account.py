@@ -23,18 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retention.adapters import MailSession
+from retention.config.schema import Account, Config, Policy, effective_clock
+from retention.config.secrets import read_password
 from retention.errors import AccountError, AccountLocked, FolderSkipped, RetentionError
 from retention.folders import folders_to_scan
-from retention.ledger import Ledger
 from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Usage
 from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
-from retention.policy import Account, Config, Policy, effective_clock
 from retention.result import AccountResult, ActionResult, RunResult
-from retention.secrets import read_password
+from retention.state.observations import Ledger
 
 if TYPE_CHECKING:
-    from retention.journal import JournalRow
+    from retention.state.journal import JournalRow
 
 log = logging.getLogger("retention.runner")
 
@@ -49,7 +49,7 @@ def default_connect(account: Account, password: str, readonly: bool) -> MailSess
         from retention.adapters.pop3 import Pop3Session
 
         return Pop3Session.connect(account, password, readonly=readonly)
-    from retention.adapters.imap import ImapSession
+    from retention.adapters.imap.session import ImapSession
 
     return ImapSession.connect(account, password, readonly=readonly)
 
@@ -257,7 +257,7 @@ class _Pass:
             session.close()
 
     def _recover(self, session: MailSession) -> None:
-        from retention.recovery import recover
+        from retention.run.recovery import recover
 
         report = recover(self.config, self.account, session)
         self.recovered += report.finished  # kept across retries within this run
@@ -267,7 +267,7 @@ class _Pass:
         """Add the removals recovery finished in this run: a fresh scan no longer shows
         them, yet this run did them (report, metrics). POP3's are done once QUIT commits,
         i.e. when execution returned normally."""
-        from retention.recovery import row_action
+        from retention.run.recovery import row_action
 
         seen = {r.action.message.ref.key() for r in results}
         extra = []
@@ -280,8 +280,8 @@ class _Pass:
 
     def _execute(self, session: MailSession, plan: Plan) -> tuple[ActionResult, ...]:
         from retention.archive import ArchiveSet
-        from retention.executor import Executor, journal_path
-        from retention.journal import Journal
+        from retention.run.executor import Executor, journal_path
+        from retention.state.journal import Journal
 
         with (
             Journal.open(journal_path(self.config)) as journal,

@@ -21,10 +21,10 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from retention.config.schema import Config, Connection, ImapTarget
+from retention.config.secrets import read_password
 from retention.errors import RetentionError
-from retention.policy import Config, Connection, ImapTarget
 from retention.result import AccountResult
-from retention.secrets import read_password
 
 REDACTED = "***"
 _MIN_SECRET = 3  # shorter "secrets" would shred every line; such passwords fail anyway

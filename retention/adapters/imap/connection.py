@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from retention.adapters.imap_fetch import parse_fetch
-from retention.adapters.imap_wire import (
+from retention.adapters.imap.fetch import parse_fetch
+from retention.adapters.imap.wire import (
     compress_uids,
     display_name,
     expand_uid_set,
@@ -52,7 +52,7 @@ from retention.model import FolderInfo
 from retention.model import Protocol as MailProtocol
 
 if TYPE_CHECKING:
-    from retention.policy import Connection
+    from retention.config.schema import Connection
 
 log = logging.getLogger("retention.imap")
 

@@ -38,10 +38,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 
 from retention import __version__
+from retention.config.schema import Config
 from retention.errors import ErrorKind
-from retention.forecast import Fit
-from retention.policy import Config
 from retention.result import AccountResult
+from retention.service.forecast import Fit
 
 log = logging.getLogger("retention.service")
 

@@ -38,10 +38,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from retention.adapters.imap_act import ImapActions, one_folder, ref_uid
-from retention.adapters.imap_conn import default_port, open_client
-from retention.adapters.imap_fetch import parse_imap_datetime
-from retention.adapters.imap_wire import (
+from retention.adapters.imap.actions import ImapActions, one_folder, ref_uid
+from retention.adapters.imap.connection import default_port, open_client
+from retention.adapters.imap.fetch import parse_imap_datetime
+from retention.adapters.imap.wire import (
     aware_utc,
     normalise_flags,
     parse_date,
@@ -53,7 +53,7 @@ from retention.errors import ProtocolError
 from retention.model import FolderInfo, FolderSnapshot, Message, MessageRef, Usage
 
 if TYPE_CHECKING:
-    from retention.policy import Connection
+    from retention.config.schema import Connection
 
 log = logging.getLogger("retention.imap")
 

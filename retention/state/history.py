@@ -25,12 +25,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retention.config.units import parse_duration
 from retention.errors import ConfigError
-from retention.journal import Journal, JournalRow
-from retention.units import parse_duration
+from retention.state.journal import Journal, JournalRow
 
 if TYPE_CHECKING:
-    from retention.policy import Config
+    from retention.config.schema import Config
 
 FIELDS = (
     "when", "account", "folder", "message_id", "date", "size", "rule", "action", "to_folder",
@@ -132,7 +132,7 @@ def history(
             since = parse_duration(since)
         except ValueError as e:
             raise ConfigError(f"--since: {e}") from None
-    from retention.executor import JOURNAL_FILE
+    from retention.run.executor import JOURNAL_FILE
 
     path = Path(config.state_dir) / JOURNAL_FILE
     if not path.exists():

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from retention.config.schema import Connection
 from retention.errors import SecretError
-from retention.policy import Connection
 
 
 def read_password(conn: Connection, env: Mapping[str, str] | None = None) -> str:

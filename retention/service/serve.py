@@ -49,22 +49,22 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
-from retention import logs
-from retention.cron import ScheduleError, parse_schedule, schedule_period
-from retention.errors import ConfigError, Problem, RetentionError
-from retention.forecast import WINDOW, fit_usage, latest_limit
-from retention.hostlimit import HostPool, Submitted
-from retention.ledger import Ledger
-from retention.metrics import Metrics, MetricsServer
-from retention.policy import Account, Config
-from retention.policyfile import load_config
-from retention.result import AccountResult
-from retention.settings import (
+from retention.config.load import load_config
+from retention.config.schedule import ScheduleError, parse_schedule, schedule_period
+from retention.config.schema import Account, Config
+from retention.config.settings import (
     ServiceSettings,
     config_path_from_env,
     resolve_settings,
     service_changes,
 )
+from retention.errors import ConfigError, Problem, RetentionError
+from retention.result import AccountResult
+from retention.service import logs
+from retention.service.forecast import WINDOW, fit_usage, latest_limit
+from retention.service.metrics import Metrics, MetricsServer
+from retention.service.pool import HostPool, Submitted
+from retention.state.observations import Ledger
 
 log = logging.getLogger("retention.service")
 runlog = logging.getLogger("retention.runs")
@@ -137,7 +137,7 @@ class RetentionService:
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         if run_account is None or measure_account is None:
-            from retention import runner  # the real thing; tests inject fakes
+            from retention.run import account as runner  # the real thing; tests inject fakes
 
             run_account = run_account or runner.run_account
             measure_account = measure_account or runner.measure_account

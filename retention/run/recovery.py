@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item
 from retention.archive.mbox import repair_intent, verify_copies
 from retention.errors import ArchiveError, FolderSkipped
-from retention.journal import (
+from retention.model import FolderInfo, Message, MessageRef
+from retention.plan import Action, ActionKind, Clock
+from retention.state.journal import (
     ARCHIVED,
     DELETED,
     DELETING,
@@ -50,12 +52,10 @@ from retention.journal import (
     Journal,
     JournalRow,
 )
-from retention.model import FolderInfo, Message, MessageRef
-from retention.plan import Action, ActionKind, Clock
 
 if TYPE_CHECKING:
     from retention.adapters import MailSession
-    from retention.policy import Account, Config
+    from retention.config.schema import Account, Config
 
 # session -> (pending POP3 row ids, handled ref keys) left by recovery for execute().
 _CARRY: weakref.WeakKeyDictionary[Any, tuple[list[int], dict[str, str]]] = (
@@ -312,7 +312,7 @@ class _LocatorOnly:
     def find(self, row: JournalRow) -> tuple[str, dict[str, Any]] | None:
         if row.locator.get("type") == "maildir":
             from retention.archive.maildir import MaildirWriter
-            from retention.policy import MaildirTarget
+            from retention.config.schema import MaildirTarget
 
             return MaildirWriter(self.name, MaildirTarget(type="maildir", path=""),
                                  account="").find(row)
@@ -337,7 +337,7 @@ class _LocatorOnly:
 def recover(config: Config, account: Account, session: MailSession) -> RecoveryReport:
     """Open the journal and archives for ``account`` and run its ``Recovery``."""
     # Imported here: the executor imports this module (it delegates ``recover`` to it).
-    from retention.executor import journal_path
+    from retention.run.executor import journal_path
 
     with Journal.open(journal_path(config)) as journal, ArchiveSet(
         config.archives, account=account.name

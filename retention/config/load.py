@@ -19,10 +19,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from retention.config.schema import Config, ImapTarget
+from retention.config.yamlsource import YamlDoc, YamlError, load_yaml
 from retention.errors import ConfigError, Problem
 from retention.plan import ActionKind, Clock
-from retention.policy import Config, ImapTarget
-from retention.yamlsource import YamlDoc, YamlError, load_yaml
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -135,7 +135,7 @@ def load_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> Co
 def _check_values(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
     """Cron strings and archive path templates: checked here so `check` and `run` agree."""
     from retention.archive.paths import TemplateError, validate_template
-    from retention.cron import ScheduleError, parse_schedule
+    from retention.config.schedule import ScheduleError, parse_schedule
 
     out: list[tuple[tuple[str | int, ...], str]] = []
 
