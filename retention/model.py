@@ -103,6 +103,9 @@ class FolderSnapshot:
     messages: tuple[Message, ...] = ()
     # True when the server provided SAVEDATE for this folder's messages.
     has_savedate: bool = False
+    # What the scan could not read and left out (kept, never acted on), one line each
+    # ("3 message(s) left out (kept): UID 5: INTERNALDATE out of range ..."): reported.
+    warnings: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

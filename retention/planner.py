@@ -348,7 +348,8 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     usage = snapshot.usage.usage_bytes
     limit = snapshot.usage.limit_bytes or quota.limit
     projected = usage - sum(a.freed_bytes for a in state.actions)
-    warnings: list[str] = []
+    # What the scan left out (unreadable metadata: kept, never acted on) is reported.
+    warnings: list[str] = [f"folder {f.name}: {w}" for f in snapshot.folders for w in f.warnings]
     over_quota = False
     short_by = 0
     has_over_rules = any(r.rule.when == "over_quota" for r in rules)

@@ -22,6 +22,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
@@ -249,14 +250,33 @@ class ImapConnection:
         infos: list[FolderInfo] = []
         names: dict[str, str] = {}
         delimiters: list[str] = []
+        clashes: set[str] = set()
         for flags, delim, raw_name in rows:
             name = raw_name if isinstance(raw_name, str) else _text(raw_name)
             delimiter = _text(delim) if delim else None
             if delimiter:
                 delimiters.append(delimiter)
-            shown = display_name(name, delimiter)
-            names[shown] = name
-            infos.append(FolderInfo(shown, special_uses(flags), selectable(flags), "/"))
+            usable = selectable(flags)
+            if _SURROGATE.search(name):
+                # Invalid modified UTF-7 (a lone surrogate, "&2D0-"): it cannot be sent
+                # back to the server nor stored, so it is listed but never selected.
+                name = _SURROGATE.sub("\ufffd", name)
+                log.warning("%s: folder %r has an invalid modified UTF-7 name: not touched",
+                            self.label, name)
+                usable = False
+                shown = display_name(name, delimiter)
+            else:
+                shown = display_name(name, delimiter)
+                if shown in names and names[shown] != name:
+                    # Two server names shown alike ("a/b" inside one level vs a real
+                    # U+2215): which one a rule means is unknowable, so neither is touched.
+                    log.warning("%s: folders %r and %r look alike: neither is touched",
+                                self.label, names[shown], name)
+                    clashes.add(shown)
+                names[shown] = name
+            infos.append(FolderInfo(shown, special_uses(flags), usable, "/"))
+        if clashes:
+            infos = [replace(i, selectable=False) if i.name in clashes else i for i in infos]
         self._delimiter = delimiters[0] if delimiters else None
         self._names = names
         self._folders = infos
@@ -404,7 +424,10 @@ class ImapConnection:
         """One ``UID FETCH`` of a batch (its set compressed) -> ``{uid: {item: value}}``.
 
         Parsed by ``imap_fetch.parse_fetch``, which never lets an unsolicited FETCH about
-        another message change the data of a requested one.
+        another message change the data of a requested one. Only the requested UIDs are
+        returned: an unsolicited FETCH that carries the UID of a message we did not ask
+        about (another client's flag change, RFC 3501 7.4.2) is not an answer, so no caller
+        counts it, fetches its body or looks up a ref for it.
         """
         with self.guard("UID FETCH"):
             imap = self._client._imap
@@ -413,6 +436,9 @@ class ImapConnection:
                 raise imaplib.IMAP4.error(f"FETCH command error: {typ} {data!r}")
             result = parse_fetch(data)
         self._drain()
+        wanted = set(batch)
+        if len(result) > len(wanted) or not wanted.issuperset(result):
+            result = {uid: fields for uid, fields in result.items() if uid in wanted}
         return result
 
     # -- closing ---------------------------------------------------------------------
@@ -432,6 +458,9 @@ class ImapConnection:
             with contextlib.suppress(Exception):
                 client.shutdown()
         log.debug("%s: closed (%s)", self.label, dict(self.commands))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _text(value: object) -> str:

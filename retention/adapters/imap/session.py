@@ -171,7 +171,7 @@ class ImapSession(ImapActions):
             if exists:
                 for batch in uid_batches(self.search_all(), SIZE_BATCH):
                     for data in self._fetch(batch, ["RFC822.SIZE"]).values():
-                        total += int(data.get(b"RFC822.SIZE", 0))
+                        total += _size(data) or 0  # NIL: unknown, counted as nothing
                         count += 1
         except BaseException:
             self.leave(quiet=True)
@@ -197,6 +197,7 @@ class ImapSession(ImapActions):
             items.append("SAVEDATE")
         validity, exists = self.select(folder.name, readonly=True)
         messages: list[Message] = []
+        left_out: list[str] = []  # "UID 5: INTERNALDATE out of range" (kept, reported)
         try:
             uids = self.search_all() if exists else []
             for batch in uid_batches(uids, SCAN_BATCH):
@@ -207,14 +208,22 @@ class ImapSession(ImapActions):
                         continue
                     ref = MessageRef(folder.name, validity, uid)
                     message = _message(ref, data, with_sent=with_sent)
-                    if message is not None:
+                    if isinstance(message, str):
+                        left_out.append(f"UID {uid}: {message}")
+                    else:
                         messages.append(message)
                 del fetched  # not alive while the next batch is read: half the peak memory
         except BaseException:
             self.leave(quiet=True)
             raise
         self.leave()
-        return FolderSnapshot(folder, validity, tuple(messages), has_savedate=savedate)
+        warnings: tuple[str, ...] = ()
+        if left_out:
+            log.warning("%s: %s: %d message(s) left out: %s", self.label, folder.name,
+                        len(left_out), "; ".join(left_out[:5]))
+            warnings = (_left_out_warning(left_out),)
+        return FolderSnapshot(folder, validity, tuple(messages), has_savedate=savedate,
+                              warnings=warnings)
 
     def message_ids(self, refs: Sequence[MessageRef]) -> dict[MessageRef, str | None]:
         """The Message-ID header of each ref (all in one folder), read-only.
@@ -275,7 +284,7 @@ class ImapSession(ImapActions):
             sizes: dict[int, int] = {}
             for batch in uid_batches(uids, SCAN_BATCH):
                 for uid, data in self._fetch(batch, ["RFC822.SIZE"]).items():
-                    sizes[uid] = int(data.get(b"RFC822.SIZE", 0))
+                    sizes[uid] = _size(data) or 0
             for batch in _by_size(sorted(sizes), sizes):
                 # The caller may have used this session between two yields.
                 self.ensure_selected(folder, True, current)
@@ -335,23 +344,49 @@ def _header_bytes(data: dict[bytes, Any]) -> bytes | None:
     return None
 
 
-def _message(ref: MessageRef, data: dict[bytes, Any], *, with_sent: bool) -> Message | None:
+def _message(ref: MessageRef, data: dict[bytes, Any], *, with_sent: bool) -> Message | str:
+    """The scanned message, or why it is left out of the scan (kept, never acted on).
+
+    A server's answer is input like any other: an INTERNALDATE that is missing or outside
+    what a datetime holds (`` 1-Jan-0001 00:00:00 +0100``), ``RFC822.SIZE NIL`` or
+    ``FLAGS NIL`` make the message's age, size or protection unknowable.
+    """
     received = data.get(b"INTERNALDATE")
     if not isinstance(received, datetime):
-        log.debug("%s: no INTERNALDATE for UID %s: left out", ref.folder, ref.uid)
-        return None  # unknowable age: kept
+        return "no readable INTERNALDATE"  # unknowable age: kept
+    try:
+        received = aware_utc(received)
+    except OverflowError:  # year 1 at a positive offset, year 9999 at a negative one
+        return "INTERNALDATE out of range"
+    size = _size(data)
+    if size is None:
+        return "no RFC822.SIZE (NIL or missing)"
+    flags = data.get(b"FLAGS")
+    if not isinstance(flags, tuple | list):
+        return "no FLAGS (NIL or missing): protection cannot be judged"
     fields = parse_header_fields(_header_bytes(data)) if with_sent else {}
     sent, raw_date = parse_date(fields.get("date")) if with_sent else (None, None)
     return Message(
         ref=ref,
-        size=int(data.get(b"RFC822.SIZE", 0)),
-        received=aware_utc(received),
-        flags=normalise_flags(data.get(b"FLAGS", ())),
+        size=size,
+        received=received,
+        flags=normalise_flags(flags),
         sent=sent,
         saved=_savedate(data.get(b"SAVEDATE")),
         message_id=parse_message_id(fields.get("message-id")),
         date_header=raw_date,
     )
+
+
+def _size(data: dict[bytes, Any]) -> int | None:
+    """RFC822.SIZE as a number; None when the server said NIL (or nothing, or garbage)."""
+    size = data.get(b"RFC822.SIZE")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+
+
+def _left_out_warning(left_out: Sequence[str]) -> str:
+    shown = "; ".join(left_out[:5]) + ("; ..." if len(left_out) > 5 else "")
+    return f"{len(left_out)} message(s) left out of the scan (kept): {shown}"
 
 
 def _savedate(value: Any) -> datetime | None:
