@@ -218,6 +218,11 @@ def _cmd_history(config: Config, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from retention.archive import ignore_sigxfsz
+
+    # Once, in the main thread, before any worker: writes past RLIMIT_FSIZE then fail with
+    # EFBIG (an archive error for that account) instead of killing the process.
+    ignore_sigxfsz()
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -20,9 +20,10 @@ outcome is unknown (an APPEND that timed out and could not be reconciled, an mbo
 whose truncation failed) are listed in ``unresolved`` and stay ``planned`` for recovery.
 
 Full filesystems: writes past RLIMIT_FSIZE raise SIGXFSZ, whose default action kills the
-process. ``ignore_sigxfsz()`` (called when an ``ArchiveSet`` is created in the main thread;
-the service should call it at start-up) sets it to SIG_IGN so such writes fail with EFBIG
-and become an ``ArchiveError`` like ENOSPC.
+process. ``ignore_sigxfsz()`` sets it to SIG_IGN so such writes fail with EFBIG and become
+an ``ArchiveError`` like ENOSPC. It is called once, in the main thread, at start-up (the CLI's
+``main`` and ``serve``); dispositions cannot be set from the worker threads that build an
+``ArchiveSet``, so doing it here would silently not work under the service.
 """
 
 from __future__ import annotations
@@ -205,7 +206,6 @@ class ArchiveSet:
         self._secrets = secrets
         self._imap_connect = imap_connect
         self._writers: dict[str, ArchiveWriter] = {}
-        ignore_sigxfsz()
 
     def writer(self, name: str, journal: Journal, run_id: str) -> ArchiveWriter:
         if name in self._writers:

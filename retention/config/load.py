@@ -97,8 +97,21 @@ def load_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> Co
 
     Raises:
         ConfigError: with one Problem per error found (all of them, not just the first).
+            Anything else a hostile file could provoke (an overflow, a recursion, an OS
+            error the checks below did not foresee) becomes a ConfigError too, so a bad file
+            always means exit 2 with ``FILE:LINE`` at start-up and a kept policy on reload.
     """
     path = Path(path)
+    try:
+        return _load_config(path, os.environ if env is None else env)
+    except ConfigError:
+        raise
+    except (Exception, RecursionError) as e:  # noqa: BLE001 - see the docstring
+        raise ConfigError([Problem(path, 1, "", f"cannot load: {type(e).__name__}: {e}")]) \
+            from None
+
+
+def _load_config(path: Path, env: Mapping[str, str]) -> Config:
     env = os.environ if env is None else env
     try:
         doc = load_yaml(path)
@@ -153,8 +166,10 @@ def _check_values(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
         schedule(acct.schedule, ("accounts", i, "schedule"))
     for name, target in config.archives.items():
         key = "folder" if isinstance(target, ImapTarget) else "path"
+        template = target.folder if isinstance(target, ImapTarget) else str(target.path)
         try:
-            validate_template(target.folder if isinstance(target, ImapTarget) else target.path)
+            # ``${VAR}`` is expanded later (``_resolve``); its braces are not a placeholder.
+            validate_template(_VAR.sub("v", template))
         except TemplateError as e:
             out.append((("archives", name, key), str(e)))
     return out
@@ -251,7 +266,12 @@ def _resolve(
         # (the file is unreadable), a failure of that one account in `run`.
         sink = ignored if secret else problems
         text = _expand(str(p), loc, sink) if "${" in str(p) else str(p)
-        q = Path(text).expanduser()
+        try:
+            q = Path(text).expanduser()
+        except RuntimeError:  # ``~nosuchuser/...``: no such user, or no home directory
+            sink.append((loc, f"cannot expand {text.split('/', 1)[0]!r}: no such user "
+                              "or home directory"))
+            q = Path(text)
         resolved = q if q.is_absolute() else base / q
         return resolved if isinstance(p, Path) else str(resolved)
 

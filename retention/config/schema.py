@@ -48,10 +48,15 @@ def _duration_or_seconds(value: object) -> timedelta:
     """Service durations also take plain seconds (``30``) and ``30s``."""
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return timedelta(seconds=value)
-    if isinstance(value, str) and re.fullmatch(r"\d+s", value):
-        return timedelta(seconds=int(value[:-1]))
+    try:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return timedelta(seconds=value)
+        if isinstance(value, str) and re.fullmatch(r"\d+s", value):
+            return timedelta(seconds=int(value[:-1]))
+    except OverflowError:
+        # pydantic turns only ValueError into a FILE:LINE problem; an OverflowError from a
+        # huge number would escape as a traceback (and kill a reload).
+        raise ValueError(f"invalid duration {str(value)[:40]}: too large") from None
     return parse_duration(value)
 
 

@@ -23,7 +23,12 @@ what is exported. The shape, chosen so that 10,000 accounts cost a handful of jo
   A second signal gives up waiting at once (exit 1).
 
 Signal handlers only append to a list and write one byte to a self-pipe; the main thread
-does the work. Locks are never taken in a handler.
+does the work. Locks are never taken in a handler. The kernel may deliver a process signal
+to *any* thread (a worker, the scheduler); CPython then runs the Python handler only when
+the main thread next executes bytecode, which it never would while it sleeps in
+``select()``. So the self-pipe is also the C-level wakeup fd (``signal.set_wakeup_fd``):
+the signal itself wakes the loop, whichever thread it hit, and the loop never sleeps more
+than a second anyway.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
+from retention.archive import ignore_sigxfsz
 from retention.config.load import load_config
 from retention.config.schedule import ScheduleError, parse_schedule, schedule_period
 from retention.config.schema import Account, Config
@@ -70,6 +76,7 @@ log = logging.getLogger("retention.service")
 runlog = logging.getLogger("retention.runs")
 
 MAX_GRACE = timedelta(hours=12)
+WAKE_EVERY = 1.0  # seconds: the longest the serve loop sleeps between looks at requests
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
@@ -169,6 +176,11 @@ class RetentionService:
     # -- lifecycle ---------------------------------------------------------------------
 
     @property
+    def wakeup_fd(self) -> int:
+        """The write end of the self-pipe (non-blocking), for ``signal.set_wakeup_fd``."""
+        return self._wake_w
+
+    @property
     def port(self) -> int | None:
         return self._server.port if self._server is not None else None
 
@@ -242,7 +254,8 @@ class RetentionService:
     def run_forever(self, *, shutdown_timeout: float | None = None) -> int:
         """Serve until a ``stop`` request; returns the exit code (see module doc)."""
         while True:
-            what = self._next_request(None)
+            # Bounded sleep: even a wakeup byte lost to a full pipe costs at most a second.
+            what = self._next_request(WAKE_EVERY)
             if what == "reload":
                 self.reload()
             elif what == "stop":
@@ -332,16 +345,19 @@ class RetentionService:
     # -- reload and shutdown ---------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Re-read the policy file; keep the old policy when the new one is invalid."""
+        """Re-read the policy file; keep the old policy when the new one is invalid.
+
+        Any failure (not only a ``ConfigError``: a loader bug, an OS error, an overflow the
+        validators missed) keeps the old policy, sets the reload metric to 0 and is logged;
+        a reload never stops the service.
+        """
         try:
             loaded = load_policy(self.config_path)
             settings = resolve_settings(loaded.config.service, overrides=self._overrides)
         except ConfigError as e:
-            self.metrics.set_reload(False)
-            for problem in e.problems:
-                log.error("event=reload_failed problem=%r", str(problem))
-            log.error("event=reload_failed kept=old_policy problems=%d", len(e.problems))
-            return False
+            return self._reload_failed([str(p) for p in e.problems])
+        except Exception as e:  # noqa: BLE001 - see the docstring: never exit on a reload
+            return self._reload_failed([f"{self.config_path}: {type(e).__name__}: {e}"])
         changed = [c for c in service_changes(self.settings, settings) if c != "config"]
         if changed:
             log.warning("event=reload_settings_ignored settings=%s note=%r", ",".join(changed),
@@ -355,6 +371,13 @@ class RetentionService:
                  len(loaded.config.accounts), len(loaded.groups))
         return True
 
+    def _reload_failed(self, problems: list[str]) -> bool:
+        self.metrics.set_reload(False)
+        for problem in problems:
+            log.error("event=reload_failed problem=%r", problem)
+        log.error("event=reload_failed kept=old_policy problems=%d", len(problems))
+        return False
+
     def begin_shutdown(self) -> None:
         """No new ticks, drop queued accounts, tell running ones to stop at a safe point."""
         if self._stopping:
@@ -367,6 +390,14 @@ class RetentionService:
         log.info("event=shutdown running=%s dropped=%d",
                  ",".join(self.pool.running()) or "-", len(dropped))
 
+    def _disarm_wakeup(self) -> None:
+        """Stop signals writing to the pipe before it is closed (its number may be reused)."""
+        if threading.current_thread() is not threading.main_thread() or self._wake_w < 0:
+            return
+        current = signal.set_wakeup_fd(-1)
+        if current != self._wake_w:
+            signal.set_wakeup_fd(current)
+
     def finish_shutdown(self, finished: bool) -> int:
         if self._exit_code is not None:
             return self._exit_code  # already shut down
@@ -377,6 +408,7 @@ class RetentionService:
                 with contextlib.suppress(Exception):
                     ledger.close()
             self._ledgers.clear()
+        self._disarm_wakeup()
         wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
         for fd in (wake_r, wake_w):
             if fd >= 0:
@@ -412,9 +444,14 @@ def _signals(service: RetentionService) -> Iterator[None]:
 
     wanted = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.signal(s, on_signal) for s in wanted}
+    # A signal delivered to a worker or scheduler thread writes its number to the pipe
+    # from C, which wakes the loop's select(); the Python handler then runs in the main
+    # thread (see the module doc).
+    previous_fd = signal.set_wakeup_fd(service.wakeup_fd, warn_on_full_buffer=False)
     try:
         yield
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -444,6 +481,9 @@ def serve(
         ConfigError: the policy file, a schedule or a service setting is invalid, or the
             metrics port cannot be bound (exit 2 in the CLI).
     """
+    # Before any thread exists: an archive write past RLIMIT_FSIZE then fails with EFBIG
+    # (an ArchiveError for that account) instead of SIGXFSZ killing every account.
+    ignore_sigxfsz()
     path = Path(config_path) if config_path is not None else config_path_from_env()
     if path is None:
         raise ConfigError("no policy file: pass -c FILE or set RETENTION_CONFIG")

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retention.config.units import parse_duration
+from retention.config.units import format_duration, parse_duration
 from retention.errors import ConfigError
 from retention.state.journal import Journal, JournalRow
 
@@ -72,10 +72,19 @@ def query(
 ) -> list[dict[str, Any]]:
     """The removals, oldest first; ``since`` is a moment or an age (``timedelta``)."""
     if isinstance(since, timedelta):
-        since = (now or datetime.now(UTC)) - since
+        since = _moment(since, now)
     rows = journal.removals(since=since)
     wanted = set(accounts)
     return [entry(r) for r in rows if not wanted or r.account in wanted]
+
+
+def _moment(age: timedelta, now: datetime | None) -> datetime:
+    try:
+        return (now or datetime.now(UTC)) - age
+    except OverflowError:
+        # An age older than year 1 (e.g. ``--since 2700000y``): say so, no traceback.
+        raise ConfigError(f"--since: {format_duration(age)} reaches back before year 1; "
+                          "use a smaller age") from None
 
 
 def render(entries: Sequence[dict[str, Any]], fmt: str) -> str:
@@ -132,6 +141,8 @@ def history(
             since = parse_duration(since)
         except ValueError as e:
             raise ConfigError(f"--since: {e}") from None
+    if isinstance(since, timedelta):
+        since = _moment(since, now)
     from retention.run.executor import JOURNAL_FILE
 
     path = Path(config.state_dir) / JOURNAL_FILE

@@ -44,7 +44,8 @@ DELETE_OLD = {"rules": [{"name": "old", "older_than": "1y", "action": "delete",
 class Serve:
     """A ``python -m retention serve`` subprocess with its log and metrics endpoint."""
 
-    def __init__(self, pf: PolicyFile, tmp: Path) -> None:
+    def __init__(self, pf: PolicyFile, tmp: Path,
+                 preexec_fn: Callable[[], None] | None = None, launcher: str = "") -> None:
         self.pf = pf
         self.port_file = tmp / "metrics.port"
         self.log_path = tmp / "serve.log"
@@ -56,9 +57,12 @@ class Serve:
             "RETENTION_JITTER": "0",
             "RETENTION_SECRETS_DIR": str(tmp / "no-secrets"),
         })
+        self.started_at = time.time()  # wall clock, like the runs' "started" field
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "retention", "serve", "-c", str(pf.path)],
+            [sys.executable, *(["-c", launcher] if launcher else ["-m", "retention"]),
+             "serve", "-c", str(pf.path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            preexec_fn=preexec_fn,
         )
         self.port = self._wait_port()
 
@@ -94,7 +98,7 @@ class Serve:
     def value(self, name: str, **labels: str) -> float | None:
         return self.metrics().get((name, frozenset(labels.items())))
 
-    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 60,
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 180,
                  poll: float = 0.1) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -135,8 +139,9 @@ class Serve:
 def serve_factory(tmp_path: Path) -> Iterator[Callable[[PolicyFile], Serve]]:
     started: list[Serve] = []
 
-    def start(pf: PolicyFile) -> Serve:
-        s = Serve(pf, tmp_path)
+    def start(pf: PolicyFile, preexec_fn: Callable[[], None] | None = None,
+              launcher: str = "") -> Serve:
+        s = Serve(pf, tmp_path, preexec_fn, launcher)
         started.append(s)
         return s
 
@@ -168,16 +173,19 @@ def test_serve_ticks_metrics_counters_and_reload(tmp_path, make_user, serve_fact
     serve.wait_for("readyz", lambda: serve.get("/readyz")[0] == 200)
     assert serve.get("/healthz")[0] == 200
 
-    # Several ticks per account.
+    # Several ticks per account. Deadlines are generous: a loaded 2-core machine is slow,
+    # and nothing below depends on how slow.
     serve.wait_for("3 runs each", lambda: all(
-        sum(1 for r in serve.runs() if r["account"] == n) >= 3 for n in (a, b)))
+        sum(1 for r in serve.runs() if r["account"] == n) >= 3 for n in (a, b)), timeout=300)
     runs = serve.runs()
     for name in (a, b):
         mine = sorted((r for r in runs if r["account"] == name), key=lambda r: r["started"])
         assert all(r["outcome"] == "ok" for r in mine), mine
         starts = [datetime.fromisoformat(r["started"]).timestamp() for r in mine]
-        # Each run belongs to its own 2-second tick ...
-        assert len({int(s // 2) for s in starts}) == len(starts), mine
+        # One run per 2-second tick at most: n runs need n distinct ticks, all at or after
+        # the service started and none after the last run began. (A tick may be served
+        # late on a busy machine, so runs are not pinned to their tick's 2-second slot.)
+        assert len(starts) <= (starts[-1] - serve.started_at) / 2 + 1, mine
         # ... and never overlaps the previous one.
         for prev, nxt in zip(mine, mine[1:], strict=False):
             prev_end = datetime.fromisoformat(prev["started"]).timestamp() + \
@@ -192,10 +200,12 @@ def test_serve_ticks_metrics_counters_and_reload(tmp_path, make_user, serve_fact
         assert serve.value("retention_freed_bytes_total", account=name,
                            action="delete") == sum(len(r) for r in raws)
         assert len(user.folder_state()["INBOX"]) == 1  # only the new message is left
-        # Usage and limit equal what Dovecot's quota reports (after the cleanup).
+        # Usage and limit equal what Dovecot's quota reports (after the cleanup); waited
+        # for, since a measurement queued behind the runs may still be reporting.
         used, limit = user.usage()
-        assert serve.value("retention_mailbox_usage_bytes", account=name) == used
-        assert serve.value("retention_mailbox_limit_bytes", account=name) == limit
+        serve.wait_for("usage metric after the cleanup", lambda name=name, used=used, limit=limit:
+                       serve.value("retention_mailbox_usage_bytes", account=name) == used
+                       and serve.value("retention_mailbox_limit_bytes", account=name) == limit)
         assert serve.value("retention_last_success_timestamp_seconds", account=name)
         assert serve.value("retention_schedule_period_seconds", account=name) == 2
         assert serve.value("retention_mailbox_warn_ratio", account=name) == 0.8
@@ -208,7 +218,8 @@ def test_serve_ticks_metrics_counters_and_reload(tmp_path, make_user, serve_fact
     before = len(serve.runs())
     serve.proc.send_signal(signal.SIGHUP)
     serve.wait_for("reload failure", lambda: serve.value("retention_config_reload_success") == 0)
-    serve.wait_for("runs after the failed reload", lambda: len(serve.runs()) >= before + 2)
+    serve.wait_for("runs after the failed reload", lambda: len(serve.runs()) >= before + 2,
+                   timeout=300)
     assert "event=reload_failed" in serve.log()
     # A fixed file reloads fine.
     pf.path.write_text(good)
@@ -286,4 +297,48 @@ def test_forecast_from_a_seeded_usage_history(tmp_path, make_user, serve_factory
     assert expected > 0
     assert exported == pytest.approx(expected, rel=0.01)
     assert serve.value("retention_mailbox_usage_bytes", account=name) == used
+    assert serve.stop() == 0
+
+
+def test_file_size_limit_fails_the_account_not_the_service(tmp_path, make_user,
+                                                           serve_factory):
+    """F10: past RLIMIT_FSIZE the archive write fails with EFBIG (SIGXFSZ is ignored at
+    start-up, in the main thread), so the account reports an archive error and the service
+    (and its other accounts) lives on.
+
+    CPython itself sets SIGXFSZ to SIG_IGN when the interpreter starts, so ``python -m
+    retention`` survived already; an embedding host (or a wrapper) that restores the
+    default did not, because the archive code tried to ignore it from a worker thread. The
+    launcher plays that host: it restores SIG_DFL before calling the CLI.
+    """
+    import resource
+
+    user, other = make_user(50 * MiB), make_user(10 * MiB)
+    user.seed("INBOX", old_messages(60, 30 * KiB))  # ~1.8 MB: the mbox hits 1 MB part-way
+    user.seed("INBOX", [SeedMessage(received=ago(days=1), size=KiB, subject="new")])
+    pf = PolicyFile(tmp_path, {
+        "vault": {"schedule": EVERY_2S, "rules": [
+            {"name": "old", "folders": ["INBOX"], "older_than": "1y",
+             "action": {"archive": "vault"}}]},
+        "fast": DELETE_OLD},
+        extra={"service": {"measure_every": "1h"},
+               "archives": {"vault": {"type": "mbox", "path": "./archive/{account}.mbox"}}})
+    name = pf.add_imap(user, name="archiver", policy="vault")
+    survivor = pf.add_imap(other, name="other", policy="fast")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    launcher = ("import signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_DFL); "
+                "from retention.cli import main; sys.exit(main(sys.argv[1:]))")
+    serve = serve_factory(pf, limit, launcher)
+    failed = serve.wait_for("the archive failure", lambda: [
+        r for r in serve.runs() if r["account"] == name and r["outcome"] == "error"])
+    assert failed[0]["error_kind"] == "archive", failed
+    assert "file size limit" in serve.log(), serve.log()[-3000:]
+    # The service lives: the other account keeps running on later ticks.
+    seen = len([r for r in serve.runs() if r["account"] == survivor])
+    serve.wait_for("later runs of the other account", lambda: len(
+        [r for r in serve.runs() if r["account"] == survivor]) >= seen + 2)
+    assert serve.proc.poll() is None
     assert serve.stop() == 0
