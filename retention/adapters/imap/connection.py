@@ -131,6 +131,28 @@ def _starttls(client: Any, ctx: ssl.SSLContext | None, label: str) -> None:
         raise TlsError(f"{label}: STARTTLS failed: {reply_text(exc)}") from None
     except OSError as exc:
         raise TlsError(f"{label}: STARTTLS failed: {exc.strerror or exc}") from None
+    _forget_plaintext(client, label)
+
+
+def _forget_plaintext(client: Any, label: str) -> None:
+    """A clean start after STARTTLS (RFC 3501 6.2.1, RFC 2595 3.1): nothing the peer said
+    before TLS is believed.
+
+    imaplib keeps every untagged response until a SELECT, and imapclient caches the
+    capabilities: a ``* LIST (\\Junk) "/" INBOX`` or ``* QUOTA`` an on-path attacker
+    slipped into the plaintext greeting would otherwise reach ``list_folders`` and
+    ``usage`` after login (review F1). So the queue and the caches are dropped and
+    CAPABILITY is asked again, over TLS.
+    """
+    client._imap.untagged_responses.clear()
+    client._cached_capabilities = None
+    try:
+        caps = client.capabilities()  # NONAUTH after STARTTLS: imapclient asks the server
+    except (imaplib.IMAP4.error, OSError) as exc:
+        raise TlsError(f"{label}: CAPABILITY after STARTTLS failed: {reply_text(exc)}") from None
+    client._imap.capabilities = tuple(
+        (c.decode("ascii", "replace") if isinstance(c, bytes) else str(c)).upper() for c in caps
+    )
 
 
 def _login(client: Any, username: str, password: str, label: str) -> None:
@@ -160,6 +182,10 @@ def _login(client: Any, username: str, password: str, label: str) -> None:
     except OSError as exc:
         reason = exc.strerror or exc
         raise ConnectError(f"{label}: connection lost during login: {reason}") from None
+    # RFC 3501 6.2.3: the capabilities may differ after login. A CAPABILITY code in the
+    # tagged OK (over TLS, or plaintext by choice) stays queued for ``capabilities()``;
+    # without one it asks again: nothing cached from before login is used.
+    client._cached_capabilities = None
     log.debug("%s: logged in as %s", label, username)
 
 
