@@ -10,6 +10,8 @@
     * SecretError          the password is unset or unreadable
     * ArchiveError         an archive target failed; nothing unverified is deleted
     * AccountLocked        another agent holds this account: skipped, not failed
+  * SourceError            an account source (LDAP, SQL, file, command) cannot be read:
+                           exit 2 in check/run; in serve the source keeps its last good list
   * FolderSkipped          skip one folder, go on with the others (e.g. UIDVALIDITY changed)
   * JournalError           abort: never act without a journal
 
@@ -104,6 +106,34 @@ class AccountLocked(AccountError):
     """Another agent is processing this account (lock in state_dir): skipped, not failed."""
 
     kind = "other"
+
+
+SourceErrorKind = Literal["config", "connect", "tls", "auth", "query"]
+
+
+class SourceError(RetentionError):
+    """An account source cannot be read: its settings, the server, the login or the query.
+
+    The consequence is the caller's: ``check`` and ``run`` print it naming the source and
+    exit 2 (without its accounts the run would act on a partial fleet); ``serve`` keeps the
+    source's last good list, logs it and counts it in a metric. ``kind`` says what failed:
+    ``config`` (bad settings, a missing optional extra, an unreadable secret), ``connect``,
+    ``tls``, ``auth``, ``query`` (the search or SQL failed). ``retryable``: a later refresh
+    may succeed (connect, and a server-side query failure), the others need a fix.
+    Messages never carry the bind password or a URL's password.
+    """
+
+    exit_code: ClassVar[int] = 2
+
+    def __init__(self, source: str, kind: SourceErrorKind, message: str) -> None:
+        self.source = source
+        self.kind: SourceErrorKind = kind
+        self.message = message
+        super().__init__(f"source {source}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in ("connect", "query")
 
 
 class FolderSkipped(RetentionError):

@@ -3,6 +3,10 @@
 #   dovecot, doveadm  (dovecot-imapd dovecot-pop3d, which pull in dovecot-core)
 #   promtool          (prometheus: tests check the alerting rules in deploy/)
 #   openssl           (the test Dovecot's throw-away CA and certificate)
+#   slapd, slapadd    (slapd ldap-utils: the tests' real OpenLDAP for LDAP account sources)
+#   initdb, pg_ctl    (postgresql: the tests' real PostgreSQL for SQL account sources)
+#   libldap/libsasl headers and a C compiler (libldap2-dev libsasl2-dev gcc: pip builds
+#                     python-ldap, the [ldap] extra, from source; it has no wheels)
 # Nothing to do when all are present. Installing needs root (apt-get); without it
 # this prints what to install and fails.
 set -euo pipefail
@@ -15,12 +19,22 @@ command -v dovecot >/dev/null 2>&1 || missing+=(dovecot)
 command -v doveadm >/dev/null 2>&1 || missing+=(doveadm)
 command -v promtool >/dev/null 2>&1 || missing+=(promtool)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v slapd >/dev/null 2>&1 || missing+=(slapd)
+command -v slapadd >/dev/null 2>&1 || missing+=(slapadd)
+command -v ldapsearch >/dev/null 2>&1 || missing+=(ldapsearch)
+# Debian keeps the PostgreSQL server binaries out of PATH, per major version.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 \
+    || missing+=(initdb)
+[ -e /usr/include/ldap.h ] || missing+=(ldap.h)
+[ -e /usr/include/sasl/sasl.h ] || missing+=(sasl.h)
+command -v cc >/dev/null 2>&1 || missing+=(cc)
 # INSTALL_DEPS_FORCE=1 goes through the install anyway (to test this script).
 if [ ${#missing[@]} -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
     exit 0
 fi
 
-packages=(dovecot-imapd dovecot-pop3d prometheus openssl)
+packages=(dovecot-imapd dovecot-pop3d prometheus openssl slapd ldap-utils postgresql
+          libldap2-dev libsasl2-dev gcc)
 echo "install-deps: missing ${missing[*]}; installing ${packages[*]}" >&2
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -30,10 +44,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # The packages' maintainer scripts would start a system dovecot (ports 143/993/
-# 110/995) and a prometheus server. The tests start their own Dovecot on free
-# high ports and need neither; and without systemd, starting services can fail
-# or hang the install. policy-rc.d exiting 101 tells invoke-rc.d (and
-# deb-systemd-invoke) not to start anything. Only ours is removed afterwards.
+# 110/995), a prometheus server, slapd (389) and a PostgreSQL cluster (5432). The
+# tests start their own servers on free high ports and need none of them; and
+# without systemd, starting services can fail or hang the install. policy-rc.d
+# exiting 101 tells invoke-rc.d (and deb-systemd-invoke) not to start anything.
+# Only ours is removed afterwards.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\n# installed by retention scripts/install-deps.sh\nexit 101\n' >"$policy"
@@ -49,7 +64,7 @@ apt-get install -y -q --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${packages[@]}" </dev/null
 
-for tool in dovecot doveadm promtool openssl; do
+for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "install-deps: $tool still missing after install" >&2
         exit 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from retention.config.schema import Connection
 from retention.errors import SecretError
@@ -19,21 +20,39 @@ def read_password(conn: Connection, env: Mapping[str, str] | None = None) -> str
     Raises:
         SecretError: the variable is unset or empty, or the file cannot be read.
     """
+    return read_secret(conn.password_env, conn.password_file, env, what="password_file")
+
+
+def read_secret(
+    env_name: str | None,
+    file: Path | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    what: str = "password_file",
+) -> str:
+    """A secret from the variable ``env_name`` or else the file ``file`` (one must be set).
+
+    ``what`` names the file key in messages (``bind_password_file`` for an LDAP source).
+
+    Raises:
+        SecretError: the variable is unset or empty, or the file cannot be read.
+    """
     env = os.environ if env is None else env
-    if conn.password_env is not None:
-        value = env.get(conn.password_env)
+    if env_name is not None:
+        value = env.get(env_name)
         if not value:
-            raise SecretError(f"environment variable {conn.password_env} is not set")
+            raise SecretError(f"environment variable {env_name} is not set")
         return value
-    assert conn.password_file is not None  # policy validation guarantees one of the two
+    if file is None:
+        raise SecretError(f"neither an environment variable nor {what} is set")
     try:
-        text = conn.password_file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except OSError as e:
         raise SecretError(
-            f"cannot read password_file {conn.password_file}: {e.strerror or type(e).__name__}"
+            f"cannot read {what} {file}: {e.strerror or type(e).__name__}"
         ) from None
     # Secret files written by `echo` or editors end with a newline that is not the password.
     value = text.rstrip("\r\n")
     if not value:
-        raise SecretError(f"password_file {conn.password_file} is empty")
+        raise SecretError(f"{what} {file} is empty")
     return value

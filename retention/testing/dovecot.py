@@ -40,7 +40,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import ssl as ssl_module
 import subprocess
 import tempfile
@@ -53,6 +52,11 @@ from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
+
+from retention.testing.host import HOST, system_user, tail, user_exists, which
+from retention.testing.host import free_ports as _free_ports
+from retention.testing.host import port_open as _probe
+from retention.testing.pki import PkiError, make_certificates
 
 __all__ = [
     "AUTO",
@@ -71,12 +75,8 @@ __all__ = [
 #: to touch mail as root (first_valid_uid), so it needs an unprivileged uid.
 MAIL_USER = "retention-mail"
 
-HOST = "127.0.0.1"
-
 _DIR_PREFIX = "retention-dovecot-"
 
-# Where Debian puts the binaries; a CI runner's or a non-root PATH may lack /usr/sbin.
-_EXTRA_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin")
 
 # Dovecot's default auth_username_chars minus upper case: the default
 # auth_username_format (%Lu) lowercases, so "Bob" could never log in as given.
@@ -121,8 +121,7 @@ AUTO = _Auto.TOKEN
 
 
 def _which(name: str) -> str | None:
-    path = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_PATH])
-    return shutil.which(name, path=path)
+    return which(name)
 
 
 def dovecot_unavailable_reason() -> str | None:
@@ -133,7 +132,7 @@ def dovecot_unavailable_reason() -> str | None:
             f"not installed: {', '.join(missing)} "
             "(run `make deps`, or apt-get install dovecot-imapd dovecot-pop3d openssl)"
         )
-    if os.geteuid() == 0 and not _user_exists(MAIL_USER) and _which("useradd") is None:
+    if os.geteuid() == 0 and not user_exists(MAIL_USER) and _which("useradd") is None:
         return f"system user {MAIL_USER!r} is missing and there is no useradd to create it"
     return None
 
@@ -155,51 +154,15 @@ def _parent_dir() -> str:
     return "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
 
 
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def _ensure_mail_user() -> pwd.struct_passwd:
-    """The unprivileged account for mail storage, created if needed."""
-    if os.geteuid() != 0:
-        # Not root: Dovecot runs entirely as us (its documented non-root mode).
-        return pwd.getpwuid(os.geteuid())
-    if not _user_exists(MAIL_USER):
-        useradd = _which("useradd")
-        if useradd is None:
-            raise DovecotUnavailable(f"useradd is missing; cannot create {MAIL_USER!r}")
-        proc = subprocess.run(
-            [useradd, "--system", "--user-group", "--no-create-home",
-             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", MAIL_USER],
-            capture_output=True, text=True, check=False,
-        )
-        # 9 = "already exists": a concurrent test process won the race.
-        if proc.returncode not in (0, 9):
-            raise DovecotError(f"useradd {MAIL_USER} failed: {proc.stderr.strip()}")
-    return pwd.getpwnam(MAIL_USER)
+    """The unprivileged account for mail storage, created if needed.
 
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free ports on 127.0.0.1.
-
-    All sockets stay open until every port is known, so the ports differ. The
-    window before Dovecot binds them is covered by `start` retrying on
-    "Address already in use".
+    Not root: Dovecot runs entirely as us (its documented non-root mode).
     """
-    socks: list[socket.socket] = []
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        return system_user(MAIL_USER)
+    except RuntimeError as exc:
+        raise DovecotUnavailable(str(exc)) from None
 
 
 def _encode_mutf7(name: str) -> str:
@@ -570,10 +533,7 @@ class Dovecot:
 
     def log_tail(self, lines: int = 50) -> str:
         """The end of dovecot.log, for failure reports."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log_path, lines)
 
     # -- configuration -----------------------------------------------------
 
@@ -581,40 +541,11 @@ class Dovecot:
         """A CA plus a leaf for localhost/127.0.0.1, valid under X509_STRICT checking."""
         openssl = _which("openssl")
         assert openssl is not None
-        d = self.directory
-        cnf = d / "openssl.cnf"
-        cnf.write_text(
-            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n"
-            "[ca]\n"
-            "basicConstraints = critical, CA:TRUE\n"
-            "keyUsage = critical, keyCertSign, cRLSign\n"
-            "subjectKeyIdentifier = hash\n"
-            "[leaf]\n"
-            "basicConstraints = critical, CA:FALSE\n"
-            "keyUsage = critical, digitalSignature, keyEncipherment\n"
-            "extendedKeyUsage = serverAuth\n"
-            "subjectAltName = DNS:localhost, IP:127.0.0.1\n"
-            "subjectKeyIdentifier = hash\n"
-            "authorityKeyIdentifier = keyid:always\n"
-        )
-
-        def run(*args: str) -> None:
-            proc = subprocess.run([openssl, *args], capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise DovecotError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
-
-        # EC keys: generating them takes milliseconds, RSA keys noticeably longer.
-        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-        run("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(self.ca_file),
-            "-days", "30", "-subj", "/CN=retention test CA", "-config", str(cnf),
-            "-extensions", "ca")
-        run("req", "-new", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"),
-            "-subj", "/CN=localhost", "-config", str(cnf))
-        run("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(self.ca_file),
-            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "server.crt"),
-            "-days", "30", "-extfile", str(cnf), "-extensions", "leaf")
-        for key in ("ca.key", "server.key"):
-            (d / key).chmod(0o600)  # the master reads ssl_key itself, before dropping root
+        try:
+            # The master reads ssl_key itself, before dropping root: 0600 root is fine.
+            make_certificates(self.directory, openssl, ca_file=self.ca_file)
+        except PkiError as exc:
+            raise DovecotError(str(exc)) from None
 
     def _config(self) -> str:
         d = self.directory
@@ -1012,15 +943,6 @@ def _text(value: bytes | str) -> str:
 def _quota_rule(quota_bytes: int) -> str:
     # The explicit "B" matters: a bare number is not bytes in every Dovecot version.
     return f"*:storage={quota_bytes}B"
-
-
-def _probe(port: int, greeting: bytes | None) -> bool:
-    """True once `port` accepts a connection (and sends `greeting`, if given)."""
-    try:
-        with socket.create_connection((HOST, port), timeout=1.0) as s:
-            return greeting is None or s.recv(64).startswith(greeting)
-    except OSError:
-        return False
 
 
 def _reap_orphans(parent: str) -> None:
