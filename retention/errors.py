@@ -6,6 +6,7 @@
     * ConnectError         retried within the run (twice, with backoff)
     * TlsError             not retried: a certificate does not fix itself
     * AuthError            never retried in the same run: retries could lock the account
+      * TokenError         an OAuth2 token endpoint refused or failed (its error code named)
     * ProtocolError        a NO/BAD answer or a missing capability (e.g. no UIDPLUS)
     * SecretError          the password is unset or unreadable
     * ArchiveError         an archive target failed; nothing unverified is deleted
@@ -82,6 +83,18 @@ class AuthError(AccountError):
     """The server rejected the credentials; never retried within a run."""
 
     kind = "auth"
+
+
+class TokenError(AuthError):
+    """An OAuth2 token service refused (``invalid_grant``...) or could not be reached.
+
+    The message names the credential, the endpoint and the provider's error code, never a
+    token or a secret; ``code`` is that error code (``invalid_grant``, ``http_503``...).
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ProtocolError(AccountError):

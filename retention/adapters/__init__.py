@@ -26,15 +26,47 @@ Invariants every implementation keeps:
   without committing (RFC 1939 section 6), so nothing is half-deleted.
 * Errors. Failures are raised as the typed errors of ``retention.errors``; messages name
   host and server reply, never a password.
+* Logins. ``connect`` takes a password (LOGIN/USER+PASS, or SASL PLAIN) or a ``SaslLogin``
+  (OAuth2 bearer tokens from ``retention.auth``): the adapter picks the mechanism from the
+  server's ``AUTH=``/``SASL`` capabilities, sends the initial response and, on failure,
+  answers the server's error challenge with an empty response. A refusal is ``AuthError``
+  (its message names the mechanism and the server's status, never the token).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from retention.model import FolderInfo, FolderSnapshot, MessageRef, Usage
 from retention.model import Protocol as MailProtocol
+
+
+class SaslLogin(Protocol):
+    """A login other than a password: the hook ``retention.auth.BearerLogin`` implements."""
+
+    username: str
+
+    def choose(self, offered: Iterable[str]) -> str | None:
+        """The mechanism to use among those the server offers (None: none fits)."""
+        ...
+
+    def initial_response(self, mechanism: str, host: str | None = None,
+                         port: int | None = None) -> bytes:
+        """The raw (not yet base64) SASL initial response for ``mechanism``."""
+        ...
+
+    def secrets(self) -> list[str]:
+        """What must never appear in a message (scrubbed from server replies)."""
+        ...
+
+    def describe(self) -> str:
+        """A name for messages (e.g. ``OAuth2 (m365)``), never a secret."""
+        ...
+
+
+#: What ``connect`` takes to log in: a password, or a SASL login.
+Secret = str | SaslLogin
 
 
 class MailSession(Protocol):

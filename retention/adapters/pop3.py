@@ -36,7 +36,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import IO, NoReturn
 
+from retention.adapters import SaslLogin
 from retention.adapters.tls import classify_ssl_error, make_context
+from retention.auth.sasl import challenge_status
 from retention.config.schema import Connection
 from retention.errors import (
     AuthError,
@@ -205,13 +207,17 @@ class Pop3Session:
     # -- connecting ------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, conn: Connection, password: str, *, readonly: bool) -> Pop3Session:
+    def connect(
+        cls, conn: Connection, password: str | SaslLogin, *, readonly: bool
+    ) -> Pop3Session:
         """Connect, secure and log in (no plaintext credentials unless ``allow_plaintext``)."""
         port = conn.port or (995 if conn.security == "tls" else 110)
         where = f"pop3 {conn.host}:{port}"
         if conn.security == "none" and not conn.allow_plaintext:
             raise TlsError(f"{where}: security none needs allow_plaintext: true")
-        if any(c in s for s in (conn.username, password) for c in "\r\n\0"):
+        if isinstance(password, str) and any(
+            c in s for s in (conn.username, password) for c in "\r\n\0"
+        ):
             raise AuthError(f"{where}: the username or password contains a line break or NUL")
         timeout = conn.timeout.total_seconds()
         opened = datetime.now(UTC)
@@ -230,7 +236,10 @@ class Pop3Session:
                 if ctx is not None:
                     cls._starttls(client, where, ctx)
             caps = cls._capa(client)
-            cls._login(client, where, caps, conn.username, password)
+            if isinstance(password, str):
+                cls._login(client, where, caps, conn.username, password)
+            else:
+                cls._sasl_login(client, where, caps, password, conn.host, port)
             caps = cls._capa(client) or caps  # RFC 2449: may change after login
         except BaseException as e:
             if client is not None:
@@ -279,6 +288,57 @@ class Pop3Session:
             client.pass_(password)
         except poplib.error_proto as e:
             _login_error(where, e, password)
+
+    @staticmethod
+    def _sasl_login(
+        client: poplib.POP3, where: str, caps: dict[str, tuple[str, ...]], login: SaslLogin,
+        host: str, port: int,
+    ) -> None:
+        """RFC 5034 ``AUTH``: mechanism from CAPA's SASL line, the response on its own line.
+
+        The initial response goes after a ``+`` rather than on the AUTH line: a bearer token
+        exceeds the 255 octets RFC 5034 allows a command line (Microsoft documents the same
+        two-step form). A refusal may come as a ``+`` JSON challenge first: answered empty.
+        """
+        offered = caps.get("SASL", ())
+        mech = login.choose(offered)
+        if mech is None:
+            raise AuthError(f"{where}: the server offers no SASL mechanism for "
+                            f"{login.describe()} (SASL {' '.join(offered) or 'none'})")
+        secrets = login.secrets()
+
+        def text_of(reply: bytes) -> str:
+            text = _reply_text(reply)
+            for secret in secrets:
+                text = text.replace(secret, "***")
+            return text
+
+        client.sock.sendall(f"AUTH {mech}\r\n".encode("ascii"))
+        reply = client.file.readline(_STATUS_MAX)
+        if not reply.startswith(b"+") or reply.startswith(b"+OK"):
+            _login_error(where, text_of(reply), "")
+        first = base64.b64encode(login.initial_response(mech, host, port))
+        client.sock.sendall(first + b"\r\n")
+        del first
+        reply = client.file.readline(_STATUS_MAX)
+        status = None
+        if reply.startswith(b"+ ") or reply.rstrip(b"\r\n") == b"+":
+            try:
+                status = challenge_status(base64.b64decode(reply[2:].strip(), validate=False))
+            except ValueError:
+                status = None
+            empty = base64.b64encode(b"\x01") if mech == "OAUTHBEARER" else b""
+            client.sock.sendall(empty + b"\r\n")
+            reply = client.file.readline(_STATUS_MAX)
+        if not reply:
+            raise ConnectError(f"{where}: connection lost during AUTH {mech}")
+        if not reply.startswith(b"+OK"):
+            text = text_of(reply) + (f" (status {status})" if status else "")
+            if "[IN-USE]" in text.upper() or "[SYS/TEMP]" in text.upper() or \
+                    "[LOGIN-DELAY]" in text.upper():
+                raise ConnectError(f"{where}: login refused for now: {text}")
+            raise AuthError(f"{where}: {login.describe()} login as {login.username} ({mech}) "
+                            f"rejected: {text}")
 
     # -- wire helpers ----------------------------------------------------------------------
 

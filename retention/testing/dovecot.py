@@ -29,6 +29,7 @@ fallback, entirely as the current non-root user.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import enum
 import grp
@@ -99,6 +100,11 @@ _LETTER_FLAGS = {
 }
 
 SPECIAL_USE = ("Trash", "Junk", "Sent", "Archive", "Drafts")
+#: Gmail's folder names and their attributes (Dovecot(gmail=True)).
+GMAIL_FOLDERS = {
+    "[Gmail]/Trash": "Trash", "[Gmail]/Spam": "Junk", "[Gmail]/Sent Mail": "Sent",
+    "[Gmail]/All Mail": "All", "[Gmail]/Drafts": "Drafts",
+}
 
 
 class DovecotError(RuntimeError):
@@ -326,6 +332,12 @@ class Dovecot:
     quota: False switches the quota plugin off entirely (no QUOTA capability).
     trash_name: name of the \\Trash special-use folder (e.g. "ゴミ箱").
     quota_grace_percent: how far Dovecot lets the last message overshoot a limit.
+    oauth2_key: an HMAC key: adds Dovecot's ``oauth2`` passdb with local JWT validation
+      (``introspection_mode = local``, the key in a ``fs:posix`` key dict as
+      ``default/HS256/default``) and the XOAUTH2 and OAUTHBEARER mechanisms; tokens from
+      ``retention.testing.tokenserver`` (HS256, ``email`` = the user) log in.
+    gmail: folders named and marked like Gmail's (``[Gmail]/Trash`` with ``\\Trash``,
+      ``[Gmail]/All Mail`` with ``\\All``, ``[Gmail]/Spam``, ``[Gmail]/Sent Mail``...).
     keep: leave the directory behind after stop() (also env RETENTION_KEEP_DOVECOT=1).
     """
 
@@ -338,6 +350,8 @@ class Dovecot:
         trash_name: str = "Trash",
         quota_grace_percent: int = 10,
         keep: bool = False,
+        oauth2_key: bytes | None = None,
+        gmail: bool = False,
     ) -> None:
         if not trash_name or any(c in trash_name for c in '"\\/.'):
             raise ValueError(f"unsupported trash_name {trash_name!r}")
@@ -345,6 +359,8 @@ class Dovecot:
         self.trash_name = trash_name
         self.quota_grace_percent = quota_grace_percent
         self.keep = keep
+        self.oauth2_key = oauth2_key
+        self.gmail = gmail
         self.directory = Path()
         self.imap_port = self.imaps_port = self.pop3_port = self.pop3s_port = 0
         self.startup_seconds = 0.0
@@ -547,14 +563,39 @@ class Dovecot:
         except PkiError as exc:
             raise DovecotError(str(exc)) from None
 
+    def _oauth2(self) -> tuple[str, str]:
+        """(auth_mechanisms extra, passdb block) for ``oauth2_key``; writes the key dict."""
+        if self.oauth2_key is None:
+            return "", ""
+        d = self.directory
+        keydir = d / "oauth2-keys" / "default" / "HS256"
+        keydir.mkdir(parents=True, exist_ok=True)
+        # Dovecot 2.3 reads HMAC keys as standard base64 (not the URL-safe alphabet).
+        (keydir / "default").write_text(base64.b64encode(self.oauth2_key).decode("ascii"))
+        for path in (d / "oauth2-keys", keydir.parent, keydir, keydir / "default"):
+            os.chown(path, self._uid, self._gid)
+        (d / "dovecot-oauth2.conf.ext").write_text(
+            "introspection_mode = local\n"
+            f"local_validation_key_dict = fs:posix:prefix={d}/oauth2-keys/\n"
+            "username_attribute = email\n"
+        )
+        passdb = (
+            "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {d}/dovecot-oauth2.conf.ext\n}}\n"
+        )
+        return " xoauth2 oauthbearer", passdb
+
     def _config(self) -> str:
         d = self.directory
+        names: tuple[str, ...] = (self.trash_name, *SPECIAL_USE[1:])
+        uses: tuple[str, ...] = SPECIAL_USE
+        if self.gmail:
+            names, uses = tuple(GMAIL_FOLDERS), tuple(GMAIL_FOLDERS.values())
         mailboxes = "\n".join(
             f'  mailbox "{name}" {{\n    special_use = \\{use}\n    auto = subscribe\n  }}'
-            for name, use in zip(
-                (self.trash_name, *SPECIAL_USE[1:]), SPECIAL_USE, strict=True
-            )
+            for name, use in zip(names, uses, strict=True)
         )
+        oauth_mechs, oauth_passdb = self._oauth2()
         quota_plugin = (
             "plugin {\n"
             "  quota = count:User quota\n"
@@ -594,7 +635,7 @@ ssl_key = <{d}/server.key
 ssl_min_protocol = TLSv1.2
 # Plaintext logins must work on the plain ports; STARTTLS stays available there.
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechs}
 auth_verbose = yes
 
 # Tests try wrong passwords on purpose. Besides auth_failure_delay, anvil's auth
@@ -622,12 +663,14 @@ namespace inbox {{
 {mailboxes}
 }}
 
+{oauth_passdb}
 # One passwd-file per user: a new user's file is read at its first lookup. A
 # shared file would be re-read at most once a second, so every add_user would
 # have to wait for that.
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {passwd}
+  {"mechanisms = plain login" if self.oauth2_key is not None else ""}
 }}
 userdb {{
   driver = passwd-file

@@ -2,6 +2,8 @@
 
   imap   an imapclient.IMAPClient logged in (plaintext port) as `mail_user`,
          logged out at teardown
+  oauth_dovecot, tokens   a Dovecot with its oauth2 passdb and a local token service
+         (tests/integration/oauth_rig.py)
 
 Everything in this directory is marked `dovecot` by tests/conftest.py.
 """
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 from retention.testing.dovecot import MailUser
+from tests.integration.oauth_rig import oauth_dovecot, tokens  # noqa: F401
 
 
 @pytest.fixture

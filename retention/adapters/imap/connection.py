@@ -40,6 +40,7 @@ from retention.adapters.imap.wire import (
     special_uses,
 )
 from retention.adapters.tls import classify_ssl_error, make_context
+from retention.auth.sasl import challenge_status
 from retention.errors import (
     AccountError,
     AuthError,
@@ -53,6 +54,7 @@ from retention.model import FolderInfo
 from retention.model import Protocol as MailProtocol
 
 if TYPE_CHECKING:
+    from retention.adapters import SaslLogin
     from retention.config.schema import Connection
 
 log = logging.getLogger("retention.imap")
@@ -74,7 +76,7 @@ def default_port(conn: Connection) -> int:
     return 993 if conn.security == "tls" else 143
 
 
-def open_client(conn: Connection, password: str, label: str) -> Any:
+def open_client(conn: Connection, password: str | SaslLogin, label: str) -> Any:
     """A logged-in ``IMAPClient`` for ``conn`` (normalise_times off, tz-aware dates)."""
     if conn.security == "none" and not conn.allow_plaintext:
         # Policy validation rejects this already; an adapter never trusts that alone.
@@ -109,7 +111,10 @@ def open_client(conn: Connection, password: str, label: str) -> Any:
         client._imap.debug = 0
         if conn.security == "starttls":
             _starttls(client, ctx, label)
-        _login(client, conn.username, password, label)
+        if isinstance(password, str):
+            _login(client, conn.username, password, label)
+        else:
+            sasl_login(client, password, label, conn.host, default_port(conn))
     except BaseException:
         with contextlib.suppress(Exception):
             client.shutdown()
@@ -187,6 +192,66 @@ def _login(client: Any, username: str, password: str, label: str) -> None:
     # without one it asks again: nothing cached from before login is used.
     client._cached_capabilities = None
     log.debug("%s: logged in as %s", label, username)
+
+
+# Response codes and texts that mean "slow down", not "wrong credentials" (RFC 5530
+# UNAVAILABLE; Gmail's bandwidth/connection limits; Exchange Online's throttling).
+_THROTTLED = re.compile(
+    r"\[(UNAVAILABLE|THROTTLED|LIMIT|INUSE)\]|too many (simultaneous )?connections"
+    r"|exceeded command or bandwidth limits|throttl", re.IGNORECASE,
+)
+
+
+def throttled(text: str) -> bool:
+    """Whether a server's refusal says "slow down" (retry later) rather than "no"."""
+    return bool(_THROTTLED.search(text))
+
+
+def sasl_login(client: Any, login: SaslLogin, label: str, host: str, port: int) -> None:
+    """AUTHENTICATE with the mechanism ``login`` picks from the server's ``AUTH=`` list.
+
+    After a refusal, XOAUTH2 and OAUTHBEARER servers send a JSON error as a challenge that
+    must be answered (empty; OAUTHBEARER: ``^A``) before the final NO: its ``status`` is
+    kept for the message, nothing else of it.
+    """
+    caps = {bytes(c).decode("ascii", "replace").upper() for c in client.capabilities()}
+    offered = [c[5:] for c in caps if c.startswith("AUTH=")]
+    mech = login.choose(offered)
+    if mech is None:
+        raise AuthError(
+            f"{label}: the server offers no SASL mechanism for {login.describe()} "
+            f"(AUTH={', '.join(sorted(offered)) or 'none'})"
+        )
+    first = login.initial_response(mech, host, port)
+    statuses: list[str] = []
+
+    def respond(challenge: bytes) -> bytes:
+        if not statuses and not challenge:
+            statuses.append("")
+            return first
+        status = challenge_status(challenge)
+        statuses.append(status or "")
+        return b"\x01" if mech == "OAUTHBEARER" else b""
+
+    secrets = login.secrets()
+    try:
+        client._command_and_check("authenticate", mech, respond)
+    except (imaplib.IMAP4.abort, OSError) as exc:
+        text = scrub(str(exc), secrets)
+        raise ConnectError(f"{label}: connection lost during AUTHENTICATE {mech}: {text}") \
+            from None
+    except Exception as exc:  # noqa: BLE001 - imapclient/imaplib NO and BAD
+        text = scrub(reply_text(exc), secrets)
+        status = next((s for s in statuses[1:] if s), None)
+        why = f"{text} (status {status})" if status else text
+        if throttled(text):
+            raise ConnectError(f"{label}: login throttled by the server: {why}") from None
+        raise AuthError(
+            f"{label}: {login.describe()} login as {login.username} ({mech}) rejected: {why}"
+        ) from None
+    with contextlib.suppress(Exception):
+        client._cached_capabilities = None  # they may differ after login (RFC 3501 6.2.2)
+    log.debug("%s: logged in as %s with %s", label, login.username, mech)
 
 
 class ImapConnection:
