@@ -27,7 +27,7 @@ from retention.config.oauth import (
     OAuthCredential,
 )
 from retention.config.secrets import read_password, read_secret
-from retention.errors import AuthError, TokenError
+from retention.errors import AuthError, SecretError, TokenError
 
 if TYPE_CHECKING:
     from retention.config.schema import Account
@@ -48,6 +48,17 @@ def oauth_of(account: Account) -> tuple[str, OAuthCredential] | None:
     return (name if isinstance(name, str) else f"account:{account.name}"), cred
 
 
+def _optional(what: str, key: str, env_name: str | None, file: Path | None,
+              env: Mapping[str, str] | None) -> str | None:
+    """A client secret or refresh token when one is configured (None when neither key is)."""
+    if env_name is None and file is None:
+        return None
+    try:
+        return read_secret(env_name, file, env, what=f"{key}_file")
+    except SecretError as exc:
+        raise SecretError(f"{what}: {exc}") from None
+
+
 def build_source(key: str, cred: OAuthCredential, store: RefreshStore | None,
                  env: Mapping[str, str] | None = None, clock: Clock = utcnow,
                  timeout: float = 30.0) -> TokenSource:
@@ -55,15 +66,15 @@ def build_source(key: str, cred: OAuthCredential, store: RefreshStore | None,
     if isinstance(cred, OAuth2Credential):
         return OAuth2Source(
             name=key, token_url=cred.token_url, client_id=cred.client_id,
-            client_secret=read_secret(what, cred.client_secret_env, cred.client_secret_file,
-                                      env),
-            refresh_token=read_secret(what, cred.refresh_token_env, cred.refresh_token_file,
-                                      env),
+            client_secret=_optional(what, "client_secret", cred.client_secret_env,
+                                    cred.client_secret_file, env),
+            refresh_token=_optional(what, "refresh_token", cred.refresh_token_env,
+                                    cred.refresh_token_file, env),
             scopes=tuple(cred.scopes), client_auth=cred.client_auth, store=store,
             ca_file=cred.ca_file, timeout=timeout, clock=clock)
     if isinstance(cred, Microsoft365Credential):
-        secret: str | dict[str, str] | None = read_secret(
-            what, cred.client_secret_env, cred.client_secret_file, env)
+        secret: str | dict[str, str] | None = _optional(
+            what, "client_secret", cred.client_secret_env, cred.client_secret_file, env)
         if cred.certificate_file is not None:
             try:
                 secret = certificate_credential(cred.certificate_file, cred.key_file)

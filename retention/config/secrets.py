@@ -56,28 +56,3 @@ def read_secret(
     if not value:
         raise SecretError(f"{what} {file} is empty")
     return value
-
-
-def read_secret(
-    what: str, env_name: str | None, file: Path | None, env: Mapping[str, str] | None = None
-) -> str | None:
-    """A secret other than a password (client secret, refresh token); None when not set up.
-
-    Same rules as ``read_password``: errors name the variable or file, never the value.
-    """
-    env = os.environ if env is None else env
-    if env_name is not None:
-        value = env.get(env_name)
-        if not value:
-            raise SecretError(f"{what}: environment variable {env_name} is not set")
-        return value
-    if file is None:
-        return None
-    try:
-        text = file.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise SecretError(f"{what}: cannot read {file}: {e.strerror or type(e).__name__}") \
-            from None
-    if not text:
-        raise SecretError(f"{what}: {file} is empty")
-    return text
