@@ -24,7 +24,7 @@ from retention.config.units import (
     format_percent,
     format_size,
 )
-from retention.errors import ConfigError
+from retention.errors import ConfigError, SourceError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
             help="policy file (default: $RETENTION_CONFIG)",
         )
 
+    def with_jobs(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-j", "--jobs", type=_positive, default=None, metavar="N",
+            help="accounts at once (default: service.concurrency; at most "
+            "service.max_connections_per_host per host)",
+        )
+
     sp = sub.add_parser("check", help="validate a policy file and print the effective policy")
     with_config(sp)
     sp = sub.add_parser("run", help="one pass over the accounts (add --dry-run to only report)")
@@ -65,10 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--format", choices=["text", "json"], default="text")
     sp.add_argument("--output", type=Path, help="write the report here instead of stdout")
+    with_jobs(sp)
     sp = sub.add_parser("usage", help="measure usage against the limit, change nothing")
     with_config(sp)
     sp.add_argument("--account", action="append", default=[], metavar="NAME")
     sp.add_argument("--format", choices=["text", "json"], default="text")
+    with_jobs(sp)
+    sp = sub.add_parser(
+        "accounts", help="every account the file and its sources resolve to, with its policy"
+    )
+    with_config(sp)
+    sp.add_argument("--format", choices=["text", "json", "csv"], default="text")
     sp = sub.add_parser("history", help="the audit log of what the agent removed")
     with_config(sp)
     sp.add_argument("--account", action="append", default=[], metavar="NAME")
@@ -77,6 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="run as a service: scheduler + Prometheus metrics")
     with_config(sp)
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError("must be between 1 and 256")
+    return value
 
 
 def _config_path(arg: Path | None) -> Path:
@@ -88,20 +112,34 @@ def _config_path(arg: Path | None) -> Path:
     raise ConfigError("no policy file: pass -c FILE or set RETENTION_CONFIG")
 
 
-def _select(config: Config, names: Sequence[str]) -> list[Account]:
-    known = {a.name for a in config.accounts}
-    unknown = [n for n in names if n not in known]
+def _select(config: Config, names: Sequence[str]) -> Sequence[Account]:
+    if not names:
+        return config.accounts  # a fleet's lazy list: accounts are built one at a time
+    found: dict[str, Account] = {}
+    for n in names:
+        try:
+            found[n] = config.account(n)
+        except KeyError:
+            pass
+    unknown = [n for n in names if n not in found]
     if unknown:
-        raise ConfigError(
-            f"unknown account {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
-        )
-    return [a for a in config.accounts if not names or a.name in names]
+        known = sorted(a.name for a in _explicit(config))
+        more = len(config.accounts) - len(known)
+        listed = ", ".join(known) + (f" and {more} from sources" if more else "")
+        raise ConfigError(f"unknown account {', '.join(map(repr, unknown))} (known: {listed})")
+    order = {n: config.accounts.index(a) for n, a in found.items()}
+    return sorted(found.values(), key=lambda a: order[a.name])
+
+
+def _explicit(config: Config) -> Sequence[Account]:
+    """The ``accounts:`` of the file (``check`` describes sources by summary instead)."""
+    return getattr(config.accounts, "explicit", config.accounts)
 
 
 def describe(config: Config) -> str:
     """The effective policy per account, with every default filled in (``check``)."""
     out = [f"policy file: {config.source}", f"state_dir: {config.state_dir}"]
-    for acct in config.accounts:
+    for acct in _explicit(config):
         pol = config.policy_of(acct)
         q = pol.quota
         out.append("")
@@ -109,6 +147,7 @@ def describe(config: Config) -> str:
             f"account {acct.name}: {acct.protocol} {acct.host}:{acct.effective_port()} "
             f"security={acct.security}{'' if acct.tls_verify else ' (certificate NOT verified)'}"
             f" user={acct.username} policy={acct.policy}"
+            + (f" credentials={acct.credentials}" if acct.credentials else "")
         )
         if config.is_held(acct):
             out.append("  HOLD: report only, nothing will be changed")
@@ -160,18 +199,47 @@ def _emit(text: str, output: Path | None) -> None:
 
 
 def _cmd_check(config: Config) -> int:
+    from retention.sources.check import check_sources
+
     for w in config_warnings(config):
         print(f"{config.source}: warning: {w}", file=sys.stderr)
+    config, lines = check_sources(config)  # raises ConfigError for unreadable sources
     sys.stdout.write(describe(config))
+    if lines:
+        sys.stdout.write("\n" + "\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _jobs(config: Config, args: argparse.Namespace) -> tuple[int, int]:
+    jobs = args.jobs if args.jobs is not None else config.service.concurrency
+    return jobs, config.service.max_connections_per_host
+
+
+def _cmd_accounts(config: Config, args: argparse.Namespace) -> int:
+    from retention.sources.listing import write_accounts
+
+    write_accounts(config, args.format, sys.stdout)
     return EXIT_OK
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from retention import report
-    from retention.run.account import run_all
+    from retention.result import RunResult
+    from retention.run.account import run_account
+    from retention.service.batch import Progress, run_ordered
 
     accounts = _select(config, args.account)
-    result = run_all(config, [a.name for a in accounts], dry_run=args.dry_run)
+    now = datetime.now(UTC)
+    jobs, per_host = _jobs(config, args)
+    progress = Progress(len(accounts))
+    results = tuple(run_ordered(
+        accounts, lambda a: run_account(config, a, dry_run=args.dry_run, now=now),
+        jobs=jobs, per_host=per_host, progress=progress, is_error=lambda r: r.status == "error",
+    ))
+    progress.finish()
+    result = RunResult(dry_run=args.dry_run, generated_at=now, accounts=results)
     text = report.to_json(result) if args.format == "json" else report.to_text(result)
     _emit(text, args.output)
     for a in result.accounts:
@@ -186,12 +254,23 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
     from retention import report
     from retention.run.account import measure_account
+    from retention.service.batch import Progress, run_ordered
 
-    results = [measure_account(config, a) for a in _select(config, args.account)]
+    accounts = _select(config, args.account)
+    jobs, per_host = _jobs(config, args)
+    progress = Progress(len(accounts))
+    measured = run_ordered(
+        accounts, lambda a: measure_account(config, a), jobs=jobs, per_host=per_host,
+        progress=progress, is_error=lambda r: r.status == "error",
+    )
     if args.format == "json":
+        results = list(measured)
+        progress.finish()
         sys.stdout.write(report.usage_json(results))
     else:
-        for r in results:
+        results = []
+        for r in measured:
+            results.append(r)
             if r.status != "ok":
                 print(f"{r.account:20} {r.status}: {r.error}")
                 continue
@@ -205,6 +284,7 @@ def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
                 f"{r.account:20} {report.human_size(r.usage_bytes):>10} of {limit:>10} "
                 f"{ratio:>7}  ({r.usage_source})"
             )
+        progress.finish()
     return EXIT_FAILED if any(r.status == "error" for r in results) else EXIT_OK
 
 
@@ -236,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path)
         if args.command == "check":
             return _cmd_check(config)
+        from retention.sources import load_fleet
+
+        config = load_fleet(config)  # accounts from sources: read now, built lazily
+        if args.command == "accounts":
+            return _cmd_accounts(config, args)
         if args.command == "run":
             return _cmd_run(config, args)
         if args.command == "usage":
@@ -245,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except SourceError as e:  # a source cannot be read: no partial fleet is acted on
+        print(f"retention: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -164,3 +164,4 @@ class UidValidityChanged(FolderSkipped):
 
 class JournalError(RetentionError):
     """The journal cannot be written or read: nothing destructive may happen."""
+

@@ -215,8 +215,9 @@ class Pop3Session:
         where = f"pop3 {conn.host}:{port}"
         if conn.security == "none" and not conn.allow_plaintext:
             raise TlsError(f"{where}: security none needs allow_plaintext: true")
+        user, authzid = conn.login_names()
         if isinstance(password, str) and any(
-            c in s for s in (conn.username, password) for c in "\r\n\0"
+            c in s for s in (user, authzid or "", password) for c in "\r\n\0"
         ):
             raise AuthError(f"{where}: the username or password contains a line break or NUL")
         timeout = conn.timeout.total_seconds()
@@ -237,7 +238,7 @@ class Pop3Session:
                     cls._starttls(client, where, ctx)
             caps = cls._capa(client)
             if isinstance(password, str):
-                cls._login(client, where, caps, conn.username, password)
+                cls._login(client, where, caps, user, password, authzid)
             else:
                 cls._sasl_login(client, where, caps, password, conn.host, port)
             caps = cls._capa(client) or caps  # RFC 2449: may change after login
@@ -272,12 +273,16 @@ class Pop3Session:
     @staticmethod
     def _login(
         client: poplib.POP3, where: str, caps: dict[str, tuple[str, ...]], user: str,
-        password: str,
+        password: str, authzid: str | None = None,
     ) -> None:
         sasl = {m.upper() for m in caps.get("SASL", ())}
         try:
-            if caps and "USER" not in caps and "PLAIN" in sasl:
-                token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
+            # An authorization identity (login_as: authzid) needs SASL PLAIN (RFC 4616),
+            # sent as AUTH with an initial response (RFC 5034): poplib has no SASL helper.
+            if authzid is not None or (caps and "USER" not in caps and "PLAIN" in sasl):
+                token = base64.b64encode(
+                    f"{authzid or ''}\0{user}\0{password}".encode()
+                ).decode("ascii")
                 client.sock.sendall(b"AUTH PLAIN " + token.encode("ascii") + b"\r\n")
                 del token
                 reply = client.file.readline(_STATUS_MAX)

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from retention.config.schema import Config, ImapTarget
+from retention.config.template import prototype, with_credential
 from retention.config.yamlsource import YamlDoc, YamlError, load_yaml
 from retention.errors import ConfigError, Problem
 from retention.plan import ActionKind, Clock
@@ -175,6 +176,66 @@ def _check_values(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
     return out
 
 
+def protocol_problems(
+    config: Config, protocol: str, policy_name: str, who: str
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """What a policy's rules cannot do over ``protocol`` (``who``: the account, for the message)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    policy = config.policies[policy_name]
+    for j, rule in enumerate(policy.rules):
+        loc: tuple[str | int, ...] = ("policies", policy_name, "rules", j)
+        if protocol == "imap" and rule.age_by is Clock.FIRST_SEEN:
+            out.append((loc + ("age_by",), "first_seen is for POP3 accounts; use received, "
+                        f"sent or saved (used by {who})"))
+        if protocol == "pop3":
+            if rule.action.kind in (ActionKind.MOVE, ActionKind.TRASH):
+                out.append((loc + ("action",), f"{rule.action.kind.value} is not possible "
+                            f"over POP3 (used by {who})"))
+            if any(f.upper() != "INBOX" for f in rule.folders):
+                out.append((loc + ("folders",), f"POP3 has only INBOX (used by {who})"))
+    return out
+
+
+def _check_sources(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
+    """Source names, policy_by policies and account templates (no source is read here)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    seen: dict[str, int] = {}
+    known = ", ".join(sorted(config.policies)) or "none"
+    for i, spec in enumerate(config.sources):
+        if spec.name in seen:
+            out.append((("sources", i, "name"), f"duplicate source name {spec.name!r} "
+                        f"(also sources.{seen[spec.name]})"))
+        seen.setdefault(spec.name, i)
+        for j, rule in enumerate(spec.policy_by):
+            if rule.policy not in config.policies:
+                out.append((("sources", i, "policy_by", j, "policy"),
+                            f"unknown policy {rule.policy!r} (known: {known})"))
+        policy = spec.account.get("policy")
+        if policy is not None and policy not in config.policies:
+            out.append((("sources", i, "account", "policy"),
+                        f"unknown policy {policy!r} (known: {known})"))
+        try:
+            proto = prototype(config, spec.account, None)
+        except ValidationError as e:
+            for err in e.errors():
+                loc = tuple(p for p in err["loc"] if isinstance(p, str | int))
+                msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+                if err.get("type") == "extra_forbidden":
+                    msg = "unknown key"
+                elif err.get("type") == "value_error":
+                    loc, msg = _split_field(loc, msg)
+                out.append((("sources", i, "account", *loc), msg))
+            continue
+        except ValueError as e:
+            loc, msg = _split_field((), str(e))
+            out.append((("sources", i, "account", *loc), msg))
+            continue
+        if policy is not None and policy in config.policies:
+            out.extend(protocol_problems(config, proto.protocol, policy,
+                                         f"{proto.protocol} source {spec.name!r}"))
+    return out
+
+
 def _cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
     out: list[tuple[tuple[str | int, ...], str]] = _check_values(config)
     names: set[str] = set()
@@ -188,33 +249,13 @@ def _cross_check(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
                 (("accounts", i, "policy"), f"unknown policy {acct.policy!r} (known: {known})")
             )
             continue
-        if acct.protocol == "imap":
-            for j, rule in enumerate(config.policies[acct.policy].rules):
-                if rule.age_by is Clock.FIRST_SEEN:
-                    out.append(
-                        (("policies", acct.policy, "rules", j, "age_by"),
-                         f"first_seen is for POP3 accounts; use received, sent or saved "
-                         f"(used by imap account {acct.name!r})")
-                    )
-        if acct.protocol == "pop3":
-            policy = config.policies[acct.policy]
-            for j, rule in enumerate(policy.rules):
-                loc: tuple[str | int, ...] = ("policies", acct.policy, "rules", j)
-                if rule.action.kind in (ActionKind.MOVE, ActionKind.TRASH):
-                    out.append(
-                        (
-                            loc + ("action",),
-                            f"{rule.action.kind.value} is not possible over POP3 "
-                            f"(used by pop3 account {acct.name!r})",
-                        )
-                    )
-                if any(f.upper() != "INBOX" for f in rule.folders):
-                    out.append(
-                        (
-                            loc + ("folders",),
-                            f"POP3 has only INBOX (used by pop3 account {acct.name!r})",
-                        )
-                    )
+        if acct.credentials is not None and acct.credentials not in config.credentials:
+            known = ", ".join(sorted(config.credentials)) or "none defined"
+            out.append((("accounts", i, "credentials"),
+                        f"unknown credential {acct.credentials!r} (known: {known})"))
+        out.extend(protocol_problems(config, acct.protocol, acct.policy,
+                                     f"{acct.protocol} account {acct.name!r}"))
+    out.extend(_check_sources(config))
     for pname, policy in config.policies.items():
         rule_names: set[str] = set()
         for j, rule in enumerate(policy.rules):
@@ -280,15 +321,25 @@ def _resolve(
     if override:
         # systemd may pass several colon-separated directories; the first is ours.
         state_dir = Path(override.split(":")[0])
+    credentials = {
+        name: c.model_copy(update={"password_file": fix(
+            c.password_file, ("credentials", name, "password_file"), True)})
+        for name, c in config.credentials.items()
+    }
     accounts = [
-        a.model_copy(
-            update={
-                "ca_file": fix(a.ca_file, ("accounts", i, "ca_file")),
-                "password_file": fix(a.password_file, ("accounts", i, "password_file"), True),
-            }
+        with_credential(
+            a.model_copy(
+                update={
+                    "ca_file": fix(a.ca_file, ("accounts", i, "ca_file")),
+                    "password_file": fix(a.password_file, ("accounts", i, "password_file"),
+                                         True),
+                }
+            ),
+            credentials,
         )
         for i, a in enumerate(config.accounts)
     ]
+    sources = [_resolve_source(s, i, fix) for i, s in enumerate(config.sources)]
     archives: dict[str, Any] = {}
     for name, t in config.archives.items():
         if isinstance(t, ImapTarget):
@@ -306,6 +357,8 @@ def _resolve(
         update={
             "state_dir": state_dir,
             "accounts": accounts,
+            "credentials": credentials,
+            "sources": sources,
             "archives": archives,
             "source": path,
         }
@@ -313,11 +366,29 @@ def _resolve(
     return resolved, problems
 
 
+def _resolve_source(spec: Any, i: int, fix: Any) -> Any:
+    """Relative paths of a source (its file, CA file, secret files) against the policy file."""
+    update = {}
+    for key in ("path", "ca_file", "bind_password_file", "password_file"):
+        value = getattr(spec, key, None)
+        if value is not None:
+            update[key] = fix(value, ("sources", i, key), key.endswith("password_file"))
+    return spec.model_copy(update=update) if update else spec
+
+
 def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[str]:
     """Things ``check`` reports without failing: missing secrets, suspicious durations."""
     env = os.environ if env is None else env
     out: list[str] = []
+    for cname, cred in config.credentials.items():
+        if cred.password_env is not None and cred.password_env not in env:
+            out.append(f"credential {cname}: environment variable {cred.password_env} is not "
+                       "set (its accounts will fail until it is)")
+        if cred.password_file is not None and not os.access(cred.password_file, os.R_OK):
+            out.append(f"credential {cname}: password_file {cred.password_file} is not readable")
     for acct in config.accounts:
+        if acct.credentials is not None:
+            continue  # reported once for the credential above
         if acct.password_env is not None and acct.password_env not in env:
             out.append(
                 f"account {acct.name}: environment variable {acct.password_env} is not set "
@@ -342,6 +413,13 @@ def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[st
                 "before cleanup starts"
             )
     used = {a.policy for a in config.accounts}
+    for spec in config.sources:  # a source's policies: those it can give (not read here)
+        used.update(r.policy for r in spec.policy_by)
+        if isinstance(spec.account.get("policy"), str):
+            used.add(spec.account["policy"])
+        if spec.type in ("csv", "sql") or getattr(getattr(spec, "attributes", None),
+                                                   "policy", None):
+            used.update(config.policies)  # an entry may name any policy
     for pname in sorted(set(config.policies) - used):
         out.append(f"policy {pname} is not used by any account")
     return out

@@ -8,16 +8,12 @@ models and reports problems with their line numbers.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
@@ -25,42 +21,21 @@ from pydantic import (
     model_validator,
 )
 
+from retention.config.base import NAME_PATTERN, ServiceDuration, Strict
+from retention.config.sources import SourceSpec
 from retention.config.units import (
     CountOrPercent,
     CountOrPercentT,
     Duration,
     Percent,
     Size,
-    parse_duration,
 )
 from retention.plan import ActionKind, Clock
 
 Protect = Literal["flagged", "unread", "answered", "draft"]
 TRASH_JUNK = frozenset({"\\Trash", "\\Junk"})
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _duration_or_seconds(value: object) -> timedelta:
-    """Service durations also take plain seconds (``30``) and ``30s``."""
-    if isinstance(value, timedelta):
-        return value
-    try:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return timedelta(seconds=value)
-        if isinstance(value, str) and re.fullmatch(r"\d+s", value):
-            return timedelta(seconds=int(value[:-1]))
-    except OverflowError:
-        # pydantic turns only ValueError into a FILE:LINE problem; an OverflowError from a
-        # huge number would escape as a traceback (and kill a reload).
-        raise ValueError(f"invalid duration {str(value)[:40]}: too large") from None
-    return parse_duration(value)
-
-
-ServiceDuration = Annotated[timedelta, BeforeValidator(_duration_or_seconds)]
+_NAME = NAME_PATTERN
+_Strict = Strict
 
 
 class ActionSpec(_Strict):
@@ -176,6 +151,10 @@ class Connection(_Strict):
     password_file: Path | None = None
     timeout: ServiceDuration = timedelta(seconds=30)
 
+    def login_names(self) -> tuple[str, str | None]:
+        """(authentication identity, authorization identity or None) for the login."""
+        return self.username, None
+
     @model_validator(mode="after")
     def _secure(self) -> Connection:
         if self.security == "none" and not self.allow_plaintext:
@@ -183,8 +162,42 @@ class Connection(_Strict):
                 "security: 'none' sends the password in clear text; "
                 "set allow_plaintext: true to allow it"
             )
+        if getattr(self, "credentials", None) is not None:
+            # The named credential supplies the password (see Account and Credential).
+            if self.password_env is not None or self.password_file is not None:
+                raise ValueError(
+                    "credentials: give either credentials or password_env/password_file"
+                )
+        elif (self.password_env is None) == (self.password_file is None):
+            raise ValueError("password_env: give exactly one of password_env or password_file")
+        return self
+
+
+LoginAs = Literal["user", "separator", "authzid"]
+
+
+class Credential(_Strict):
+    """A login secret named once under ``credentials:`` and used by many accounts.
+
+    ``login_as``: ``user`` logs in as the account's own username with this password;
+    ``separator`` as ``USER{separator}{username}`` (Dovecot master users,
+    ``auth_master_user_separator``); ``authzid`` with SASL PLAIN, authorization identity
+    = the account's username, authentication identity = ``username`` (Dovecot master
+    users, Cyrus admins/proxyservers). Never printed: ``check`` names it, nothing more.
+    """
+
+    username: StrictStr | None = None
+    password_env: StrictStr | None = None
+    password_file: Path | None = None
+    login_as: LoginAs = "user"
+    separator: Annotated[StrictStr, Field(min_length=1)] = "*"
+
+    @model_validator(mode="after")
+    def _complete(self) -> Credential:
         if (self.password_env is None) == (self.password_file is None):
             raise ValueError("password_env: give exactly one of password_env or password_file")
+        if self.login_as != "user" and not self.username:
+            raise ValueError(f"username: login_as {self.login_as} needs the admin's username")
         return self
 
 
@@ -196,6 +209,27 @@ class Account(Connection):
     policy: StrictStr
     hold: StrictBool | None = None
     schedule: StrictStr | None = None
+    credentials: StrictStr | None = None
+    # Set by loading (the ``credentials:`` entry this account names), never by the file.
+    credential: Credential | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_internal_keys(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "credential" in value and not isinstance(
+            value.get("credential"), Credential | None
+        ):
+            raise ValueError("credential: unknown key (did you mean credentials?)")
+        return value
+
+    def login_names(self) -> tuple[str, str | None]:
+        """(authentication identity, authorization identity or None) for the login."""
+        cred = self.credential
+        if cred is None or cred.login_as == "user" or not cred.username:
+            return self.username, None
+        if cred.login_as == "separator":
+            return f"{self.username}{cred.separator}{cred.username}", None
+        return cred.username, self.username
 
     def effective_port(self) -> int:
         if self.port is not None:
@@ -247,16 +281,31 @@ class Config(_Strict):
 
     state_dir: Path = Path("./state")
     policies: dict[StrictStr, Policy]
-    accounts: list[Account] = Field(min_length=1)
+    # Sequence: after sources are read (retention.sources), a lazy list of every account.
+    accounts: Sequence[Account] = Field(default_factory=list)
+    credentials: dict[Annotated[StrictStr, Field(pattern=_NAME)], Credential] = Field(
+        default_factory=dict
+    )
+    sources: list[SourceSpec] = Field(default_factory=list)
     archives: dict[StrictStr, ArchiveTarget] = Field(default_factory=dict)
     service: Service = Field(default_factory=Service)
     # Set by load_config, not by the file.
     source: Path | None = Field(default=None, exclude=True)
 
+    @model_validator(mode="after")
+    def _some_accounts(self) -> Config:
+        if not self.accounts and not self.sources:
+            raise ValueError("accounts: list at least one account or add a source")
+        return self
+
     def policy_of(self, account: Account) -> Policy:
         return self.policies[account.policy]
 
     def account(self, name: str) -> Account:
+        find = getattr(self.accounts, "by_name", None)  # the lazy list has an index
+        if find is not None:
+            found: Account = find(name)
+            return found
         for a in self.accounts:
             if a.name == name:
                 return a

@@ -40,7 +40,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -64,12 +64,15 @@ from retention.config.settings import (
     resolve_settings,
     service_changes,
 )
-from retention.errors import ConfigError, Problem, RetentionError
+from retention.errors import ConfigError, Problem, RetentionError, SourceError
 from retention.result import AccountResult
 from retention.service import logs
 from retention.service.forecast import WINDOW, fit_usage, latest_limit
 from retention.service.metrics import Metrics, MetricsServer
 from retention.service.pool import HostPool, Submitted
+from retention.service.sources import SourceWatch
+from retention.sources import assemble, load_fleet, read_source, schedule_groups, source_lists
+from retention.sources.model import FleetAccounts
 from retention.state.observations import Ledger
 
 log = logging.getLogger("retention.service")
@@ -96,20 +99,40 @@ class Loaded:
     """A validated policy and what the scheduler derives from it."""
 
     config: Config
-    groups: dict[str, tuple[Account, ...]]  # schedule -> its accounts, in file order
+    # schedule -> its accounts, in file order (lazy for sources: built one at a time)
+    groups: dict[str, Sequence[Account]]
     periods: dict[str, float]  # schedule -> seconds between two ticks
 
 
-def load_policy(path: Path) -> Loaded:
-    """Load and validate the policy file, schedules included.
+def load_policy(path: Path, *, watch: SourceWatch | None = None) -> Loaded:
+    """Load and validate the policy file, schedules included, and read its sources.
+
+    With ``watch``, a source that cannot be read is logged, counted and replaced by its
+    last good list (none the first time) instead of failing the load.
 
     Raises:
-        ConfigError: the file is invalid or a schedule is not a cron expression.
+        ConfigError: the file is invalid, a schedule is not a cron expression, a name is
+            listed twice, or (without ``watch``) a source cannot be read.
     """
     config = load_config(path)
-    groups: dict[str, list[Account]] = {}
-    for account in config.accounts:
-        groups.setdefault(config.schedule_of(account), []).append(account)
+    if watch is None:
+        config = load_fleet(config)
+    else:
+        failed: set[str] = set()
+
+        def on_error(e: SourceError) -> None:
+            failed.add(e.source)
+            watch.failed(e)
+
+        config = load_fleet(config, previous=watch.last_good, on_error=on_error)
+        watch.succeeded(s for s in source_lists(config).values() if s.source not in failed)
+        watch.forget_except(spec.name for spec in config.sources)
+    return loaded_from(config, path)
+
+
+def loaded_from(config: Config, path: Path) -> Loaded:
+    """The scheduler's groups and periods for an already loaded policy (and fleet)."""
+    groups = schedule_groups(config)
     periods: dict[str, float] = {}
     problems: list[Problem] = []
     for schedule, accounts in groups.items():
@@ -122,7 +145,7 @@ def load_policy(path: Path) -> Loaded:
             problems.append(Problem(path, None, where, str(e)))
     if problems:
         raise ConfigError(problems)
-    return Loaded(config, {s: tuple(a) for s, a in groups.items()}, periods)
+    return Loaded(config, groups, periods)
 
 
 def _grace(period: float) -> int:
@@ -142,6 +165,7 @@ class RetentionService:
         run_account: RunFn | None = None,
         measure_account: MeasureFn | None = None,
         overrides: Mapping[str, Any] | None = None,
+        watch: SourceWatch | None = None,
     ) -> None:
         if run_account is None or measure_account is None:
             from retention.run import account as runner  # the real thing; tests inject fakes
@@ -151,8 +175,10 @@ class RetentionService:
         self.config_path = config_path
         self.settings = settings
         self._overrides = dict(overrides or {})  # re-applied on reload
-        self.loaded = loaded or load_policy(config_path)
+        self.watch = watch if watch is not None else SourceWatch()
+        self.loaded = loaded or load_policy(config_path, watch=self.watch)
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.watch.register(self.registry)
         self.metrics = Metrics(self.registry, account_label=settings.account_label)
         self.pool = HostPool(settings.concurrency, settings.max_connections_per_host)
         self.stop = threading.Event()  # passed to every run: stop at the next batch
@@ -169,6 +195,7 @@ class RetentionService:
         self._ledgers: dict[Path, Ledger] = {}
         self._ledger_lock = threading.Lock()
         self._requests: list[str] = []
+        self._refresh_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.metrics.set_accounts(self.loaded.config, self.loaded.periods)
@@ -194,6 +221,7 @@ class RetentionService:
             self._server.start()
         self.pool.start()
         self._schedule(self.loaded, previous=None)
+        self._schedule_sources(self.loaded)
         interval = self.settings.measure_every.total_seconds()
         trigger = (IntervalTrigger(seconds=interval) if interval > 0
                    else DateTrigger(datetime.now(UTC)))
@@ -230,6 +258,53 @@ class RetentionService:
                 id=_job_id(schedule), name=f"sweep {schedule}",
                 misfire_grace_time=_grace(loaded.periods[schedule]), replace_existing=True,
             )
+
+    def _schedule_sources(self, loaded: Loaded) -> None:
+        """One refresh job per source, every ``refresh`` (re-added on reload)."""
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith("source:"):
+                with contextlib.suppress(Exception):
+                    self._scheduler.remove_job(job.id)
+        for spec in loaded.config.sources:
+            seconds = spec.refresh.total_seconds()
+            if seconds > 0:
+                self._scheduler.add_job(
+                    self.refresh_source, IntervalTrigger(seconds=seconds), args=[spec.name],
+                    id=f"source:{spec.name}", name=f"refresh {spec.name}",
+                    misfire_grace_time=_grace(seconds), replace_existing=True,
+                )
+
+    def refresh_source(self, name: str) -> bool:
+        """Re-read one source; on failure keep its last good list (logged, in metrics)."""
+        with self._refresh_lock:  # a reload and a refresh must not interleave their swaps
+            loaded = self.loaded
+            spec = next((s for s in loaded.config.sources if s.name == name), None)
+            if spec is None:
+                return False
+            fleet = loaded.config.accounts
+            explicit = fleet.explicit if isinstance(fleet, FleetAccounts) else list(fleet)
+            base = loaded.config.model_copy(update={"accounts": explicit})
+            try:
+                got = read_source(base, spec)
+                lists = [got if s.name == name else self.watch.last_good.get(s.name)
+                         for s in base.sources]
+                config = assemble(base, [x for x in lists if x is not None])
+                fresh = loaded_from(config, self.config_path)
+            except SourceError as e:
+                self.watch.failed(e)
+                return False
+            except ConfigError as e:  # e.g. a name now listed twice: keep the old list
+                self.watch.failed(SourceError(name, "config", "; ".join(str(p) for p in e.problems)))
+                return False
+            self.watch.succeeded([got])
+            self._adopt(fresh, loaded)
+            log.info("event=source_refreshed source=%s accounts=%d", name, len(got))
+            return True
+
+    def _adopt(self, loaded: Loaded, previous: Loaded) -> None:
+        self.loaded = loaded
+        self._schedule(loaded, previous)
+        self.metrics.set_accounts(loaded.config, loaded.periods)
 
     # -- requests (safe from signal handlers and other threads) -----------------------
 
@@ -351,8 +426,12 @@ class RetentionService:
         validators missed) keeps the old policy, sets the reload metric to 0 and is logged;
         a reload never stops the service.
         """
+        with self._refresh_lock:  # a source refresh must not swap in between
+            return self._reload()
+
+    def _reload(self) -> bool:
         try:
-            loaded = load_policy(self.config_path)
+            loaded = load_policy(self.config_path, watch=self.watch)
             settings = resolve_settings(loaded.config.service, overrides=self._overrides)
         except ConfigError as e:
             return self._reload_failed([str(p) for p in e.problems])
@@ -364,6 +443,7 @@ class RetentionService:
                         "service settings take effect after a restart")
         previous, self.loaded = self.loaded, loaded
         self._schedule(loaded, previous)
+        self._schedule_sources(loaded)
         self.metrics.set_accounts(loaded.config, loaded.periods)
         self.metrics.set_reload(True)
         logs.update_secrets(logs.secrets_of(loaded.config))
@@ -487,13 +567,14 @@ def serve(
     path = Path(config_path) if config_path is not None else config_path_from_env()
     if path is None:
         raise ConfigError("no policy file: pass -c FILE or set RETENTION_CONFIG")
-    loaded = load_policy(path)
+    watch = SourceWatch()
+    loaded = load_policy(path, watch=watch)
     extra = {"metrics_port": metrics_port, "metrics_address": metrics_address,
              **(overrides or {})}
     settings = resolve_settings(loaded.config.service, overrides=extra)
     logs.configure(settings.log_level, settings.log_format, logs.secrets_of(loaded.config))
     service = RetentionService(path, settings, loaded=loaded, registry=registry,
-                               overrides=extra)
+                               overrides=extra, watch=watch)
     with _signals(service):
         try:
             service.start()

@@ -338,6 +338,9 @@ class Dovecot:
       ``retention.testing.tokenserver`` (HS256, ``email`` = the user) log in.
     gmail: folders named and marked like Gmail's (``[Gmail]/Trash`` with ``\\Trash``,
       ``[Gmail]/All Mail`` with ``\\All``, ``[Gmail]/Spam``, ``[Gmail]/Sent Mail``...).
+    master_users: name -> password of Dovecot master users (a ``master = yes``
+        passwd-file passdb, ``auth_master_user_separator = *``): they log in as any user
+        with ``user*master`` or SASL PLAIN authzid=user. None (default): no master passdb.
     keep: leave the directory behind after stop() (also env RETENTION_KEEP_DOVECOT=1).
     """
 
@@ -349,6 +352,7 @@ class Dovecot:
         quota: bool = True,
         trash_name: str = "Trash",
         quota_grace_percent: int = 10,
+        master_users: dict[str, str] | None = None,
         keep: bool = False,
         oauth2_key: bytes | None = None,
         gmail: bool = False,
@@ -358,6 +362,10 @@ class Dovecot:
         self.quota = quota
         self.trash_name = trash_name
         self.quota_grace_percent = quota_grace_percent
+        self.master_users = dict(master_users or {})
+        for name, pw in self.master_users.items():
+            if not _USERNAME_RE.match(name) or not pw or any(c in pw for c in ":\n\r\t"):
+                raise ValueError(f"unsupported master user {name!r} or its password")
         self.keep = keep
         self.oauth2_key = oauth2_key
         self.gmail = gmail
@@ -435,6 +443,7 @@ class Dovecot:
         self.directory = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=parent))
         try:
             self._prepare_directory()
+            self._write_masters()
             last_error = ""
             for _attempt in range(4):
                 self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = _free_ports(4)
@@ -667,7 +676,7 @@ namespace inbox {{
 # One passwd-file per user: a new user's file is read at its first lookup. A
 # shared file would be re-read at most once a second, so every add_user would
 # have to wait for that.
-passdb {{
+{self._master_passdb()}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {passwd}
   {"mechanisms = plain login" if self.oauth2_key is not None else ""}
@@ -708,6 +717,29 @@ protocol pop3 {{
   pop3_uidl_format = %08Xu%08Xv
 }}
 {quota_plugin if self.quota else ""}"""
+
+    def _master_passdb(self) -> str:
+        if not self.master_users:
+            return ""
+        # result_success = continue: the login user must still exist in the normal
+        # passdb/userdb (Dovecot's master_users documentation).
+        return f"""auth_master_user_separator = *
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {self.directory}/masters
+  master = yes
+  result_success = continue
+}}
+"""
+
+    def _write_masters(self) -> None:
+        if not self.master_users:
+            return
+        path = self.directory / "masters"
+        path.write_text("".join(f"{n}:{{PLAIN}}{p}::::::\n"
+                                for n, p in self.master_users.items()), encoding="utf-8")
+        os.chown(path, -1, self._gid)
+        path.chmod(0o640)
 
     # -- users -------------------------------------------------------------
 

@@ -112,7 +112,7 @@ def open_client(conn: Connection, password: str | SaslLogin, label: str) -> Any:
         if conn.security == "starttls":
             _starttls(client, ctx, label)
         if isinstance(password, str):
-            _login(client, conn.username, password, label)
+            _login(client, *conn.login_names(), password=password, label=label)
         else:
             sasl_login(client, password, label, conn.host, default_port(conn))
     except BaseException:
@@ -160,14 +160,20 @@ def _forget_plaintext(client: Any, label: str) -> None:
     )
 
 
-def _login(client: Any, username: str, password: str, label: str) -> None:
+def _login(
+    client: Any, username: str, authzid: str | None, *, password: str, label: str
+) -> None:
     # A server that echoes our command back would show the password as LOGIN quotes it
     # (RFC 3501 quoted string) or as AUTHENTICATE PLAIN's base64: scrub those forms too.
     quoted = password.replace("\\", "\\\\").replace('"', '\\"')
-    plain = base64.b64encode(f"\0{username}\0{password}".encode()).decode("ascii")
+    plain = base64.b64encode(f"{authzid or ''}\0{username}\0{password}".encode()).decode("ascii")
     secrets = [quoted, password, plain]
     try:
-        if not (username.isascii() and password.isascii()):
+        if authzid is not None:
+            # login_as: authzid (Dovecot master user, Cyrus admin): SASL PLAIN with an
+            # authorization identity; the session then has the target user's rights.
+            client.plain_login(username, password, authorization_identity=authzid)
+        elif not (username.isascii() and password.isascii()):
             # LOGIN's quoted strings are 7-bit in imaplib; SASL PLAIN carries UTF-8.
             client.plain_login(username, password)
         else:
