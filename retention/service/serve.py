@@ -294,7 +294,8 @@ class RetentionService:
                 self.watch.failed(e)
                 return False
             except ConfigError as e:  # e.g. a name now listed twice: keep the old list
-                self.watch.failed(SourceError(name, "config", "; ".join(str(p) for p in e.problems)))
+                why = "; ".join(str(p) for p in e.problems)
+                self.watch.failed(SourceError(name, "config", why))
                 return False
             self.watch.succeeded([got])
             self._adopt(fresh, loaded)

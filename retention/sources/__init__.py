@@ -53,7 +53,8 @@ def _module(spec: Any) -> Any:
     try:
         return importlib.import_module(f"retention.sources.{name}")
     except ImportError as e:
-        raise SourceError(spec.name, "config", f"the {spec.type} reader is not available: {e}") from None
+        raise SourceError(spec.name, "config",
+                          f"the {spec.type} reader is not available: {e}") from None
 
 
 def entries(spec: Any) -> Iterable[Entry]:

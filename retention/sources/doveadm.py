@@ -36,7 +36,8 @@ class Doveadm:
                     text=True, encoding="utf-8", errors="replace",
                 )
             except OSError as e:
-                raise SourceError(spec.name, "config", f"cannot run {cmd}: {e.strerror or e}") from None
+                raise SourceError(spec.name, "config",
+                                  f"cannot run {cmd}: {e.strerror or e}") from None
             assert proc.stdout is not None
             try:
                 for line in proc.stdout:

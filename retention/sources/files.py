@@ -74,8 +74,9 @@ class CsvFile:
             if header is None:
                 return  # an empty file: no accounts
             if "username" not in header:
-                raise SourceError(self.spec.name, "query", f"{self.spec.path}:1: the header row has "
-                                  f"no username column (columns: {', '.join(header)})")
+                raise SourceError(self.spec.name, "query",
+                                  f"{self.spec.path}:1: the header row has no username "
+                                  f"column (columns: {', '.join(header)})")
             for row in reader:
                 self.line = reader.line_num
                 yield {k: (v or "").strip() for k, v in row.items() if k is not None}
