@@ -201,8 +201,9 @@ def _pages(conn: Any, settings: LdapSettings,
             raise _error(settings, exc, during="search") from None
         yield [_entry(dn, attrs, spelling, scalar) for dn, attrs in data
                if dn is not None]  # dn None: a search continuation reference, not an entry
-        # No control in the answer: the server ignored it (it is not critical) and sent
-        # everything at once. An empty cookie: that was the last page.
+        # An empty cookie: that was the last page. (The control is critical, so a server
+        # without paging refuses the search instead of silently sending one size-limited
+        # answer; no control in the answer is taken as the last page too.)
         cookie = next((c.cookie for c in controls or () if c.controlType == _PAGED_OID), None)
         if not cookie:
             break
@@ -261,6 +262,10 @@ def _error(settings: LdapSettings, exc: BaseException, *, during: str) -> Source
         return SourceError(settings.name, "query", (
             f"{where}: the server's size limit stopped the search: {text}; raise it for "
             f"{settings.bind_dn or 'anonymous'} (OpenLDAP: limits ... size.prtotal=unlimited)"))
+    if isinstance(exc, ldap.UNAVAILABLE_CRITICAL_EXTENSION):
+        return SourceError(settings.name, "config", (
+            f"{where}: the server does not support paged searches (simple paged results "
+            f"control, RFC 2696): {text}"))
     if isinstance(exc, ldap.FILTER_ERROR):
         return SourceError(settings.name, "config", f"bad filter {settings.filter}: {text}")
     if isinstance(exc, ldap.NO_SUCH_OBJECT):

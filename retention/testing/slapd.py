@@ -13,7 +13,8 @@ The directory::
       ou=service    cn=reader (a non-admin bind DN that may read everything)
 
 ACLs: passwords are only usable to bind; everything else is readable by anyone (bound or
-not). ``sizelimit unlimited``, so a paged search may return more than slapd's default 500.
+not). ``sizelimit unlimited`` unless asked (slapd's own default of 500 also caps the total
+of a paged search for any bind DN but the rootdn).
 No pytest dependency::
 
     with Slapd(users=make_users(300)) as server:
@@ -97,8 +98,10 @@ class Slapd:
     people = f"ou=people,{SUFFIX}"
     suffix = SUFFIX
 
-    def __init__(self, users: Iterable[LdapUser] = ()) -> None:
+    def __init__(self, users: Iterable[LdapUser] = (), *, sizelimit: int | None = None) -> None:
+        """``sizelimit``: slapd's limit for non-admin searches (None: unlimited)."""
         self.users = list(users)
+        self.sizelimit = sizelimit
         self.directory = Path(tempfile.mkdtemp(prefix="retention-slapd-"))
         self.port = 0
         self.tls_port = 0
@@ -196,7 +199,7 @@ class Slapd:
             f"argsfile {d / 'slapd.args'}\n"
             f"modulepath {_module_dir()}\n"
             "moduleload back_mdb\n"
-            "sizelimit unlimited\n"
+            f"sizelimit {self._sizelimit()}\n"
             f"TLSCACertificateFile {d / 'ca.crt'}\n"
             f"TLSCertificateFile {d / 'server.crt'}\n"
             f"TLSCertificateKeyFile {d / 'server.key'}\n"
@@ -210,6 +213,12 @@ class Slapd:
             "access to attrs=userPassword by anonymous auth by * none\n"
             "access to * by * read\n"
         )
+
+    def _sizelimit(self) -> str:
+        if self.sizelimit is None:
+            return "unlimited"
+        # As a default slapd: the limit also caps the total of a paged search (prtotal).
+        return f"size.soft={self.sizelimit} size.hard={self.sizelimit}"
 
     def _ldif(self) -> str:
         parts = [

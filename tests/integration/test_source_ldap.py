@@ -10,7 +10,7 @@ import pytest
 from retention.errors import SourceError
 from retention.sources import ldap as ldap_source
 from retention.testing.host import HOST, free_ports
-from retention.testing.slapd import Slapd
+from retention.testing.slapd import Slapd, make_users
 from tests.integration.sources_support import (  # noqa: F401 - fixtures
     USERS,
     LdapAttributes,
@@ -163,6 +163,17 @@ def test_nothing_listening_is_a_connect_error(settings: LdapSettings) -> None:
         ldap_source.probe(down)
     assert info.value.kind == "connect"
     assert info.value.retryable
+
+
+def test_server_size_limit_is_a_clear_error(settings: LdapSettings) -> None:
+    """A default slapd caps a paged search at 500 entries for non-admin binds: say so."""
+    with Slapd(make_users(120), sizelimit=100) as limited:
+        capped = dataclasses.replace(settings, url=limited.ldaps_url, ca_file=limited.ca_file)
+        with pytest.raises(SourceError) as info:
+            list(ldap_source.entries(capped))
+    assert info.value.kind == "query"
+    assert "size limit" in str(info.value)
+    assert "size.prtotal" in str(info.value)
 
 
 def test_missing_extra_names_it(settings: LdapSettings, monkeypatch: pytest.MonkeyPatch) -> None:
