@@ -15,6 +15,10 @@
                            exit 2 in check/run; in serve the source keeps its last good list
   * FolderSkipped          skip one folder, go on with the others (e.g. UIDVALIDITY changed)
   * JournalError           abort: never act without a journal
+    * ObservationsError    the observation store (first-seen times, usage) is unusable
+
+Exit codes of the commands are ``ExitCode``: 0 all went well, 1 an account failed, 2 the
+policy file or the command line is wrong (``ConfigError.exit_code``).
 
 Messages never carry secrets: adapters build them from server replies and host names only.
 """
@@ -22,10 +26,19 @@ Messages never carry secrets: adapters build them from server replies and host n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 from typing import ClassVar, Literal
 
 ErrorKind = Literal["auth", "tls", "connect", "protocol", "config", "archive", "other"]
+
+
+class ExitCode(IntEnum):
+    """The exit status of every command (``retention run``, ``check``, ``serve``...)."""
+
+    OK = 0
+    FAILED = 1  # an account failed (or the service could not shut down in time)
+    USAGE = 2  # the policy file or the command line is wrong: retrying will not help
 
 
 class RetentionError(Exception):
@@ -50,7 +63,7 @@ class Problem:
 class ConfigError(RetentionError):
     """The policy file or the command line is invalid (exit 2)."""
 
-    exit_code: ClassVar[int] = 2
+    exit_code: ClassVar[ExitCode] = ExitCode.USAGE
 
     def __init__(self, problems: list[Problem] | str) -> None:
         if isinstance(problems, str):
@@ -165,3 +178,6 @@ class UidValidityChanged(FolderSkipped):
 class JournalError(RetentionError):
     """The journal cannot be written or read: nothing destructive may happen."""
 
+
+class ObservationsError(JournalError):
+    """The observation store cannot be opened, read or written: act on nothing."""

@@ -468,7 +468,7 @@ class Pop3Session:
         """Every message of the maildrop: UIDL, LIST size and, with ``with_sent``, TOP n 0.
 
         ``received`` is this session's opening time; the runner replaces it with the
-        ledger's first-seen time (``Ledger.first_seen`` keyed by UIDL).
+        ledger's first-seen time (``Observations.first_seen`` keyed by UIDL).
         """
         if folder.name.upper() != INBOX:
             raise FolderSkipped(folder.name, "POP3 has only INBOX")

@@ -1,40 +1,41 @@
 """One pass over one account: connect, recover, measure, scan, plan, execute, measure again.
 
 This module is the glue between the pure core (policy, planner) and the side effects
-(adapters, ledger, executor). It never raises for an account-level failure: every outcome
-becomes an ``AccountResult`` so that one failing account never stops the others. Only
-connection-level failures are retried within a run; a rejected login never is, since
-retrying could lock the account.
+(adapters, the observation store, the executor). A real pass is one unit of work: one
+``Executor`` over the attempt's session, with the journal and archives opened once, first
+recovers what an interrupted run left, then executes the new plan.
+
+It never raises for an account-level failure: every outcome becomes an ``AccountResult``
+so that one failing account never stops the others. Only connection-level failures are
+retried within a run; a rejected login never is, since retrying could lock the account.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from retention.adapters import MailSession
+from retention.archive import ArchiveSet
 from retention.config.schema import Account, Config, Policy, effective_clock
 from retention.config.secrets import read_password
-from retention.errors import AccountError, AccountLocked, FolderSkipped, RetentionError
+from retention.errors import AccountError, AccountLocked, ErrorKind, FolderSkipped, RetentionError
 from retention.folders import folders_to_scan
 from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Usage
 from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
-from retention.result import AccountResult, ActionResult, RunResult
-from retention.state.observations import Ledger
-
-if TYPE_CHECKING:
-    from retention.state.journal import JournalRow
+from retention.result import AccountResult, ActionResult, RunResult, Status
+from retention.run.executor import Executor
+from retention.run.recovery import RecoveryReport, row_action
+from retention.state import StateDir
+from retention.state.journal import JournalRow
+from retention.state.observations import Observations
 
 log = logging.getLogger("retention.runner")
 
@@ -58,27 +59,6 @@ def new_run_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
-@contextmanager
-def account_lock(state_dir: Path, account: str) -> Iterator[None]:
-    """Hold the per-account lock in ``state_dir`` (a timer's ``run`` and a ``serve`` race)."""
-    locks = state_dir / "locks"
-    locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(locks / f"{account}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AccountLocked("another agent is processing this account") from None
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
-def _open_ledger(config: Config) -> Ledger:
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Ledger.open(config.state_dir / "observations.sqlite3")
-
-
 def _needs_sent(policy: Policy, protocol: str) -> bool:
     return any(effective_clock(r, protocol) is Clock.SENT for r in policy.rules)
 
@@ -92,7 +72,8 @@ def with_message_ids(session: MailSession, plan: Plan, warnings: list[str]) -> P
     here, one folder at a time. A folder that changed meanwhile (``FolderSkipped``) keeps
     None and a warning; its actions are skipped when executed anyway.
     """
-    # A MailSession written before message_ids existed keeps working, without the ids.
+    # Every adapter here implements message_ids; a third-party MailSession written before it
+    # existed (``message_ids = None``) keeps working, without the ids.
     read = getattr(session, "message_ids", None)
     if read is None:
         return plan
@@ -125,7 +106,7 @@ def with_message_ids(session: MailSession, plan: Plan, warnings: list[str]) -> P
     )
 
 
-class _Pass:
+class AccountPass:
     """The state of one account pass (a small object so each step stays readable)."""
 
     def __init__(
@@ -138,8 +119,10 @@ class _Pass:
         run_id: str,
         connect: Connector,
         stop: threading.Event | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
+        self.clock = clock
         self.account = account
         self.policy = config.policy_of(account)
         self.hold = config.is_held(account)
@@ -158,7 +141,7 @@ class _Pass:
         self.results: tuple[ActionResult, ...] = ()
         # What earlier attempts of this run really did: a retry's fresh scan no longer
         # shows those messages, but the report and the metrics must.
-        self.carried: tuple[ActionResult, ...] = ()
+        self.earlier: tuple[ActionResult, ...] = ()
         # Journal rows that this run's recovery finished (see _with_recovered).
         self.recovered: list[JournalRow] = []
         self.recovered_pending: list[JournalRow] = []
@@ -166,7 +149,9 @@ class _Pass:
     def limit(self, usage: Usage) -> int | None:
         return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
 
-    def scan(self, session: MailSession, ledger: Ledger) -> tuple[Snapshot, list[FolderInfo]]:
+    def scan(
+        self, session: MailSession, observations: Observations
+    ) -> tuple[Snapshot, list[FolderInfo]]:
         protocol = self.account.protocol
         folders = session.list_folders()
         usage = session.usage(folders)
@@ -180,7 +165,7 @@ class _Pass:
             except FolderSkipped as e:
                 self.warnings.append(f"folder {e.folder} skipped: {e.reason}")
                 continue
-            scanned.append(self._observe(snap, ledger))
+            scanned.append(self._observe(snap, observations))
         snapshot = Snapshot(
             account=self.account.name,
             protocol=protocol,
@@ -190,7 +175,7 @@ class _Pass:
         )
         return snapshot, folders
 
-    def _observe(self, snap: FolderSnapshot, ledger: Ledger) -> FolderSnapshot:
+    def _observe(self, snap: FolderSnapshot, observations: Observations) -> FolderSnapshot:
         """Fill first-seen times: POP3's age, and IMAP's ``saved`` clock without SAVEDATE.
 
         Recording first sightings is the one state a dry-run writes.
@@ -199,8 +184,10 @@ class _Pass:
         if not pop3 and snap.has_savedate:
             return snap
         keys = [(m.ref.uidl if pop3 else str(m.ref.uid)) or "" for m in snap.messages]
-        seen = ledger.first_seen(self.account.name, snap.name, snap.uidvalidity, keys, self.now)
-        ledger.prune(self.account.name, snap.name, snap.uidvalidity, keys)
+        seen = observations.first_seen(
+            self.account.name, snap.name, snap.uidvalidity, keys, self.now
+        )
+        observations.prune(self.account.name, snap.name, snap.uidvalidity, keys)
         if pop3:
             msgs = tuple(
                 dataclasses.replace(m, received=seen[k], saved=seen[k])
@@ -213,53 +200,66 @@ class _Pass:
             )
         return dataclasses.replace(snap, messages=msgs)
 
-    def once(self, ledger: Ledger) -> AccountResult:
+    def once(self, observations: Observations) -> AccountResult:
         password = read_password(self.account)
         session = self.connect(self.account, password, self.readonly)
         del password
         try:
-            if not self.readonly:
-                self._recover(session)
-            snapshot, folders = self.scan(session, ledger)
-            ledger.record_usage(
-                self.account.name, self.now, snapshot.usage.usage_bytes, snapshot.usage.limit_bytes
-            )
-            plan = make_plan(self.policy, snapshot, self.now)
-            if not _needs_sent(self.policy, self.account.protocol):
-                # The scan read no header; with the Date it read the Message-ID too.
-                plan = with_message_ids(session, plan, self.warnings)
-            if self.hold:
-                plan = dataclasses.replace(plan, hold=True)
-            self.plan = plan
-            self.warnings.extend(plan.warnings)
-            impossible = tuple(
-                ActionResult(a, "failed", dict(plan.failed_rules).get(a.rule))
-                for a in plan.failed_actions
-            )
-            if self.readonly:
-                results = tuple(ActionResult(a, "planned") for a in plan.actions) + impossible
-                after = plan.usage_after_bytes
-            else:
-                results = self._with_recovered(self._execute(session, plan)) + impossible
-                after = self._measure_after(session, folders, snapshot, results)
-                ledger.record_usage(
-                    self.account.name, datetime.now(UTC), after, snapshot.usage.limit_bytes
+            with self._work(session) as work:
+                if work is not None:
+                    self._note_recovery(work.recover())
+                snapshot, folders = self.scan(session, observations)
+                usage = snapshot.usage
+                observations.record_usage(
+                    self.account.name, self.now, usage.usage_bytes, usage.limit_bytes
                 )
-            return self._result(
+                plan = make_plan(self.policy, snapshot, self.now)
+                if not _needs_sent(self.policy, self.account.protocol):
+                    # The scan read no header; with the Date it read the Message-ID too.
+                    plan = with_message_ids(session, plan, self.warnings)
+                if self.hold:
+                    plan = dataclasses.replace(plan, hold=True)
+                self.plan = plan
+                self.warnings.extend(plan.warnings)
+                impossible = tuple(
+                    ActionResult(a, "failed", dict(plan.failed_rules).get(a.rule))
+                    for a in plan.failed_actions
+                )
+                if work is None:
+                    results = tuple(ActionResult(a, "planned") for a in plan.actions)
+                    after = plan.usage_after_bytes
+                else:
+                    results = self._with_recovered(self._execute(work, plan))
+                    after = self._measure_after(session, folders, snapshot, results)
+                    observations.record_usage(
+                        self.account.name, self.clock(), after, usage.limit_bytes
+                    )
+            return self.result(
                 "ok",
                 plan=plan,
-                results=results,
-                usage=snapshot.usage,
+                results=results + impossible,
+                usage=usage,
                 after=after,
-                messages=snapshot.usage.messages or snapshot.message_count,
+                messages=usage.messages or snapshot.message_count,
             )
         finally:
             session.close()
 
-    def _recover(self, session: MailSession) -> None:
-        from retention.run.recovery import recover
+    @contextmanager
+    def _work(self, session: MailSession) -> Iterator[Executor | None]:
+        """The attempt's unit of work: an executor over ``session`` with the journal and the
+        archives open, or None for a read-only pass (dry-run, hold), which journals nothing."""
+        if self.readonly:
+            yield None
+            return
+        with (
+            StateDir(self.config.state_dir).journal() as journal,
+            ArchiveSet(self.config.archives, account=self.account.name) as archives,
+        ):
+            yield Executor(session, journal, archives=archives, run_id=self.run_id,
+                           account=self.account.name, stop=self.stop)
 
-        report = recover(self.config, self.account, session)
+    def _note_recovery(self, report: RecoveryReport) -> None:
         self.recovered += report.finished  # kept across retries within this run
         self.recovered_pending = report.pending  # uncommitted ones are redone on retry
 
@@ -267,8 +267,6 @@ class _Pass:
         """Add the removals recovery finished in this run: a fresh scan no longer shows
         them, yet this run did them (report, metrics). POP3's are done once QUIT commits,
         i.e. when execution returned normally."""
-        from retention.run.recovery import row_action
-
         seen = {r.action.message.ref.key() for r in results}
         extra = []
         for row in [*self.recovered, *self.recovered_pending]:
@@ -278,22 +276,12 @@ class _Pass:
                                           f"finished from interrupted run {row.run_id}"))
         return results + tuple(extra)
 
-    def _execute(self, session: MailSession, plan: Plan) -> tuple[ActionResult, ...]:
-        from retention.archive import ArchiveSet
-        from retention.run.executor import Executor, journal_path
-        from retention.state.journal import Journal
-
-        with (
-            Journal.open(journal_path(self.config)) as journal,
-            ArchiveSet(self.config.archives, account=self.account.name) as archives,
-        ):
-            ex = Executor(session, journal, archives=archives, run_id=self.run_id,
-                          account=self.account.name, stop=self.stop)
-            try:
-                return self.carried + tuple(ex.execute(plan))
-            finally:
-                # Kept for the report when execution fails part-way.
-                self.results = self.carried + tuple(ex.results)
+    def _execute(self, work: Executor, plan: Plan) -> tuple[ActionResult, ...]:
+        try:
+            return self.earlier + tuple(work.execute(plan))
+        finally:
+            # Kept for the report when execution fails part-way.
+            self.results = self.earlier + tuple(work.results)
 
     def _measure_after(
         self,
@@ -311,23 +299,37 @@ class _Pass:
             self.warnings.append(f"usage after the run not measured: {e}")
             return snapshot.usage.usage_bytes - freed
 
-    def _result(self, status: str, **kw: object) -> AccountResult:
-        usage = kw.pop("usage", None)
-        after = kw.pop("after", None)
+    def result(
+        self,
+        status: Status,
+        *,
+        error: str | None = None,
+        error_kind: ErrorKind | None = None,
+        plan: Plan | None = None,
+        results: tuple[ActionResult, ...] = (),
+        usage: Usage | None = None,
+        after: int | None = None,
+        messages: int | None = None,
+    ) -> AccountResult:
+        """This pass's ``AccountResult`` (the report's and the metrics' input)."""
         return AccountResult(
             account=self.account.name,
             protocol=self.account.protocol,
             run_id=self.run_id,
             dry_run=self.dry_run,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             started=self.now,
-            finished=datetime.now(UTC),
-            usage_bytes=usage.usage_bytes if isinstance(usage, Usage) else None,
-            limit_bytes=usage.limit_bytes if isinstance(usage, Usage) else None,
-            usage_after_bytes=after if isinstance(after, int) else None,
-            usage_source=usage.source if isinstance(usage, Usage) else None,
+            finished=self.clock(),
+            error=error,
+            error_kind=error_kind,
+            plan=plan,
+            results=results,
+            usage_bytes=usage.usage_bytes if usage is not None else None,
+            limit_bytes=usage.limit_bytes if usage is not None else None,
+            usage_after_bytes=after,
+            messages=messages,
+            usage_source=usage.source if usage is not None else None,
             warnings=tuple(self.warnings),
-            **kw,  # type: ignore[arg-type]
         )
 
 
@@ -345,7 +347,7 @@ def run_account(
     """One cleanup pass over one account. Never raises for account-level failures."""
     now = now or datetime.now(UTC)
     assert now.tzinfo is not None
-    p = _Pass(
+    p = AccountPass(
         config,
         account,
         dry_run=dry_run,
@@ -355,36 +357,33 @@ def run_account(
         stop=stop,
     )
     try:
-        with account_lock(config.state_dir, account.name):
-            ledger = _open_ledger(config)
-            try:
-                for attempt in range(RETRIES + 1):
-                    try:
-                        return p.once(ledger)
-                    except AccountError as e:
-                        if not e.retryable or attempt == RETRIES:
-                            raise
-                        if stop is not None and stop.is_set():
-                            raise  # shutting down: the journal carries it to the next run
-                        p.carried = tuple(r for r in p.results if r.result == "done")
-                        log.info("account=%s retry=%d cause=%s", account.name, attempt + 1, e)
-                        sleep(BACKOFF[attempt])
-                raise AssertionError("unreachable")
-            finally:
-                ledger.close()
+        state = StateDir(config.state_dir)
+        with state.lock(account.name), state.observations() as observations:
+            for attempt in range(RETRIES + 1):
+                try:
+                    return p.once(observations)
+                except AccountError as e:
+                    if not e.retryable or attempt == RETRIES:
+                        raise
+                    if stop is not None and stop.is_set():
+                        raise  # shutting down: the journal carries it to the next run
+                    p.earlier = tuple(r for r in p.results if r.result == "done")
+                    log.info("account=%s retry=%d cause=%s", account.name, attempt + 1, e)
+                    sleep(BACKOFF[attempt])
+            raise AssertionError("unreachable")
     except AccountLocked as e:
-        return p._result("skipped", error=str(e), error_kind="other")
+        return p.result("skipped", error=str(e), error_kind="other")
     except AccountError as e:
-        return p._result(
+        return p.result(
             "error", error=str(e) or type(e).__name__, error_kind=e.kind,
             plan=p.plan, results=p.results, usage=p.usage,
         )
     except RetentionError as e:
-        return p._result("error", error=str(e), error_kind="other", plan=p.plan,
+        return p.result("error", error=str(e), error_kind="other", plan=p.plan,
                          results=p.results, usage=p.usage)
     except Exception as e:  # noqa: BLE001 - one account's bug must not stop the others
         log.exception("account=%s unexpected error", account.name)
-        return p._result(
+        return p.result(
             "error", error=f"internal error: {type(e).__name__}: {e}", error_kind="other"
         )
 
@@ -398,7 +397,7 @@ def measure_account(
 ) -> AccountResult:
     """Usage only (a read-only session); records a usage sample for the forecast."""
     now = now or datetime.now(UTC)
-    p = _Pass(
+    p = AccountPass(
         config, account, dry_run=True, now=now, run_id=new_run_id(now), connect=connect, stop=None
     )
     try:
@@ -408,16 +407,13 @@ def measure_account(
         finally:
             session.close()
         usage = dataclasses.replace(usage, limit_bytes=p.limit(usage))
-        ledger = _open_ledger(config)
-        try:
-            ledger.record_usage(account.name, now, usage.usage_bytes, usage.limit_bytes)
-        finally:
-            ledger.close()
-        return p._result("ok", usage=usage, after=usage.usage_bytes, messages=usage.messages)
+        with StateDir(config.state_dir).observations() as observations:
+            observations.record_usage(account.name, now, usage.usage_bytes, usage.limit_bytes)
+        return p.result("ok", usage=usage, after=usage.usage_bytes, messages=usage.messages)
     except AccountError as e:
-        return p._result("error", error=str(e) or type(e).__name__, error_kind=e.kind)
+        return p.result("error", error=str(e) or type(e).__name__, error_kind=e.kind)
     except RetentionError as e:
-        return p._result("error", error=str(e), error_kind="other")
+        return p.result("error", error=str(e), error_kind="other")
 
 
 def run_all(

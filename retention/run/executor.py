@@ -18,18 +18,16 @@ action and is raised at once. A batch whose server call failed half-way keeps it
 tell which messages went. ``Executor.results`` holds every action's result even when
 ``execute`` raises.
 
-``recover`` finishes what an interrupted run left for this account: that is
-``retention.run.recovery``, which ``Executor.recover`` delegates to (``recover`` and
-``RecoveryReport`` are also importable from here). The runner calls ``recover`` before it
-scans, then ``execute``; for POP3, ``execute`` ends with ``session.commit()`` (``QUIT``),
-which also commits the deletions ``recover`` retried.
+One executor is one account pass's unit of work: ``recover()`` first finishes what an
+interrupted run left for this account (``retention.run.recovery``, sharing this executor's
+containers), then ``execute(plan)``; for POP3, ``execute`` ends with ``session.commit()``
+(``QUIT``), which also commits the deletions ``recover`` retried.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
@@ -37,9 +35,7 @@ from retention.errors import AccountError, ArchiveError, FolderSkipped
 from retention.model import MessageRef
 from retention.plan import Action, ActionKind, Plan
 from retention.result import ActionResult, Outcome
-from retention.run.recovery import Recovery, carried, release_carry
-from retention.run.recovery import RecoveryReport as RecoveryReport
-from retention.run.recovery import recover as recover
+from retention.run.recovery import Recovery, RecoveryReport
 from retention.state.journal import (
     ARCHIVED,
     DELETED,
@@ -55,9 +51,7 @@ from retention.state.journal import (
 
 if TYPE_CHECKING:
     from retention.adapters import MailSession
-    from retention.config.schema import Account, Config
 
-JOURNAL_FILE = "journal.sqlite3"
 BATCH_SIZE = 100  # messages per archive batch (one mbox member, one journal round)
 BATCH_BYTES = 32 * 1024 * 1024  # ...and at most this much source data in memory
 # Refs per delete/move call and journal round (the adapter splits command lines itself).
@@ -102,9 +96,10 @@ class Executor:
             journal.hook = crash_hook
         self.results: list[ActionResult] = []
         self._pop3 = session.protocol == "pop3"
-        # 'deleting' rows committed by session.commit() (POP3), and recovery's outcomes:
-        # carried from recover() to execute() on the same session (retention.run.recovery).
-        self._pending, self._handled = carried(session)
+        # 'deleting' rows committed by session.commit() (POP3), and what recovery finished
+        # (ref key -> detail): filled by recover(), read by execute().
+        self._pending: list[int] = []
+        self._handled: dict[str, str] = {}
         self._pending_slots: dict[int, int] = {}  # row id -> plan index
         self._recovery: Recovery | None = None  # one per executor: it caches the scans
 
@@ -206,7 +201,6 @@ class Executor:
     def _commit(self) -> None:
         """Make pending removals durable (POP3 ``QUIT``) and journal them ``deleted``."""
         self.session.commit()
-        release_carry(self.session)
         if self._pending:
             self.journal.mark(self._pending, DELETED, name="committed")
             self._pending.clear()
@@ -390,23 +384,3 @@ class Executor:
 
 
 # -- the runner's entry points -----------------------------------------------------------------
-
-
-def journal_path(config: Config) -> Path:
-    return Path(config.state_dir) / JOURNAL_FILE
-
-
-def execute(
-    config: Config, account: Account, session: MailSession, plan: Plan, *, run_id: str,
-    stop: threading.Event | None = None,
-) -> list[ActionResult]:
-    """Open the journal and archives for ``account`` and run ``Executor.execute``.
-
-    Raises the account's ``AccountError`` after journalling; use ``Executor`` directly to
-    also get the per-action results of a failed execution (``Executor.results``).
-    """
-    with Journal.open(journal_path(config)) as journal, ArchiveSet(
-        config.archives, account=account.name
-    ) as archives:
-        return Executor(session, journal, archives=archives, run_id=run_id,
-                        account=account.name, stop=stop).execute(plan)

@@ -17,21 +17,17 @@ show, never by the journal alone. The invariants it keeps:
   ``UID EXPUNGE`` is completed for exactly the planned UIDs. Left behind, the flag would make
   the planner skip the message as another client's pending delete.
 
-Hand-off to the executor: the runner calls ``recover`` (here) and then ``execute`` (a new
-``Executor``) as separate calls on one session. What recovery finished (``handled``: ref
-key -> detail, so the plan's action for it is reported ``done``) and, for POP3, the ids of
-the rows whose deletion was retried and awaits ``QUIT`` (``pending``) travel with the
-session object (``carried``); the executor's commit journals those ``deleted`` and ends the
-hand-off (``release_carry``). ``Executor.recover`` runs a ``Recovery`` that shares the
-executor's own containers.
+One unit of work: an ``Executor`` owns a ``Recovery`` and shares its containers with it
+(``handled``: ref key -> detail, so the plan's action for a message recovery finished is
+reported ``done``; ``pending``: for POP3, the rows whose deletion was retried and awaits
+``QUIT``). The runner calls ``Executor.recover()`` and then ``Executor.execute()`` on the
+same executor; execute's commit journals the pending rows ``deleted``.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item
@@ -55,25 +51,6 @@ from retention.state.journal import (
 
 if TYPE_CHECKING:
     from retention.adapters import MailSession
-    from retention.config.schema import Account, Config
-
-# session -> (pending POP3 row ids, handled ref keys) left by recovery for execute().
-_CARRY: weakref.WeakKeyDictionary[Any, tuple[list[int], dict[str, str]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def carried(session: MailSession) -> tuple[list[int], dict[str, str]]:
-    """What a recovery on ``session`` left for execution (the very containers, so both
-    sides keep adding to them), or new empty ones."""
-    carry = _CARRY.get(session)
-    return (carry[0], carry[1]) if carry else ([], {})
-
-
-def release_carry(session: MailSession) -> None:
-    """End the hand-off: the session's pending removals are committed."""
-    _CARRY.pop(session, None)
-
 
 @dataclass
 class RecoveryReport:
@@ -93,8 +70,8 @@ class RecoveryReport:
 class Recovery:
     """Recovers one account's interrupted runs over one session (see the module docstring).
 
-    ``pending`` and ``handled`` are the executor's containers when it delegates here;
-    without them, those a previous recovery left on the session are extended.
+    ``pending`` and ``handled`` are the executor's containers: recovery adds to them and the
+    executor reads them.
     """
 
     def __init__(
@@ -105,8 +82,8 @@ class Recovery:
         archives: ArchiveSet | None,
         run_id: str,
         account: str,
-        pending: list[int] | None = None,
-        handled: dict[str, str] | None = None,
+        pending: list[int],
+        handled: dict[str, str],
     ) -> None:
         self.session = session
         self.journal = journal
@@ -114,9 +91,8 @@ class Recovery:
         self.run_id = run_id
         self.account = account
         self._pop3 = session.protocol == "pop3"
-        carried_pending, carried_handled = carried(session)
-        self.pending = carried_pending if pending is None else pending
-        self.handled = carried_handled if handled is None else handled
+        self.pending = pending
+        self.handled = handled
         self._folders: dict[str, FolderInfo] | None = None
         self._present: dict[str, tuple[int, set[str]]] = {}
         self._deleted_flag: set[str] = set()  # keys of present messages flagged \Deleted
@@ -140,7 +116,6 @@ class Recovery:
         to verify a copy cannot be reached (nothing is deleted then).
         """
         report = RecoveryReport()
-        _CARRY[self.session] = (self.pending, self.handled)
         for intent in self.journal.intents(account=self.account):
             repair_intent(self.journal, intent)
         rows = self.journal.open_rows(self.account)
@@ -329,22 +304,6 @@ class _LocatorOnly:
 
     def close(self) -> None:
         return None
-
-
-# -- the runner's entry point ------------------------------------------------------------------
-
-
-def recover(config: Config, account: Account, session: MailSession) -> RecoveryReport:
-    """Open the journal and archives for ``account`` and run its ``Recovery``."""
-    # Imported here: the executor imports this module (it delegates ``recover`` to it).
-    from retention.run.executor import journal_path
-
-    with Journal.open(journal_path(config)) as journal, ArchiveSet(
-        config.archives, account=account.name
-    ) as archives:
-        run_id = f"recover-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-        return Recovery(session, journal, archives=archives, run_id=run_id,
-                        account=account.name).run()
 
 
 def row_action(row: JournalRow) -> Action:

@@ -1,7 +1,7 @@
 """Seconds until a mailbox is full: an ordinary least-squares line through usage samples.
 
 This module owns the forecast math and nothing else: no I/O, no clock, no metrics. The
-service feeds it the usage samples the state store kept (``Ledger.usage_samples``) and
+service feeds it the usage samples the state store kept (``Observations.usage_samples``) and
 exports the result as ``retention_mailbox_full_seconds``.
 
 The model: over the samples of the last ``window`` (7 days), fit ``usage = a + b * t`` by
@@ -23,7 +23,7 @@ WINDOW = timedelta(days=7)
 MIN_SAMPLES = 3
 
 Sample = tuple[datetime, int, int | None]
-"""(time, usage bytes, limit bytes or None), as ``Ledger.usage_samples`` returns them."""
+"""(time, usage bytes, limit bytes or None), as ``Observations.usage_samples`` returns them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,8 @@ from retention.service.pool import HostPool, Submitted
 from retention.service.sources import SourceWatch
 from retention.sources import assemble, load_fleet, read_source, schedule_groups, source_lists
 from retention.sources.model import FleetAccounts
-from retention.state.observations import Ledger
+from retention.state import StateDir
+from retention.state.observations import Observations
 
 log = logging.getLogger("retention.service")
 runlog = logging.getLogger("retention.runs")
@@ -192,7 +193,7 @@ class RetentionService:
         self._measuring_started = threading.Event()
         self._stopping = False
         self._exit_code: int | None = None
-        self._ledgers: dict[Path, Ledger] = {}
+        self._ledgers: dict[Path, Observations] = {}
         self._ledger_lock = threading.Lock()
         self._requests: list[str] = []
         self._refresh_lock = threading.Lock()
@@ -410,12 +411,12 @@ class RetentionService:
             return
         self.metrics.set_forecast(name, fit_usage(samples, now), latest_limit(samples) or limit)
 
-    def _ledger(self, config: Config) -> Ledger:
-        path = config.state_dir / "observations.sqlite3"
+    def _ledger(self, config: Config) -> Observations:
+        path = StateDir(config.state_dir).observations_path
         with self._ledger_lock:
             ledger = self._ledgers.get(path)
             if ledger is None:
-                ledger = self._ledgers[path] = Ledger.open(path)
+                ledger = self._ledgers[path] = StateDir(config.state_dir).observations()
             return ledger
 
     # -- reload and shutdown ---------------------------------------------------------------

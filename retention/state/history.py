@@ -22,11 +22,11 @@ import io
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retention.config.units import format_duration, parse_duration
 from retention.errors import ConfigError
+from retention.state import StateDir
 from retention.state.journal import Journal, JournalRow
 
 if TYPE_CHECKING:
@@ -143,10 +143,8 @@ def history(
             raise ConfigError(f"--since: {e}") from None
     if isinstance(since, timedelta):
         since = _moment(since, now)
-    from retention.run.executor import JOURNAL_FILE
-
-    path = Path(config.state_dir) / JOURNAL_FILE
-    if not path.exists():
+    state = StateDir(config.state_dir)
+    if not state.journal_path.exists():
         return render([], fmt)
-    with Journal.open(path) as journal:
+    with state.journal() as journal:
         return render(query(journal, accounts=accounts, since=since, now=now), fmt)

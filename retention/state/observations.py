@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from retention.errors import JournalError
+from retention.errors import ObservationsError
 
 SCHEMA_VERSION = 1
 USAGE_KEEP = timedelta(days=30)
@@ -50,14 +50,10 @@ CREATE TABLE IF NOT EXISTS usage_samples (
 """
 
 
-class LedgerError(JournalError):
-    """The observation store cannot be opened, read or written: act on nothing."""
-
-
 def _epoch(when: datetime) -> float:
     if when.tzinfo is None:
         # A naive datetime would silently mean "local time": refuse, never guess.
-        raise ValueError("the ledger only takes timezone-aware datetimes")
+        raise ValueError("the observation store only takes timezone-aware datetimes")
     return when.timestamp()
 
 
@@ -65,7 +61,7 @@ def _aware(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-class Ledger:
+class Observations:
     """One open observation store; safe to share between threads (one lock, one connection)."""
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
@@ -74,7 +70,7 @@ class Ledger:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path | str) -> Ledger:
+    def open(cls, path: Path | str) -> Observations:
         """Open (creating when missing) the store at ``path``; parent folders are made 0700."""
         path = Path(path)
         try:
@@ -90,7 +86,7 @@ class Ledger:
                 db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable, not slow
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
-                    raise LedgerError(
+                    raise ObservationsError(
                         f"{path}: written by a newer version of retention "
                         f"(schema {version} > {SCHEMA_VERSION})"
                     )
@@ -100,16 +96,18 @@ class Ledger:
                 db.close()
                 raise
         except sqlite3.Error as e:
-            raise LedgerError(f"{path}: cannot open the observation store: {e}") from None
+            raise ObservationsError(f"{path}: cannot open the observation store: {e}") from None
         except OSError as e:
-            raise LedgerError(f"{path}: cannot open the observation store: {e.strerror}") from None
+            raise ObservationsError(
+                f"{path}: cannot open the observation store: {e.strerror}"
+            ) from None
         return cls(db, path)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> Ledger:
+    def __enter__(self) -> Observations:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,7 +126,7 @@ class Ledger:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
-                raise LedgerError(f"{self.path}: {e}") from None
+                raise ObservationsError(f"{self.path}: {e}") from None
 
     # -- first sightings ---------------------------------------------------------------
 
@@ -228,5 +226,5 @@ class Ledger:
                     (account, _epoch(since)),
                 ).fetchall()
             except sqlite3.Error as e:
-                raise LedgerError(f"{self.path}: {e}") from None
+                raise ObservationsError(f"{self.path}: {e}") from None
         return [(_aware(at), int(u), None if lim is None else int(lim)) for at, u, lim in rows]

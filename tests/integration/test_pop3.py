@@ -20,7 +20,7 @@ from retention.adapters.pop3 import Pop3Session
 from retention.config.schema import Account
 from retention.errors import AuthError, ConnectError, ProtocolError, TlsError
 from retention.model import FolderInfo, MessageRef
-from retention.state.observations import Ledger
+from retention.state.observations import Observations
 from retention.testing.dovecot import AUTO, MailUser, SeedMessage
 
 INBOX = FolderInfo("INBOX")
@@ -232,7 +232,7 @@ def test_refused_connection_is_a_connect_error(mail_user):
 def _age_pass(user: MailUser, ledger_path: Path, now: datetime, older_than: timedelta,
               *, dry_run: bool = False) -> set[str]:
     """What the runner does for a POP3 age rule: ledger times, then delete + QUIT."""
-    ledger = Ledger.open(ledger_path)
+    ledger = Observations.open(ledger_path)
     try:
         with connect(user, readonly=dry_run) as s:
             snap = s.scan(INBOX, with_sent=False)
@@ -268,7 +268,7 @@ def test_first_seen_ages_messages_across_restarts(mail_user, tmp_path):
         assert [m.ref.uidl for m in s.scan(INBOX, with_sent=False).messages] == uidls[3:]
     # The next pass prunes the deleted UIDLs from the ledger and keeps the fourth.
     assert _age_pass(mail_user, ledger, t0 + timedelta(days=15), timedelta(days=14)) == set()
-    with Ledger.open(ledger) as led:
+    with Observations.open(ledger) as led:
         later = t0 + timedelta(days=30)
         assert led.first_seen("pop", "INBOX", 0, [*uidls], later) == {
             uidls[0]: later, uidls[1]: later, uidls[2]: later,

@@ -116,7 +116,7 @@ def test_journal_wal_and_shm_files_are_private(tmp_path: Path) -> None:
     it: ``journal.sqlite3-wal`` / ``-shm`` inherit the umask (0644 under the usual 022),
     and an existing state_dir (systemd's StateDirectory= default is 0755) is not
     tightened. The WAL holds every recent row: folders, Message-IDs, flags, archive
-    locations of every message acted on, readable by any local user. (``Ledger.open``
+    locations of every message acted on, readable by any local user. (``Observations.open``
     pre-creates its file 0600, so its WAL/SHM are private: do the same here.)
     """
     from retention.state.journal import Journal

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retention.run.executor import REMOVE_BATCH
 from retention.state.journal import Journal
-from retention.state.observations import Ledger
+from retention.state.observations import Observations
 from retention.testing.dovecot import SeedMessage
 from tests.integration.helpers import REPO, PolicyFile, ago
 
@@ -274,7 +274,7 @@ def test_forecast_from_a_seeded_usage_history(tmp_path, make_user, serve_factory
     name = pf.add_imap(user, name="growing")
     # A history that grows 200 KiB a day up to today's usage.
     now = datetime.now(UTC)
-    ledger = Ledger.open(tmp_path / "state" / "observations.sqlite3")
+    ledger = Observations.open(tmp_path / "state" / "observations.sqlite3")
     for days in (6, 5, 4, 3, 2, 1):
         ledger.record_usage(name, now - timedelta(days=days), used - days * 200 * KiB, limit)
     ledger.close()
@@ -283,7 +283,7 @@ def test_forecast_from_a_seeded_usage_history(tmp_path, make_user, serve_factory
         "the forecast", lambda: serve.value("retention_mailbox_full_seconds", account=name))
     scraped_at = datetime.now(UTC)
     # The fit, computed independently from the same samples (the service added one).
-    with Ledger.open(tmp_path / "state" / "observations.sqlite3") as ledger:
+    with Observations.open(tmp_path / "state" / "observations.sqlite3") as ledger:
         samples = ledger.usage_samples(name, scraped_at - timedelta(days=7))
     assert len(samples) == 7
     xs = [(at - scraped_at).total_seconds() for at, _, _ in samples]

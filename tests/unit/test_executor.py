@@ -366,8 +366,9 @@ def test_pop3_quit_failure_retried_next_run(tmp_path, journal):
     assert len(server.uids("INBOX")) == 3 and len(journal.open_rows("alice")) == 3
     # Next run: recover() re-sends DELE; execute() (nothing new planned) commits with QUIT.
     s2 = server.session()
-    Executor(s2, journal, archives=None, run_id="r2", account="alice").recover()
-    Executor(s2, journal, archives=None, run_id="r2", account="alice").execute(Plan("alice"))
+    ex2 = Executor(s2, journal, archives=None, run_id="r2", account="alice")
+    ex2.recover()
+    ex2.execute(Plan("alice"))
     assert server.uids("INBOX") == [] and journal.open_rows("alice") == []
     assert len(query(journal)) == 3
 

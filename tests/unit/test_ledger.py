@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from retention.errors import JournalError
-from retention.state.observations import Ledger, LedgerError
+from retention.state.observations import Observations, ObservationsError
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -22,7 +22,7 @@ def path(tmp_path):
 
 
 def test_records_now_for_new_keys_and_keeps_the_first_time(path):
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         first = led.first_seen("alice", "INBOX", 0, ["a", "b"], T0)
         assert first == {"a": T0, "b": T0}
         later = T0 + timedelta(days=3)
@@ -32,14 +32,14 @@ def test_records_now_for_new_keys_and_keeps_the_first_time(path):
 
 
 def test_survives_reopen(path):
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         led.first_seen("alice", "INBOX", 0, ["a"], T0)
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         assert led.first_seen("alice", "INBOX", 0, ["a"], T0 + timedelta(days=40)) == {"a": T0}
 
 
 def test_keys_are_scoped_by_account_folder_and_uidvalidity(path):
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         led.first_seen("alice", "INBOX", 0, ["1"], T0)
         t1 = T0 + timedelta(hours=1)
         assert led.first_seen("bob", "INBOX", 0, ["1"], t1) == {"1": t1}
@@ -50,7 +50,7 @@ def test_keys_are_scoped_by_account_folder_and_uidvalidity(path):
 
 
 def test_prune_forgets_vanished_keys_and_old_uidvalidity(path):
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         led.first_seen("alice", "Trash", 7, ["1", "2", "3"], T0)
         led.first_seen("alice", "Trash", 6, ["1", "9"], T0)
         led.first_seen("alice", "INBOX", 7, ["1"], T0)
@@ -63,7 +63,7 @@ def test_prune_forgets_vanished_keys_and_old_uidvalidity(path):
 
 
 def test_prune_folders(path):
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         led.first_seen("alice", "Old", 1, ["1"], T0)
         led.first_seen("alice", "Trash", 1, ["1"], T0)
         assert led.prune_folders("alice", ["Trash", "INBOX"]) == 1
@@ -73,13 +73,13 @@ def test_prune_folders(path):
 
 
 def test_naive_datetimes_are_refused(path):
-    with Ledger.open(path) as led, pytest.raises(ValueError):
+    with Observations.open(path) as led, pytest.raises(ValueError):
         led.first_seen("alice", "INBOX", 0, ["a"], datetime(2026, 1, 1))  # noqa: DTZ001
 
 
 def test_fifty_thousand_keys_are_fast(path):
     keys = [f"{i:08X}6b0b78b3" for i in range(50_000)]
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         started = time.perf_counter()
         seen = led.first_seen("alice", "INBOX", 0, keys, T0)
         first = time.perf_counter() - started
@@ -92,7 +92,7 @@ def test_fifty_thousand_keys_are_fast(path):
 
 
 def test_file_is_private_and_in_wal_mode(path):
-    Ledger.open(path).close()
+    Observations.open(path).close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
     import sqlite3
@@ -107,14 +107,14 @@ def test_file_is_private_and_in_wal_mode(path):
 def test_unusable_file_is_a_journal_error(tmp_path):
     bad = tmp_path / "observations.sqlite3"
     bad.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(LedgerError) as info:
-        Ledger.open(bad)
+    with pytest.raises(ObservationsError) as info:
+        Observations.open(bad)
     assert isinstance(info.value, JournalError)
     assert str(bad) in str(info.value)
 
 
 def test_usage_samples_keep_thirty_days(path):
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         for day in range(40):
             led.record_usage("alice", T0 + timedelta(days=day), 1000 + day, 5000 if day else None)
         led.record_usage("bob", T0, 1, None)
@@ -129,7 +129,7 @@ def test_usage_samples_keep_thirty_days(path):
 
 
 def test_shared_between_threads(path):
-    with Ledger.open(path) as led:
+    with Observations.open(path) as led:
         errors: list[BaseException] = []
 
         def work(account: str) -> None:
@@ -151,6 +151,6 @@ def test_shared_between_threads(path):
 
 def test_two_ledgers_on_one_file(path):
     """Two agents (a timer's run and a serve) share the file through SQLite's locking."""
-    with Ledger.open(path) as a, Ledger.open(path) as b:
+    with Observations.open(path) as a, Observations.open(path) as b:
         a.first_seen("alice", "INBOX", 0, ["x"], T0)
         assert b.first_seen("alice", "INBOX", 0, ["x"], T0 + timedelta(1)) == {"x": T0}

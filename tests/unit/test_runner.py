@@ -22,11 +22,11 @@ from retention.result import RunResult
 from retention.run.account import (
     BACKOFF,
     RETRIES,
-    account_lock,
     measure_account,
     run_account,
     run_all,
 )
+from retention.state import StateDir
 
 NOW = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -229,7 +229,7 @@ def test_locked_account_is_skipped(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     connect = Connector(server)
 
-    with account_lock(config.state_dir, "alice"):
+    with StateDir(config.state_dir).lock("alice"):
         result = run(config, connect)
 
     assert result.status == "skipped"

@@ -28,7 +28,7 @@ from retention.result import AccountResult
 from retention.service.logs import RedactionFilter, account_run_fields, logfmt, redact
 from retention.service.pool import HostPool, Submitted
 from retention.service.serve import RetentionService, load_policy
-from retention.state.observations import Ledger
+from retention.state.observations import Observations
 
 FAST = "* * * * * *"  # every second
 NEVER = "0 0 1 1 *"  # once a year: only manual sweeps in most tests
@@ -296,7 +296,7 @@ def test_forecast_from_the_ledger(tmp_path, svc_factory):
     fake = Fake()
     svc = svc_factory([("a", "h", NEVER)], fake)
     now = datetime.now(UTC)
-    ledger = Ledger.open(svc.loaded.config.state_dir / "observations.sqlite3")
+    ledger = Observations.open(svc.loaded.config.state_dir / "observations.sqlite3")
     for days, usage in ((3, 400), (2, 500), (1, 600)):
         ledger.record_usage("a", now - timedelta(days=days), usage, 1000)
     ledger.close()
