@@ -3,7 +3,7 @@
 #   make deps    system packages (dovecot, doveadm, promtool, openssl) if missing
 #   make venv    .venv with the package and its test extras; redone when pyproject.toml changes
 #   make test    deps + venv, then pytest, then lint; fails if either failed (both always run)
-#   make lint    ruff + mypy
+#   make lint    ruff + mypy + import-linter (the layer contract in pyproject.toml)
 #   make demo    the end-to-end demo against a private Dovecot
 #   make bench   the benchmarks
 
@@ -52,6 +52,7 @@ lint: venv
 	@rc=0; \
 	echo "+ ruff check retention tests"; $(VENV)/bin/ruff check retention tests || rc=1; \
 	echo "+ mypy"; $(VENV)/bin/mypy || rc=1; \
+	echo "+ lint-imports"; $(VENV)/bin/lint-imports --no-cache || rc=1; \
 	exit $$rc
 
 # The demo module may live in the package (retention/demo.py) or in scripts/.

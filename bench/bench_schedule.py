@@ -1,5 +1,5 @@
 """Benchmark: a policy file with 10,000 accounts must load, validate and schedule in under
-10 s and 300 MB (issue 5). Measured by hand, not asserted in tests.
+10 s and 300 MB (README "Performance"). Measured by hand, not asserted in tests.
 
     .venv/bin/python bench/bench_schedule.py [--accounts 10000] [--runs 5]
 

@@ -1,12 +1,17 @@
 """retention: keep IMAP and POP3 mailboxes under quota without losing mail that matters.
 
-The architecture, from the inside out:
+The architecture is what ``ls`` shows (ARCHITECTURE.md has the rules):
 
-* ``model`` / ``plan``: frozen value types (what a mailbox holds, what we decided).
-* ``policy``: the validated policy file; ``planner``: the pure decision function.
-* ``adapters``: the only code that talks to a mail server.
-* ``journal`` / ``archive`` / ``executor``: the only destructive code, journal first.
-* ``runner``: one pass over one account; ``cli`` / ``service`` / ``metrics`` / ``report``: edges.
+* the pure core at the top, no I/O and no clock: ``errors``, ``model`` / ``plan`` /
+  ``result`` (frozen value types), ``planner`` (``plan(policy, snapshot, now) -> Plan``),
+  ``folders``, ``report``; ``cli`` is the entry point;
+* ``config/``: the policy file, the environment and secrets;
+* ``adapters/``: the only code that talks to a mail server (``MailSession``);
+* ``state/``: ``state_dir`` (journal, observations, locks);
+* ``archive/``: archive copies; ``run/``: one account pass (recovery, then the executor,
+  journal first): with ``archive/`` the only destructive code;
+* ``service/``: ``retention serve`` (scheduler, metrics, HTTP, logs, forecast);
+* ``testing/``: the rigs the tests, benchmarks and demo share.
 """
 
 __version__ = "0.1.0"

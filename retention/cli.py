@@ -24,16 +24,14 @@ from retention.config.units import (
     format_percent,
     format_size,
 )
-from retention.errors import ConfigError, SourceError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from retention.errors import ConfigError, ExitCode, SourceError
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+        raise SystemExit(ExitCode.USAGE)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -207,7 +205,7 @@ def _cmd_check(config: Config) -> int:
     sys.stdout.write(describe(config))
     if lines:
         sys.stdout.write("\n" + "\n".join(lines) + "\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _jobs(config: Config, args: argparse.Namespace) -> tuple[int, int]:
@@ -219,7 +217,7 @@ def _cmd_accounts(config: Config, args: argparse.Namespace) -> int:
     from retention.sources.listing import write_accounts
 
     write_accounts(config, args.format, sys.stdout)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
@@ -285,7 +283,7 @@ def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
                 f"{ratio:>7}  ({r.usage_source})"
             )
         progress.finish()
-    return EXIT_FAILED if any(r.status == "error" for r in results) else EXIT_OK
+    return ExitCode.FAILED if any(r.status == "error" for r in results) else ExitCode.OK
 
 
 def _cmd_history(config: Config, args: argparse.Namespace) -> int:
@@ -293,7 +291,7 @@ def _cmd_history(config: Config, args: argparse.Namespace) -> int:
 
     _select(config, args.account)
     sys.stdout.write(history(config, accounts=args.account, since=args.since, fmt=args.format))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,10 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except SourceError as e:  # a source cannot be read: no partial fleet is acted on
         print(f"retention: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unknown command {args.command}")

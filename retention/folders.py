@@ -1,6 +1,6 @@
 """Folder patterns of rules and the folders they select. Pure: no I/O.
 
-This module owns what a folder pattern in a policy means (issue 2, "Folder patterns"):
+This module owns what a folder pattern in a policy means (README "Folder patterns"):
 
 * ``\\Trash``, ``\\Junk``, ... (anything starting with a backslash) is an RFC 6154
   special-use attribute: it matches the folder(s) the server marks with it, whatever

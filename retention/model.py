@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-Protocol = Literal["imap", "pop3"]
+MailProtocol = Literal["imap", "pop3"]
 
 # IMAP system flags as imapclient reports them (str, with the backslash).
 SEEN = "\\Seen"
@@ -137,7 +137,7 @@ class Snapshot:
     """Everything the planner may know about one account at one moment."""
 
     account: str
-    protocol: Protocol
+    protocol: MailProtocol
     usage: Usage
     folders: tuple[FolderSnapshot, ...] = ()
     # Every folder the server listed, including those not scanned (for move targets).

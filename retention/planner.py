@@ -1,6 +1,6 @@
 """The planner: ``plan(policy, snapshot, now) -> Plan``. Pure, deterministic, no I/O, no clock.
 
-This module owns the semantics of rules (issues 2 and 3). Per message, in snapshot order:
+This module owns the semantics of rules (README "The policy file"). Per message, in snapshot order:
 
 1. Never planned, by any rule, over quota included: a message already flagged ``\\Deleted``
    by another client, and one received within ``keep_within`` (always measured on
@@ -288,7 +288,7 @@ def _over_quota_phase(
             continue
         if not r.allow_empty and state.removed[folder] + 1 >= state.counts.get(folder, 0):
             # The rail fires: all of this rule's actions in this folder leave the plan
-            # (issue 3), and what they would have freed is wanted again from other rules.
+            # (README "Quota"), and what they would have freed is wanted again from other rules.
             mine = [a for a in state.actions
                     if a.over_quota and a.rule == r.name and a.message.ref.folder == folder]
             state.actions[:] = [a for a in state.actions if a not in mine]

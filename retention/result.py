@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from retention.errors import ErrorKind
-from retention.model import Protocol
+from retention.errors import ErrorKind, ExitCode
+from retention.model import MailProtocol
 from retention.plan import Action, Plan
 
 Outcome = Literal["planned", "done", "skipped", "failed"]
@@ -33,7 +33,7 @@ class AccountResult:
     """One account's outcome in one run (dry or real)."""
 
     account: str
-    protocol: Protocol
+    protocol: MailProtocol
     run_id: str
     dry_run: bool
     status: Status
@@ -66,5 +66,6 @@ class RunResult:
     accounts: tuple[AccountResult, ...]
 
     @property
-    def exit_code(self) -> int:
-        return 1 if any(a.status == "error" for a in self.accounts) else 0
+    def exit_code(self) -> ExitCode:
+        failed = any(a.status == "error" for a in self.accounts)
+        return ExitCode.FAILED if failed else ExitCode.OK

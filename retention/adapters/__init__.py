@@ -38,8 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
-from retention.model import FolderInfo, FolderSnapshot, MessageRef, Usage
-from retention.model import Protocol as MailProtocol
+from retention.model import FolderInfo, FolderSnapshot, MailProtocol, MessageRef, Usage
 
 
 class SaslLogin(Protocol):

@@ -40,6 +40,7 @@ from retention.adapters import SaslLogin
 from retention.adapters.tls import classify_ssl_error, make_context
 from retention.auth.sasl import challenge_status
 from retention.config.schema import Connection
+from retention.config.secrets import redact, secret_forms
 from retention.errors import (
     AuthError,
     ConnectError,
@@ -47,8 +48,7 @@ from retention.errors import (
     ProtocolError,
     TlsError,
 )
-from retention.model import FolderInfo, FolderSnapshot, Message, MessageRef, Usage
-from retention.model import Protocol as MailProtocol
+from retention.model import FolderInfo, FolderSnapshot, MailProtocol, Message, MessageRef, Usage
 
 log = logging.getLogger("retention.pop3")
 
@@ -168,10 +168,11 @@ def _reply_text(reply: object) -> str:
     return text.strip()[:300]
 
 
-def _login_error(where: str, reply: object, password: str) -> NoReturn:
+def _login_error(where: str, reply: object, user: str, password: str) -> NoReturn:
     """Classify a refused login by its RFC 2449/3206 response code."""
-    # A server that echoes what it was sent must not put the password into our errors.
-    text = _reply_text(reply).replace(password, "***") if password else _reply_text(reply)
+    # A server that echoes what it was sent must not put the password into our errors,
+    # in any of its wire forms (AUTH PLAIN's base64 included).
+    text = redact(_reply_text(reply), secret_forms(password, user))
     if text == "-ERR EOF":
         # poplib's own words for a connection that closed: not the server refusing us.
         raise ConnectError(f"{where}: connection lost during login")
@@ -211,7 +212,7 @@ class Pop3Session:
         cls, conn: Connection, password: str | SaslLogin, *, readonly: bool
     ) -> Pop3Session:
         """Connect, secure and log in (no plaintext credentials unless ``allow_plaintext``)."""
-        port = conn.port or (995 if conn.security == "tls" else 110)
+        port = conn.port_for("pop3")
         where = f"pop3 {conn.host}:{port}"
         if conn.security == "none" and not conn.allow_plaintext:
             raise TlsError(f"{where}: security none needs allow_plaintext: true")
@@ -287,12 +288,12 @@ class Pop3Session:
                 del token
                 reply = client.file.readline(_STATUS_MAX)
                 if not reply.startswith(b"+OK"):
-                    _login_error(where, reply, password)
+                    _login_error(where, reply, user, password)
                 return
             client.user(user)
             client.pass_(password)
         except poplib.error_proto as e:
-            _login_error(where, e, password)
+            _login_error(where, e, user, password)
 
     @staticmethod
     def _sasl_login(

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from retention.archive import Batch, Copy, Item, PasswordReader, Placed, WriteResult, sha256
+from retention.archive.base import Batch, Copy, Item, PasswordReader, Placed, WriteResult, sha256
 from retention.archive.paths import expand
 from retention.errors import AccountError, ArchiveError, ConnectError, FolderSkipped
 

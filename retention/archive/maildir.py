@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retention.archive import (
+from retention.archive.base import (
     Batch,
     Copy,
     Item,

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retention.archive import (
+from retention.archive.base import (
     Batch,
     Copy,
     Item,

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
@@ -30,6 +32,7 @@ from retention.config.units import (
     Percent,
     Size,
 )
+from retention.model import MailProtocol
 from retention.plan import ActionKind, Clock
 
 Protect = Literal["flagged", "unread", "answered", "draft"]
@@ -137,12 +140,21 @@ class Policy(_Strict):
     hold: StrictBool = False
 
 
+Security = Literal["tls", "starttls", "none"]
+
+# The one table of default ports (IANA): implicit TLS, or the plain port STARTTLS upgrades.
+DEFAULT_PORTS: Mapping[tuple[MailProtocol, Security], int] = {
+    ("imap", "tls"): 993, ("imap", "starttls"): 143, ("imap", "none"): 143,
+    ("pop3", "tls"): 995, ("pop3", "starttls"): 110, ("pop3", "none"): 110,
+}
+
+
 class Connection(_Strict):
     """How to reach and log in to a server (accounts and IMAP archive targets)."""
 
     host: StrictStr
     port: StrictInt | None = Field(default=None, ge=1, le=65535)
-    security: Literal["tls", "starttls", "none"] = "tls"
+    security: Security = "tls"
     ca_file: Path | None = None
     tls_verify: StrictBool = True
     allow_plaintext: StrictBool = False
@@ -200,6 +212,10 @@ class Credential(_Strict):
             raise ValueError(f"username: login_as {self.login_as} needs the admin's username")
         return self
 
+    def port_for(self, protocol: MailProtocol) -> int:
+        """The port to connect to: the configured one, else the protocol's default."""
+        return self.port if self.port is not None else DEFAULT_PORTS[(protocol, self.security)]
+
 
 class Account(Connection):
     """One mailbox to keep under its quota."""
@@ -232,11 +248,7 @@ class Account(Connection):
         return cred.username, self.username
 
     def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        if self.protocol == "imap":
-            return 993 if self.security == "tls" else 143
-        return 995 if self.security == "tls" else 110
+        return self.port_for(self.protocol)
 
 
 class MboxTarget(_Strict):
@@ -255,25 +267,31 @@ class ImapTarget(Connection):
     folder: StrictStr = "Archive/{account}/{folder}"
 
     def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return 993 if self.security == "tls" else 143
+        return self.port_for("imap")
 
 
 ArchiveTarget = Annotated[MboxTarget | MaildirTarget | ImapTarget, Field(discriminator="type")]
 
 
-class Service(_Strict):
-    """Settings of ``retention serve`` (each also from ``RETENTION_<KEY>``)."""
+class ServiceFields(BaseModel):
+    """The settings of ``retention serve``, declared once: the policy file's ``service:``
+    block (``Service``, strict YAML types) and the effective settings with the environment
+    over it (``config.settings.ServiceSettings``, strings from variables) both use them."""
 
-    metrics_port: StrictInt = Field(default=9478, ge=0, le=65535)
-    metrics_address: StrictStr = "0.0.0.0"  # noqa: S104 - a scrape target listens on all addresses
+    metrics_port: int = Field(default=9478, ge=0, le=65535)
+    metrics_address: str = "0.0.0.0"  # noqa: S104 - a scrape target listens on all addresses
     measure_every: ServiceDuration = timedelta(minutes=15)
-    concurrency: StrictInt = Field(default=4, ge=1, le=256)
-    max_connections_per_host: StrictInt = Field(default=2, ge=1, le=256)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    max_connections_per_host: int = Field(default=2, ge=1, le=256)
     jitter: ServiceDuration = timedelta(seconds=30)
     shutdown_timeout: ServiceDuration = timedelta(seconds=60)
     account_label: Literal["name", "hash", "none"] = "name"
+
+
+class Service(ServiceFields):
+    """The policy file's ``service:`` block (each key also from ``RETENTION_<KEY>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Config(_Strict):

@@ -21,62 +21,28 @@ pydantic-settings reads layers 2 and 3 with the policy file's values as its lowe
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from retention.config.schema import Service
-from retention.config.units import parse_duration
+from retention.config.schema import Service, ServiceFields
 from retention.errors import ConfigError, Problem
 
 ENV_PREFIX = "RETENTION_"
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
-_SERVICE_DEFAULTS = Service()
 
 
-def _duration(value: object) -> object:
-    """Seconds as a number (``30``, ``"30"``), ``30s``, or a policy duration (``15m``, ``1h``)."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 30s, 15m or 1h")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"[0-9]+(\.[0-9]+)?s?", text):
-            return timedelta(seconds=float(text.rstrip("s")))
-        return parse_duration(text)
-    raise ValueError("must be a duration such as 30s, 15m or 1h")
-
-
-Seconds = Annotated[timedelta, BeforeValidator(_duration)]
-
-
-class ServiceSettings(BaseModel):
-    """The effective service settings (validated, immutable)."""
+class ServiceSettings(ServiceFields):
+    """The effective service settings (validated, immutable): ``ServiceFields`` plus the
+    settings that only make sense outside the file."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     config: Path | None = None
-    metrics_port: int = Field(default=_SERVICE_DEFAULTS.metrics_port, ge=0, le=65535)
-    metrics_address: str = _SERVICE_DEFAULTS.metrics_address
     metrics_port_file: Path | None = None
-    measure_every: Seconds = _SERVICE_DEFAULTS.measure_every
-    concurrency: int = Field(default=_SERVICE_DEFAULTS.concurrency, ge=1, le=256)
-    max_connections_per_host: int = Field(
-        default=_SERVICE_DEFAULTS.max_connections_per_host, ge=1, le=256
-    )
-    jitter: Seconds = _SERVICE_DEFAULTS.jitter
-    shutdown_timeout: Seconds = _SERVICE_DEFAULTS.shutdown_timeout
-    account_label: Literal["name", "hash", "none"] = _SERVICE_DEFAULTS.account_label
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["logfmt", "json"] = "logfmt"
 

@@ -44,6 +44,7 @@ __all__ = [
     "format_size",
     "parse_count_or_percent",
     "parse_duration",
+    "parse_seconds_or_duration",
     "parse_percent",
     "parse_size",
 ]
@@ -135,6 +136,36 @@ def parse_duration(value: object) -> timedelta:
         return timedelta(seconds=number * _DURATION_UNITS[unit])
     except OverflowError:
         raise ValueError(f"invalid duration {_show(value)}: too large") from None
+
+
+_SECONDS_RE = re.compile(r"[0-9]{1,15}(\.[0-9]{1,9})?s?")
+
+
+def parse_seconds_or_duration(value: object) -> timedelta:
+    """A service duration: seconds as a number (``30``, ``1.5``, ``"30"``, ``"30s"``), or
+    a policy duration (``15m``, ``1h``, see ``parse_duration``). Never negative.
+
+    Raises ValueError (never OverflowError) for anything else, a too large value included.
+    """
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 15m or 1h")
+    try:
+        if isinstance(value, int | float):
+            if value < 0:
+                raise ValueError("must not be negative")
+            return timedelta(seconds=value)
+        if isinstance(value, str):
+            text = value.strip()
+            if _SECONDS_RE.fullmatch(text):
+                return timedelta(seconds=float(text.rstrip("s")))
+            return parse_duration(text)
+    except OverflowError:
+        raise ValueError(f"invalid duration {_show(value)}: too large") from None
+    raise ValueError("must be a duration such as 30s, 15m or 1h")
 
 
 def _whole_seconds(td: timedelta) -> int:

@@ -22,28 +22,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retention.config.schema import Config, Connection, ImapTarget
-from retention.config.secrets import read_password
+from retention.config.secrets import read_password, redact
 from retention.errors import RetentionError
 from retention.result import AccountResult
-
-REDACTED = "***"
-_MIN_SECRET = 3  # shorter "secrets" would shred every line; such passwords fail anyway
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|authorization)(\s*[=:]\s*)"
-                r"(\"[^\"]*\"|'[^']*'|\S+)"), rf"\1\2{REDACTED}"),
-    (re.compile(r"\b(LOGIN\s+(?:\"[^\"]*\"|\S+)\s+)(\"[^\"]*\"|\S+)"), rf"\1{REDACTED}"),
-    (re.compile(r"\b(PASS\s+)\S+"), rf"\1{REDACTED}"),
-    (re.compile(r"(?i)\b(AUTH(?:ENTICATE)?\s+PLAIN\s+)[A-Za-z0-9+/=]+"), rf"\1{REDACTED}"),
-)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):  # longest first: no partial leaks
-        if len(secret) >= _MIN_SECRET:
-            text = text.replace(secret, REDACTED)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
-    return text
 
 
 class RedactionFilter(logging.Filter):

@@ -64,11 +64,12 @@ from retention.config.settings import (
     resolve_settings,
     service_changes,
 )
-from retention.errors import ConfigError, Problem, RetentionError, SourceError
+from retention.errors import ConfigError, ExitCode, Problem, RetentionError, SourceError
 from retention.result import AccountResult
 from retention.service import logs
 from retention.service.forecast import WINDOW, fit_usage, latest_limit
-from retention.service.metrics import Metrics, MetricsServer
+from retention.service.http import MetricsServer
+from retention.service.metrics import Metrics
 from retention.service.pool import HostPool, Submitted
 from retention.service.sources import SourceWatch
 from retention.sources import assemble, load_fleet, read_source, schedule_groups, source_lists
@@ -81,7 +82,6 @@ runlog = logging.getLogger("retention.runs")
 
 MAX_GRACE = timedelta(hours=12)
 WAKE_EVERY = 1.0  # seconds: the longest the serve loop sleeps between looks at requests
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 class RunFn(Protocol):
@@ -498,11 +498,11 @@ class RetentionService:
                     os.close(fd)
         if finished:
             log.info("event=stopped exit=0")
-            self._exit_code = EXIT_OK
+            self._exit_code = ExitCode.OK
         else:
             log.error("event=stopped exit=1 reason=shutdown_timeout running=%s note=%r",
                       ",".join(self.pool.running()), "the journal is recovered on the next run")
-            self._exit_code = EXIT_FAILED
+            self._exit_code = ExitCode.FAILED
         return self._exit_code
 
     def shutdown(self, timeout: float | None = None) -> int:

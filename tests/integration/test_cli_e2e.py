@@ -1,4 +1,4 @@
-"""The ``retention`` command end to end on a real Dovecot: exit codes, usage, failures (issue 2).
+"""The ``retention`` command end to end on a real Dovecot: exit codes, usage, failures.
 
 Each test runs ``python -m retention`` in a subprocess with the passwords in environment
 variables, exactly as an operator would, and checks what it prints and what it did.

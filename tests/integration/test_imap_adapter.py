@@ -1,6 +1,6 @@
 """ImapSession against a real Dovecot (and, for faults, through tests/integration/faultproxy).
 
-Covers issue 2's "IMAP behaviour that must hold" at the adapter level: TLS modes and
+Covers the IMAP behaviour that must hold at the adapter level: TLS modes and
 failures, login errors without the password anywhere, quota and summed usage, special-use
 and Japanese folder names, scan metadata with broken headers, read-only sessions, exact
 deletes next to another client's \\Deleted, UIDVALIDITY changes, UID MOVE and the

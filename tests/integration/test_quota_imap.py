@@ -1,4 +1,4 @@
-"""Quota-driven cleanup against a real Dovecot (issue 3, "Must show", first bullet).
+"""Quota-driven cleanup against a real Dovecot (README "Quota").
 
 Every mailbox here is seeded with messages whose sizes are whole KiB (CRLF only, so
 Dovecot's virtual size equals the size), which makes Dovecot's quota (counted in KiB, with

@@ -1,4 +1,4 @@
-"""End-to-end runs against a real Dovecot: what a run removes, keeps and reports (issue 2).
+"""End-to-end runs against a real Dovecot: what a run removes, keeps and reports.
 
 Every test seeds a fresh user, runs the real CLI (``python -m retention run``, password in
 an environment variable) or ``retention.run.account.run_all``, and compares the mailbox before

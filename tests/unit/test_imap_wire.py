@@ -26,12 +26,12 @@ from retention.adapters.imap.wire import (
     parse_header_fields,
     parse_message_id,
     reply_text,
-    scrub,
     selectable,
     server_name,
     special_uses,
     uid_batches,
 )
+from retention.config.secrets import redact as scrub
 from retention.errors import TlsError
 
 

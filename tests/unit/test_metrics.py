@@ -15,7 +15,8 @@ from retention.model import Message, MessageRef
 from retention.plan import Action, ActionKind, Clock, Plan
 from retention.result import AccountResult, ActionResult
 from retention.service.forecast import Fit
-from retention.service.metrics import Metrics, MetricsServer, error_reason
+from retention.service.http import MetricsServer
+from retention.service.metrics import Metrics, error_reason
 
 T0 = datetime(2024, 6, 1, 3, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""Table-driven tests of the planner's semantics (issues 2 and 3), without a server."""
+"""Table-driven tests of the planner's semantics, without a server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests of the planner (issue 3): safety, quota target, ordering, cap, determinism."""
+"""Property tests of the planner safety, quota target, ordering, cap, determinism."""
 
 from __future__ import annotations
 

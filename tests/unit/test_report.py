@@ -1,4 +1,4 @@
-"""Rendering of run results (retention.report): the JSON contract of issue 2 and the text table."""
+"""Rendering of run results (retention.report): the JSON contract (README "Reports"), the table."""
 
 from __future__ import annotations
 

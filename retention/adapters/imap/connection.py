@@ -34,13 +34,13 @@ from retention.adapters.imap.wire import (
     display_name,
     expand_uid_set,
     reply_text,
-    scrub,
     selectable,
     server_name,
     special_uses,
 )
 from retention.adapters.tls import classify_ssl_error, make_context
 from retention.auth.sasl import challenge_status
+from retention.config.secrets import redact, secret_forms
 from retention.errors import (
     AccountError,
     AuthError,
@@ -50,8 +50,7 @@ from retention.errors import (
     TlsError,
     UidValidityChanged,
 )
-from retention.model import FolderInfo
-from retention.model import Protocol as MailProtocol
+from retention.model import FolderInfo, MailProtocol
 
 if TYPE_CHECKING:
     from retention.adapters import SaslLogin
@@ -68,12 +67,8 @@ if getattr(imaplib, "_MAXLINE", 0) < _MAX_LINE:
 
 
 def default_port(conn: Connection) -> int:
-    port = getattr(conn, "effective_port", None)
-    if callable(port):
-        return int(port())
-    if conn.port is not None:
-        return conn.port
-    return 993 if conn.security == "tls" else 143
+    """The IMAP port of ``conn`` (``Connection.port_for`` owns the defaults)."""
+    return conn.port_for("imap")
 
 
 def open_client(conn: Connection, password: str | SaslLogin, label: str) -> Any:
@@ -165,9 +160,9 @@ def _login(
 ) -> None:
     # A server that echoes our command back would show the password as LOGIN quotes it
     # (RFC 3501 quoted string) or as AUTHENTICATE PLAIN's base64: scrub those forms too.
-    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
-    plain = base64.b64encode(f"{authzid or ''}\0{username}\0{password}".encode()).decode("ascii")
-    secrets = [quoted, password, plain]
+    secrets = secret_forms(password, username)
+    if authzid is not None:
+        secrets.append(base64.b64encode(f"{authzid}\0{username}\0{password}".encode()).decode())
     try:
         if authzid is not None:
             # login_as: authzid (Dovecot master user, Cyrus admin): SASL PLAIN with an
@@ -179,14 +174,14 @@ def _login(
         else:
             client.login(username, password)
     except LoginError as exc:
-        text = scrub(reply_text(exc), secrets)
+        text = redact(reply_text(exc), secrets)
         if isinstance(exc.__context__, imaplib.IMAP4.abort | OSError):
             # imapclient turns every failure of LOGIN into LoginError, a dropped
             # connection included: that one is retryable, not a rejected password.
             raise ConnectError(f"{label}: connection lost during login: {text}") from None
         raise AuthError(f"{label}: login as {username} rejected: {text}") from None
     except imaplib.IMAP4.abort as exc:
-        text = scrub(reply_text(exc), secrets)
+        text = redact(reply_text(exc), secrets)
         raise ConnectError(f"{label}: connection lost during login: {text}") from None
     except ssl.SSLError as exc:
         raise ConnectError(f"{label}: TLS error during login: {exc.reason or 'unknown'}") from None
@@ -243,11 +238,11 @@ def sasl_login(client: Any, login: SaslLogin, label: str, host: str, port: int) 
     try:
         client._command_and_check("authenticate", mech, respond)
     except (imaplib.IMAP4.abort, OSError) as exc:
-        text = scrub(str(exc), secrets)
+        text = redact(str(exc), secrets)
         raise ConnectError(f"{label}: connection lost during AUTHENTICATE {mech}: {text}") \
             from None
     except Exception as exc:  # noqa: BLE001 - imapclient/imaplib NO and BAD
-        text = scrub(reply_text(exc), secrets)
+        text = redact(reply_text(exc), secrets)
         status = next((s for s in statuses[1:] if s), None)
         why = f"{text} (status {status})" if status else text
         if throttled(text):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -314,11 +314,3 @@ def reply_text(exc: BaseException) -> str:
         if isinstance(raw, bytes):
             text = raw.decode("utf-8", errors="replace")
     return one_line(text) or type(exc).__name__
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """Remove secrets from a message (defence in depth; messages are built from replies)."""
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
