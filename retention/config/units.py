@@ -138,7 +138,7 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError(f"invalid duration {_show(value)}: too large") from None
 
 
-_SECONDS_RE = re.compile(r"[0-9]{1,15}(\.[0-9]{1,9})?s?")
+_SECONDS_RE = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64})?s?")
 
 
 def parse_seconds_or_duration(value: object) -> timedelta:
