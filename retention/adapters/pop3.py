@@ -314,15 +314,12 @@ class Pop3Session:
         secrets = login.secrets()
 
         def text_of(reply: bytes) -> str:
-            text = _reply_text(reply)
-            for secret in secrets:
-                text = text.replace(secret, "***")
-            return text
+            return redact(_reply_text(reply), secrets)
 
         client.sock.sendall(f"AUTH {mech}\r\n".encode("ascii"))
         reply = client.file.readline(_STATUS_MAX)
         if not reply.startswith(b"+") or reply.startswith(b"+OK"):
-            _login_error(where, text_of(reply), "")
+            _login_error(where, text_of(reply), login.username, "")
         first = base64.b64encode(login.initial_response(mech, host, port))
         client.sock.sendall(first + b"\r\n")
         del first
