@@ -277,8 +277,13 @@ def _over_quota_phase(
     rail: Counter[tuple[str, str]] = Counter()
     banned: set[tuple[str, str]] = set()
     deferred: dict[tuple[str, str], list[int]] = {}  # sizes the cap deferred, per key
+    held: list[tuple[tuple[int, datetime, str, int, int], _Rule, Message]] = []  # deferred
     wanted = projected  # also counts what the cap defers, to count the deferrals
-    for _, r, m in chosen:
+    todo = chosen
+    i = 0
+    while i < len(todo):
+        _, r, m = todo[i]
+        i += 1
         if wanted <= target:
             break
         folder = m.ref.folder
@@ -288,7 +293,8 @@ def _over_quota_phase(
             continue
         if not r.allow_empty and state.removed[folder] + 1 >= state.counts.get(folder, 0):
             # The rail fires: all of this rule's actions in this folder leave the plan
-            # (README "Quota"), and what they would have freed is wanted again from other rules.
+            # (README "Quota"), and what they would have freed is wanted again from other
+            # rules.
             mine = [a for a in state.actions
                     if a.over_quota and a.rule == r.name and a.message.ref.folder == folder]
             state.actions[:] = [a for a in state.actions if a not in mine]
@@ -300,11 +306,23 @@ def _over_quota_phase(
             state.deferred -= len(deferred.get(rf, ()))
             rail[rf] += len(mine) + len(deferred.pop(rf, ())) + 1
             banned.add(rf)
+            if mine and held:
+                # The cap room given back goes to the candidates it had deferred, in their
+                # order (they come before the rest: the list is sorted).
+                redo = [h for h in held if (h[1].name, h[2].ref.folder) not in banned]
+                held = []
+                for _, hr, hm in redo:
+                    wanted += hm.size
+                    state.deferred -= 1
+                    deferred[(hr.name, hm.ref.folder)].remove(hm.size)
+                todo = redo + todo[i:]
+                i = 0
             continue
         wanted -= m.size
         if state.cap_left <= 0:
             state.deferred += 1
             deferred.setdefault(rf, []).append(m.size)
+            held.append((todo[i - 1][0], r, m))
             continue
         state.cap_left -= 1
         state.removed[folder] += 1

@@ -184,6 +184,10 @@ class Connection(_Strict):
             raise ValueError("password_env: give exactly one of password_env or password_file")
         return self
 
+    def port_for(self, protocol: MailProtocol) -> int:
+        """The port to connect to: the configured one, else the protocol's default."""
+        return self.port if self.port is not None else DEFAULT_PORTS[(protocol, self.security)]
+
 
 LoginAs = Literal["user", "separator", "authzid"]
 
@@ -211,10 +215,6 @@ class Credential(_Strict):
         if self.login_as != "user" and not self.username:
             raise ValueError(f"username: login_as {self.login_as} needs the admin's username")
         return self
-
-    def port_for(self, protocol: MailProtocol) -> int:
-        """The port to connect to: the configured one, else the protocol's default."""
-        return self.port if self.port is not None else DEFAULT_PORTS[(protocol, self.security)]
 
 
 class Account(Connection):

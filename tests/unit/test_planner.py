@@ -525,3 +525,16 @@ def test_explain_says_why_each_message_is_kept():
         (5, None, None, "no rule applies"),
         (6, None, None, "no rule applies"),
     ]
+
+
+def test_cap_room_the_rail_gives_back_goes_to_the_deferred_candidates():
+    """The rail drops a rule's actions in a folder it would empty; the cap room that frees
+    goes to the candidates the cap had deferred (found by the cap property test)."""
+    pol = quota_policy(rule("any", folders=["*"], when="over_quota"), max_delete_per_run=1)
+    mailbox = [msg("Lists/python", 1, age=900 * DAY, size=10 * KiB),  # oldest: taken, then dropped
+               msg("Lists/python", 2, age=800 * DAY, size=10 * KiB),  # would empty Lists: the rail
+               msg("INBOX", 3, age=850 * DAY, size=10 * KiB),  # deferred by the cap at first
+               msg("INBOX", 9, age=DAY, flags={FLAGGED})]
+    p = run(pol, *mailbox, filler=False, usage=99 * KiB, limit=100 * KiB)
+    assert uids(p) == [("INBOX", 3)]
+    assert p.deferred_by_cap == 0
