@@ -94,6 +94,40 @@ class FolderInfo:
         return use in self.special_use
 
 
+_PROTECT_FLAGS = {"flagged": FLAGGED, "answered": ANSWERED, "draft": DRAFT}
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """What forbids removing a message *at the moment of acting* (review F3).
+
+    The planner judges protection from the scan; minutes can pass before a batch is acted
+    on, and the user may star or mark unread a planned message meanwhile. The executor
+    hands this to ``delete``/``move`` so the adapter re-reads the flags right before
+    acting and leaves such messages alone (and says why). It is not policy: only which
+    flags forbid removal and whether a missing ``\\Seen`` does.
+    """
+
+    flags: frozenset[str] = frozenset()  # any of these set: keep (\\Flagged, \\Answered...)
+    unread: bool = False  # no \\Seen: keep
+
+    @classmethod
+    def of(cls, words: frozenset[str] | set[str] | tuple[str, ...]) -> Protection:
+        """From a policy's ``protect`` words: flagged, unread, answered, draft."""
+        return cls(frozenset(_PROTECT_FLAGS[w] for w in words if w in _PROTECT_FLAGS),
+                   "unread" in words)
+
+    def __bool__(self) -> bool:
+        return bool(self.flags) or self.unread
+
+    def forbids(self, flags: frozenset[str]) -> str | None:
+        """What about ``flags`` forbids removal ("flagged, unread"; None: nothing)."""
+        hit = [f.lstrip("\\").lower() for f in sorted(self.flags & flags)]
+        if self.unread and SEEN not in flags:
+            hit.append("unread")
+        return ", ".join(hit) if hit else None
+
+
 @dataclass(frozen=True, slots=True)
 class FolderSnapshot:
     """A folder's messages read under one UIDVALIDITY."""

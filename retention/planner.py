@@ -26,6 +26,7 @@ timezone-aware ``now``; "older than" is strict.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +43,16 @@ from retention.config.schema import (
     effective_protect,
 )
 from retention.config.units import format_duration, format_percent, format_size
-from retention.model import ANSWERED, DRAFT, FLAGGED, SEEN, FolderInfo, Message, Snapshot
+from retention.model import (
+    ANSWERED,
+    DRAFT,
+    FLAGGED,
+    SEEN,
+    FolderInfo,
+    Message,
+    Protection,
+    Snapshot,
+)
 from retention.plan import Action, ActionKind, Clock, Dropped, Plan
 
 __all__ = ["Decision", "clock_time", "explain", "plan", "protected_by"]
@@ -74,6 +84,15 @@ class _Rule:
     @property
     def name(self) -> str:
         return self.rule.name
+
+    @property
+    def protection(self) -> Protection:
+        return _protection(self.protect)
+
+
+@functools.lru_cache(maxsize=64)
+def _protection(words: frozenset[str]) -> Protection:
+    return Protection.of(words)
 
 
 def _day(t: datetime) -> str:
@@ -180,6 +199,7 @@ def _action(r: _Rule, m: Message, reason: str, over_quota: bool = False) -> Acti
         message=m, kind=kind, rule=r.name, clock=r.clock, reason=reason,
         to_folder=r.to_folder, over_quota=over_quota,
         archive=r.rule.action.target if kind is ActionKind.ARCHIVE else None,
+        protect=r.protection,
     )
 
 

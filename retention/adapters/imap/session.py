@@ -255,19 +255,31 @@ class ImapSession(ImapActions):
             for uid, data in self._fetch(batch, [MESSAGE_ID]).items()
         }
 
-    def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
+    def fetch(
+        self, refs: Sequence[MessageRef], *, skipped: dict[MessageRef, str] | None = None
+    ) -> Iterator[tuple[MessageRef, bytes]]:
         """The exact bytes of each ref (BODY.PEEK[]), in batches; missing refs not yielded.
 
         A generator: the folder is examined (and UIDVALIDITY checked, raising
-        ``UidValidityChanged``) when iteration starts.
+        ``UidValidityChanged``) when iteration starts. A body whose length is not its
+        RFC822.SIZE (cut short, or padded) is not whole: it is not yielded, and
+        ``skipped`` gets the ref with the reason (review F6).
         """
         if not refs:
             return iter(())
         folder, validity = one_folder(refs)
         by_uid = {ref_uid(r): r for r in refs}
-        return (
-            (by_uid[uid], body) for uid, body in self._bodies(folder, validity, list(by_uid))
-        )
+        why: dict[int, str] = {}
+
+        def bodies() -> Iterator[tuple[MessageRef, bytes]]:
+            try:
+                for uid, body in self._bodies(folder, validity, list(by_uid), why):
+                    yield by_uid[uid], body
+            finally:
+                if skipped is not None:
+                    skipped.update({by_uid[u]: reason for u, reason in why.items()})
+
+        return bodies()
 
     def fetch_uids(self, folder: str, uids: Iterable[int]) -> dict[int, bytes]:
         """``{uid: bytes}`` of the given UIDs that exist (read back for verification)."""
@@ -277,22 +289,36 @@ class ImapSession(ImapActions):
         return dict(self._bodies(folder, None, wanted))
 
     def _bodies(
-        self, folder: str, validity: int | None, uids: list[int]
+        self, folder: str, validity: int | None, uids: list[int],
+        why: dict[int, str] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
+        """``(uid, body)`` of the UIDs that exist and whose body is whole (its length is
+        RFC822.SIZE); the others go into ``why`` with the reason."""
+        why = {} if why is None else why
         current, _exists = self.select(folder, readonly=True, expect=validity)
         try:
             sizes: dict[int, int] = {}
             for batch in uid_batches(uids, SCAN_BATCH):
                 for uid, data in self._fetch(batch, ["RFC822.SIZE"]).items():
-                    sizes[uid] = _size(data) or 0
+                    size = _size(data)
+                    if size is None:
+                        why[uid] = "no RFC822.SIZE (NIL): the body cannot be checked whole"
+                    else:
+                        sizes[uid] = size
             for batch in _by_size(sorted(sizes), sizes):
                 # The caller may have used this session between two yields.
                 self.ensure_selected(folder, True, current)
                 fetched = self._fetch(batch, ["BODY.PEEK[]"])
                 for uid in batch:
                     body = fetched.get(uid, {}).get(b"BODY[]")
-                    if body is not None:
-                        yield uid, bytes(body)
+                    if body is None:
+                        continue
+                    if len(body) != sizes[uid]:
+                        why[uid] = (f"the server sent {len(body)} bytes of a "
+                                    f"{sizes[uid]}-byte message (RFC822.SIZE): not whole")
+                        log.warning("%s: %s UID %d: %s", self.label, folder, uid, why[uid])
+                        continue
+                    yield uid, bytes(body)
         except BaseException:
             self.leave(quiet=True)
             raise
