@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -204,7 +204,8 @@ class Slapd:
             f"TLSCertificateFile {d / 'server.crt'}\n"
             f"TLSCertificateKeyFile {d / 'server.key'}\n"
             "database mdb\n"
-            "maxsize 268435456\n"
+            "maxsize 4294967296\n"  # a sparse map: room for a million entries
+
             f"suffix \"{SUFFIX}\"\n"
             f"rootdn \"{self.admin_dn}\"\n"
             f"rootpw {self.admin_password}\n"
@@ -220,30 +221,28 @@ class Slapd:
         # As a default slapd: the limit also caps the total of a paged search (prtotal).
         return f"size.soft={self.sizelimit} size.hard={self.sizelimit}"
 
-    def _ldif(self) -> str:
-        parts = [
-            f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
-            "dc: example\no: Example\n",
-            f"dn: {self.people}\nobjectClass: organizationalUnit\nou: people\n",
-            f"dn: ou=service,{SUFFIX}\nobjectClass: organizationalUnit\nou: service\n",
-            f"dn: {self.reader_dn}\nobjectClass: applicationProcess\n"
-            f"objectClass: simpleSecurityObject\ncn: reader\n"
-            f"userPassword: {self.reader_password}\n",
-        ]
+    def _ldif(self) -> Iterator[str]:
+        """The directory as LDIF records, one at a time (a million users stay cheap)."""
+        yield (f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
+               "dc: example\no: Example\n")
+        yield f"dn: {self.people}\nobjectClass: organizationalUnit\nou: people\n"
+        yield f"dn: ou=service,{SUFFIX}\nobjectClass: organizationalUnit\nou: service\n"
+        yield (f"dn: {self.reader_dn}\nobjectClass: applicationProcess\n"
+               f"objectClass: simpleSecurityObject\ncn: reader\n"
+               f"userPassword: {self.reader_password}\n")
         for u in self.users:
             mails = "".join(f"mail: {m}\n" for m in (u.mail, *u.extra_mail))
-            parts.append(
-                f"dn: uid={u.uid},{self.people}\nobjectClass: inetOrgPerson\n"
-                f"uid: {u.uid}\ncn: {u.uid}\nsn: {u.uid}\n{mails}"
-                f"departmentNumber: {u.department}\n"
-            )
-        return "\n".join(parts)
+            yield (f"dn: uid={u.uid},{self.people}\nobjectClass: inetOrgPerson\n"
+                   f"uid: {u.uid}\ncn: {u.uid}\nsn: {u.uid}\n{mails}"
+                   f"departmentNumber: {u.department}\n")
 
     def _load(self) -> None:
         slapadd = which("slapadd")
         assert slapadd is not None
         ldif = self.directory / "data.ldif"
-        ldif.write_text(self._ldif(), encoding="utf-8")
+        with ldif.open("w", encoding="utf-8") as out:
+            for record in self._ldif():
+                out.write(record + "\n")
         proc = subprocess.run(
             [slapadd, "-q", "-f", str(self.directory / "slapd.conf"), "-l", str(ldif)],
             capture_output=True, text=True, check=False,
