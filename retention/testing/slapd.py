@@ -120,6 +120,11 @@ class Slapd:
         return self.directory / "ca.crt"
 
     @property
+    def pid(self) -> int | None:
+        """The server process (SIGSTOP it to make a server that stops answering)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def log_path(self) -> Path:
         return self.directory / "slapd.log"
 

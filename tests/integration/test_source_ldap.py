@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
+from datetime import timedelta
 
 import pytest
 
@@ -174,6 +177,23 @@ def test_server_size_limit_is_a_clear_error(settings: LdapSettings) -> None:
     assert info.value.kind == "query"
     assert "size limit" in str(info.value)
     assert "size.prtotal" in str(info.value)
+
+
+def test_a_server_that_stops_answering_mid_search_is_a_timeout(settings: LdapSettings) -> None:
+    with Slapd(make_users(120)) as frozen:
+        stuck = dataclasses.replace(settings, url=frozen.ldaps_url, ca_file=frozen.ca_file,
+                                    timeout=timedelta(seconds=1))
+        rows = ldap_source.entries(stuck)
+        next(rows)  # bound, first page read
+        assert frozen.pid is not None
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(SourceError) as info:
+                list(rows)
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+    assert info.value.kind == "connect"
+    assert "no answer" in str(info.value)
 
 
 def test_missing_extra_names_it(settings: LdapSettings, monkeypatch: pytest.MonkeyPatch) -> None:
