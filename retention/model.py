@@ -140,6 +140,9 @@ class FolderSnapshot:
     # What the scan could not read and left out (kept, never acted on), one line each
     # ("3 message(s) left out (kept): UID 5: INTERNALDATE out of range ..."): reported.
     warnings: tuple[str, ...] = ()
+    # HIGHESTMODSEQ when the folder was examined (RFC 7162), None without CONDSTORE: with
+    # UIDVALIDITY, what an incremental scan of the next run starts from.
+    modseq: int | None = None
 
     @property
     def name(self) -> str:
@@ -148,6 +151,24 @@ class FolderSnapshot:
     @property
     def size(self) -> int:
         return sum(m.size for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderChanges:
+    """What changed in a folder since a known (UIDVALIDITY, HIGHESTMODSEQ) (RFC 7162).
+
+    ``changed``: every message added or whose flags changed since, read in full;
+    ``vanished``: UID ranges ``(first, last)`` expunged since (QRESYNC ``VANISHED``),
+    which may name UIDs never seen; ``exists``: the folder's message count, so that a
+    merge can prove it ended with exactly the folder's messages.
+    """
+
+    uidvalidity: int
+    modseq: int
+    exists: int
+    changed: tuple[Message, ...] = ()
+    vanished: tuple[tuple[int, int], ...] = ()
+    has_savedate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

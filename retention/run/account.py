@@ -31,7 +31,9 @@ from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Us
 from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult
+from retention.run.scanning import scan_folder
 from retention.state.observations import Ledger
+from retention.state.scancache import ScanCache
 
 if TYPE_CHECKING:
     from retention.state.journal import JournalRow
@@ -163,6 +165,11 @@ class _Pass:
         self.recovered: list[JournalRow] = []
         self.recovered_pending: list[JournalRow] = []
 
+    def scan_cache(self) -> ScanCache:
+        a = self.account
+        return ScanCache(self.config.state_dir / "scancache",
+                         f"{a.name}\x00{a.protocol}\x00{a.host}\x00{a.port}\x00{a.username}")
+
     def limit(self, usage: Usage) -> int | None:
         return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
 
@@ -176,7 +183,7 @@ class _Pass:
         scanned: list[FolderSnapshot] = []
         for info in folders_to_scan(self.policy, folders, protocol):
             try:
-                snap = session.scan(info, with_sent=with_sent)
+                snap = scan_folder(session, info, with_sent=with_sent, cache=self.scan_cache())
             except FolderSkipped as e:
                 self.warnings.append(f"folder {e.folder} skipped: {e.reason}")
                 continue

@@ -277,6 +277,9 @@ class ImapConnection:
         self._folders: list[FolderInfo] | None = None
         self._delimiter: str | None = "/"
         self._selected: tuple[str, bool] | None = None  # (server name, readonly)
+        #: HIGHESTMODSEQ of the last SELECT/EXAMINE (RFC 7162), None when not offered.
+        self.selected_modseq: int | None = None
+        self._qresync = False  # ENABLE QRESYNC done in this session
         self._existing: set[str] = set()  # server names known to exist (ensure_folder)
         self._broken = False
         self._closed = False
@@ -439,6 +442,8 @@ class ImapConnection:
             raise
         self._selected = (real, readonly)
         self._drain()
+        modseq = resp.get(b"HIGHESTMODSEQ")
+        self.selected_modseq = modseq if isinstance(modseq, int) else None
         validity = resp.get(b"UIDVALIDITY")
         if validity is None:
             self.leave(quiet=True)
@@ -484,6 +489,19 @@ class ImapConnection:
         real = self.server(folder)
         if self._selected is None or self._selected[0] != real or self._selected[1] != readonly:
             self.select(folder, readonly=readonly, expect=expect)
+
+    def enable_qresync(self) -> bool:
+        """``ENABLE QRESYNC`` once (RFC 7162): EXAMINE then reports HIGHESTMODSEQ and
+        ``UID FETCH ... (CHANGEDSINCE n VANISHED)`` works. False when not offered."""
+        if self._qresync:
+            return True
+        if not (self.has("QRESYNC") and self.has("ENABLE")):
+            return False
+        with self.guard("ENABLE"):
+            typ, _data = self._client._imap._simple_command("ENABLE", "QRESYNC")
+        self._drain()
+        self._qresync = typ == "OK"
+        return self._qresync
 
     # -- searching -------------------------------------------------------------------
 

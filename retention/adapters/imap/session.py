@@ -32,7 +32,7 @@ The IMAP archive target (``retention.archive.imap``) also uses ``append``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from retention.adapters.imap.actions import ImapActions, one_folder, ref_uid
 from retention.adapters.imap.connection import default_port, open_client
 from retention.adapters.imap.fetch import parse_imap_datetime
+from retention.adapters.imap.scanread import ScanLines, stream
 from retention.adapters.imap.wire import (
     aware_utc,
     normalise_flags,
@@ -48,9 +49,10 @@ from retention.adapters.imap.wire import (
     parse_header_fields,
     parse_message_id,
     uid_batches,
+    uid_ranges,
 )
 from retention.errors import ProtocolError
-from retention.model import FolderInfo, FolderSnapshot, Message, MessageRef, Usage
+from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef, Usage
 
 if TYPE_CHECKING:
     from retention.config.schema import Connection
@@ -182,17 +184,80 @@ class ImapSession(ImapActions):
     # -- reading ---------------------------------------------------------------------
 
     def scan(self, folder: FolderInfo, *, with_sent: bool = True) -> FolderSnapshot:
-        """Metadata of every message, read-only (EXAMINE), in batches of ``SCAN_BATCH``.
+        """Metadata of every message, read-only (EXAMINE).
 
         Flags, INTERNALDATE, size (and SAVEDATE where offered): no header, so no literal
-        per message. ``with_sent`` adds the Date and Message-ID header fields
-        (``BODY.PEEK``); without it ``message_id`` is None: ``message_ids`` reads it for
-        the few messages that are acted on.
+        per message, read by one ``UID FETCH 1:*`` streamed through ``scanread`` (one
+        pattern per line, no per-message dict). ``with_sent`` adds the Date and
+        Message-ID header fields (``BODY.PEEK``), read in batches of ``SCAN_BATCH`` by
+        the general parser; without it ``message_id`` is None: ``message_ids`` reads it
+        for the few messages that are acted on. Where QRESYNC is offered the snapshot
+        carries the folder's HIGHESTMODSEQ (``scan_changes`` starts from it).
         """
-        savedate = self.has("SAVEDATE")
-        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE"]
         if with_sent:
-            items.append("BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]")
+            return self._scan_with_headers(folder)
+        savedate = self.has("SAVEDATE")
+        qresync = self.enable_qresync()
+        validity, exists = self.select(folder.name, readonly=True)
+        modseq = self.selected_modseq if qresync else None
+        try:
+            lines = ScanLines()
+            if exists:
+                self._stream_meta(b"1:*", savedate, lines)
+            messages = lines.messages(folder.name, validity, _general(False))
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return FolderSnapshot(folder, validity, tuple(messages), has_savedate=savedate,
+                              warnings=self._left_out(folder, lines.left_out), modseq=modseq)
+
+    def scan_changes(self, folder: FolderInfo, *, uidvalidity: int,
+                     modseq: int) -> FolderChanges | None:
+        """What changed since (``uidvalidity``, ``modseq``), read-only; None when that
+        cannot be known exactly here (no QRESYNC, another UIDVALIDITY, no HIGHESTMODSEQ,
+        or one below ``modseq``): the caller scans in full.
+
+        EXAMINE; when HIGHESTMODSEQ moved, one ``UID FETCH 1:* (...) (CHANGEDSINCE m
+        VANISHED)``: the changed and new messages in full, and the UIDs expunged since.
+        """
+        if not self.enable_qresync():
+            return None
+        savedate = self.has("SAVEDATE")
+        validity, exists = self.select(folder.name, readonly=True)
+        current = self.selected_modseq
+        try:
+            if validity != uidvalidity or current is None or current < modseq:
+                self.leave()
+                return None
+            lines = ScanLines()
+            if current != modseq:
+                self._stream_meta(b"1:*", savedate, lines,
+                                  b" (CHANGEDSINCE %d VANISHED)" % modseq)
+            changed = lines.messages(folder.name, validity, _general(False))
+            vanished = tuple(r for text in lines.vanished for r in uid_ranges(text))
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return FolderChanges(
+            uidvalidity=validity, modseq=current,
+            exists=lines.exists if lines.exists is not None else exists,
+            changed=tuple(changed), vanished=vanished, has_savedate=savedate,
+        )
+
+    def _stream_meta(self, uid_set: bytes, savedate: bool, lines: ScanLines,
+                     modifiers: bytes = b"") -> None:
+        items = b"UID FLAGS INTERNALDATE RFC822.SIZE" + (b" SAVEDATE" if savedate else b"")
+        with self.guard("UID FETCH"):
+            stream(self._client._imap, b"UID FETCH " + uid_set + b" (" + items + b")"
+                   + modifiers, lines.feed)
+        self._drain()
+
+    def _scan_with_headers(self, folder: FolderInfo) -> FolderSnapshot:
+        savedate = self.has("SAVEDATE")
+        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE",
+                 "BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]"]
         if savedate:
             items.append("SAVEDATE")
         validity, exists = self.select(folder.name, readonly=True)
@@ -207,7 +272,7 @@ class ImapSession(ImapActions):
                     if data is None:  # expunged by someone else meanwhile
                         continue
                     ref = MessageRef(folder.name, validity, uid)
-                    message = _message(ref, data, with_sent=with_sent)
+                    message = _message(ref, data, with_sent=True)
                     if isinstance(message, str):
                         left_out.append(f"UID {uid}: {message}")
                     else:
@@ -217,13 +282,15 @@ class ImapSession(ImapActions):
             self.leave(quiet=True)
             raise
         self.leave()
-        warnings: tuple[str, ...] = ()
-        if left_out:
-            log.warning("%s: %s: %d message(s) left out: %s", self.label, folder.name,
-                        len(left_out), "; ".join(left_out[:5]))
-            warnings = (_left_out_warning(left_out),)
         return FolderSnapshot(folder, validity, tuple(messages), has_savedate=savedate,
-                              warnings=warnings)
+                              warnings=self._left_out(folder, left_out))
+
+    def _left_out(self, folder: FolderInfo, left_out: Sequence[str]) -> tuple[str, ...]:
+        if not left_out:
+            return ()
+        log.warning("%s: %s: %d message(s) left out: %s", self.label, folder.name,
+                    len(left_out), "; ".join(left_out[:5]))
+        return (_left_out_warning(left_out),)
 
     def message_ids(self, refs: Sequence[MessageRef]) -> dict[MessageRef, str | None]:
         """The Message-ID header of each ref (all in one folder), read-only.
@@ -368,6 +435,10 @@ def _header_bytes(data: dict[bytes, Any]) -> bytes | None:
         if isinstance(key, bytes) and key.upper().startswith(b"BODY[HEADER"):
             return bytes(value) if value is not None else None
     return None
+
+
+def _general(with_sent: bool) -> Callable[[MessageRef, dict[bytes, Any]], Message | str]:
+    return lambda ref, data: _message(ref, data, with_sent=with_sent)
 
 
 def _message(ref: MessageRef, data: dict[bytes, Any], *, with_sent: bool) -> Message | str:
