@@ -31,7 +31,7 @@ from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Us
 from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult
-from retention.run.scanning import scan_folder
+from retention.run.scanning import cached_message_ids, scan_folder
 from retention.state.observations import Ledger
 from retention.state.scancache import ScanCache
 
@@ -85,7 +85,8 @@ def _needs_sent(policy: Policy, protocol: str) -> bool:
     return any(effective_clock(r, protocol) is Clock.SENT for r in policy.rules)
 
 
-def with_message_ids(session: MailSession, plan: Plan, warnings: list[str]) -> Plan:
+def with_message_ids(session: MailSession, plan: Plan, warnings: list[str],
+                     cache: ScanCache | None = None) -> Plan:
     """The plan with the Message-ID of every message it acts on (read-only reads).
 
     A scan without the Date header does not read Message-IDs (that would be a header per
@@ -98,6 +99,8 @@ def with_message_ids(session: MailSession, plan: Plan, warnings: list[str]) -> P
     read = getattr(session, "message_ids", None)
     if read is None:
         return plan
+    if cache is not None:  # the ones read on an earlier run are not read again
+        read = cached_message_ids(read, cache)
     by_folder: dict[tuple[str, int], list[MessageRef]] = {}
     for a in (*plan.actions, *plan.failed_actions):
         if a.message.message_id is None:
@@ -234,7 +237,7 @@ class _Pass:
             plan = make_plan(self.policy, snapshot, self.now)
             if not _needs_sent(self.policy, self.account.protocol):
                 # The scan read no header; with the Date it read the Message-ID too.
-                plan = with_message_ids(session, plan, self.warnings)
+                plan = with_message_ids(session, plan, self.warnings, self.scan_cache())
             if self.hold:
                 plan = dataclasses.replace(plan, hold=True)
             self.plan = plan

@@ -12,9 +12,10 @@ clock) are always scanned in full: the cache does not hold headers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from retention.adapters import MailSession
-from retention.model import FolderInfo, FolderSnapshot
+from retention.model import FolderInfo, FolderSnapshot, MessageRef
 from retention.state.scancache import ScanCache, merge
 
 log = logging.getLogger("retention.scan")
@@ -48,3 +49,30 @@ def _save(cache: ScanCache, snap: FolderSnapshot) -> None:
         cache.save(snap)
     except OSError as e:  # an optimisation only: the run goes on, the next scans in full
         log.warning("folder %s: scan cache not written: %s", snap.name, e.strerror or e)
+
+
+IdReader = Callable[[Sequence[MessageRef]], dict[MessageRef, str | None]]
+
+
+def cached_message_ids(read: IdReader, cache: ScanCache) -> IdReader:
+    """``MailSession.message_ids`` that asks the server only for Message-IDs it has not
+    given before under the same (folder, UIDVALIDITY) (IMAP refs; others pass through)."""
+
+    def read_through(refs: Sequence[MessageRef]) -> dict[MessageRef, str | None]:
+        if not refs or refs[0].uid is None:
+            return read(refs)
+        folder, validity = refs[0].folder, refs[0].uidvalidity
+        known = cache.load_ids(folder, validity)
+        found = {r: known[r.uid] for r in refs if r.uid is not None and r.uid in known}
+        missing = [r for r in refs if r not in found]
+        if missing:
+            fresh = read(missing)
+            found.update(fresh)
+            known.update({r.uid: mid for r, mid in fresh.items() if r.uid is not None})
+            try:
+                cache.save_ids(folder, validity, known)
+            except OSError as e:
+                log.warning("folder %s: Message-IDs not cached: %s", folder, e.strerror or e)
+        return found
+
+    return read_through

@@ -37,6 +37,7 @@ from pathlib import Path
 from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef
 
 MAGIC = b"RSC1\n"
+MAX_IDS = 200_000  # Message-IDs kept per folder (of the planned messages only)
 _NONE = -(2**63)  # a saved time the server did not give
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -163,24 +164,56 @@ class ScanCache:
             "has_savedate": snap.has_savedate, "count": len(snap.messages),
             "flags": [sorted(fs) for fs in flag_sets], "length": length, "crc": crc,
         }
-        path = self.path(snap.name)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(MAGIC + json.dumps(head, separators=(",", ":")).encode() + b"\n")
-                for col in cols:
-                    col.tofile(f)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        _write(self.path(snap.name),
+               [MAGIC + json.dumps(head, separators=(",", ":")).encode() + b"\n", *cols])
 
     def forget(self, folder: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(folder).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.path(folder).with_suffix(".ids").unlink()
+
+    # Message-IDs: a message's bytes never change under one (UIDVALIDITY, UID) (RFC 3501
+    # 2.3.1.1), so neither does its header; a repeat run needs none of them again.
+
+    def load_ids(self, folder: str, uidvalidity: int) -> dict[int, str | None]:
+        """The Message-IDs read earlier under ``uidvalidity`` (empty: none, or any doubt)."""
+        try:
+            doc = json.loads(self.path(folder).with_suffix(".ids").read_bytes())
+            if (doc["identity"] != self.identity or doc["folder"] != folder
+                    or doc["uidvalidity"] != uidvalidity):
+                return {}
+            return {int(uid): (None if mid is None else str(mid))
+                    for uid, mid in doc["ids"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def save_ids(self, folder: str, uidvalidity: int, ids: dict[int, str | None]) -> None:
+        """Keep ``ids`` (the newest ``MAX_IDS`` UIDs) for ``folder`` under ``uidvalidity``."""
+        keep = sorted(ids)[-MAX_IDS:]
+        doc = {"identity": self.identity, "folder": folder, "uidvalidity": uidvalidity,
+               "ids": {str(uid): ids[uid] for uid in keep}}
+        _write(self.path(folder).with_suffix(".ids"),
+               [json.dumps(doc, separators=(",", ":")).encode()])
+
+
+def _write(path: Path, parts: list[bytes | array[int]]) -> None:
+    """Write ``path`` atomically (a reader sees the old file or the new one), mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            for part in parts:
+                if isinstance(part, bytes):
+                    f.write(part)
+                else:
+                    part.tofile(f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _micros(when: datetime) -> int:

@@ -201,3 +201,26 @@ def test_snapshot_without_modseq_is_not_kept(tmp_path: Path) -> None:
     assert cache.path("INBOX").exists()
     cache.save(FolderSnapshot(INFO, VALIDITY, model.full().messages))
     assert not cache.path("INBOX").exists()
+
+
+def test_message_ids_are_read_once_per_uidvalidity(tmp_path: Path) -> None:
+    from retention.run.scanning import cached_message_ids
+
+    asked: list[list[int]] = []
+
+    def read(refs):  # type: ignore[no-untyped-def]
+        asked.append([r.uid for r in refs])
+        return {r: f"<{r.uid}@x>" for r in refs}
+
+    cache = ScanCache(tmp_path, "mailbox")
+    refs = [MessageRef("INBOX", 5, uid) for uid in (1, 2, 3)]
+    through = cached_message_ids(read, cache)
+    assert through(refs) == {r: f"<{r.uid}@x>" for r in refs}
+    assert through(refs[:2] + [MessageRef("INBOX", 5, 9)])[MessageRef("INBOX", 5, 9)] == "<9@x>"
+    assert asked == [[1, 2, 3], [9]]
+    other = [MessageRef("INBOX", 6, 1)]  # another UIDVALIDITY: read again
+    assert through(other) == {other[0]: "<1@x>"}
+    assert asked[-1] == [1]
+    cache.path("INBOX").with_suffix(".ids").write_bytes(b"{garbage")
+    through(refs[:1])
+    assert asked[-1] == [1]
