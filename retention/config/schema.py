@@ -8,12 +8,14 @@ models and reports problems with their line numbers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BeforeValidator,
     Field,
     StrictBool,
     StrictInt,
@@ -22,6 +24,7 @@ from pydantic import (
 )
 
 from retention.config.base import NAME_PATTERN, ServiceDuration, Strict
+from retention.config.shard import parse_shard
 from retention.config.sources import SourceSpec
 from retention.config.units import (
     CountOrPercent,
@@ -263,6 +266,24 @@ class ImapTarget(Connection):
 ArchiveTarget = Annotated[MboxTarget | MaildirTarget | ImapTarget, Field(discriminator="type")]
 
 
+def _shard_spec(value: object) -> object:
+    if isinstance(value, str):
+        parse_shard(value)  # ShardSpecError is a ValueError: FILE:LINE with its message
+        return value.strip()
+    return value
+
+
+def _account_metrics(value: object) -> object:
+    if isinstance(value, str) and not _ACCOUNT_METRICS.fullmatch(value.strip()):
+        raise ValueError("must be all, none or top:K (K a positive number, e.g. top:100)")
+    return value.strip() if isinstance(value, str) else value
+
+
+_ACCOUNT_METRICS = re.compile(r"all|none|top:[1-9][0-9]{0,6}")
+ShardSpec = Annotated[StrictStr, BeforeValidator(_shard_spec)]
+AccountMetrics = Annotated[StrictStr, BeforeValidator(_account_metrics)]
+
+
 class Service(_Strict):
     """Settings of ``retention serve`` (each also from ``RETENTION_<KEY>``)."""
 
@@ -274,6 +295,12 @@ class Service(_Strict):
     jitter: ServiceDuration = timedelta(seconds=30)
     shutdown_timeout: ServiceDuration = timedelta(seconds=60)
     account_label: Literal["name", "hash", "none"] = "name"
+    # Only the accounts this shard owns (rendezvous hash of the name), e.g. "2/8"; also
+    # RETENTION_SHARD, which a StatefulSet sets to "$(POD_NAME)/N". None: every account.
+    shard: ShardSpec | None = None
+    # Per-account series: all | top:K (the K fullest plus every account in error) | none.
+    # None: all up to 10,000 accounts, top:100 above (fleet series are always exported).
+    account_metrics: AccountMetrics | None = None
 
 
 class Config(_Strict):

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from retention.config.schema import Service
+from retention.config.schema import AccountMetrics, Service, ShardSpec
 from retention.config.units import parse_duration
 from retention.errors import ConfigError, Problem
 
@@ -77,6 +77,8 @@ class ServiceSettings(BaseModel):
     jitter: Seconds = _SERVICE_DEFAULTS.jitter
     shutdown_timeout: Seconds = _SERVICE_DEFAULTS.shutdown_timeout
     account_label: Literal["name", "hash", "none"] = _SERVICE_DEFAULTS.account_label
+    shard: ShardSpec | None = None
+    account_metrics: AccountMetrics | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["logfmt", "json"] = "logfmt"
 
