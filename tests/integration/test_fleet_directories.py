@@ -1,5 +1,6 @@
 """LDAP and SQL sources end to end: a policy file whose accounts come from the real slapd
-and the real PostgreSQL, through ``retention check`` and ``retention accounts``."""
+and the real PostgreSQL, through ``retention check``, ``retention accounts`` and the
+service's source refresh (which keeps the last good list when the server goes away)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import json
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from retention.testing.postgres import Postgres
-from retention.testing.slapd import Slapd
+from retention.testing.postgres import Postgres, postgres_unavailable_reason
+from retention.testing.slapd import Slapd, make_users, slapd_unavailable_reason
 from tests.integration.helpers import run_cli
 from tests.integration.sources_support import (  # noqa: F401 - fixtures
     USERS,
     postgres_fixture,
+    require,
     slapd_fixture,
 )
 
@@ -163,3 +166,60 @@ def test_sql_bad_query_at_check_exits_2(tmp_path: Path, fleet_table: Postgres) -
     assert 'relation "nowhere" does not exist' in out
     assert fleet_table.reader_password not in out
     assert "Traceback" not in out
+
+
+# -- serve: a directory that goes away keeps its last good list -------------------------
+
+
+def _service(path: Path) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    from retention.config.settings import ServiceSettings
+    from retention.service.serve import RetentionService
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("no account runs in this test")
+
+    return RetentionService(path, ServiceSettings(jitter=0, measure_every="1h"),
+                            registry=CollectorRegistry(), run_account=never,
+                            measure_account=never)
+
+
+def test_serve_keeps_the_last_ldap_list_when_slapd_goes_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require("slapd", slapd_unavailable_reason())
+    with Slapd(make_users(50)) as server:
+        monkeypatch.setenv("BIND_PW", server.reader_password)
+        monkeypatch.setenv("MASTER_PW", "unused-here")
+        path = policy_file(tmp_path, f"state_dir: {tmp_path / 'state'}\n" + ldap_source(server))
+        svc = _service(path)
+        assert len(svc.loaded.config.accounts) == 50
+        assert svc.refresh_source("directory") is True
+    # slapd is gone: the refresh fails, the 50 accounts stay, the failure is recorded.
+    assert svc.refresh_source("directory") is False
+    assert len(svc.loaded.config.accounts) == 50
+    assert svc.watch.up["directory"] is False
+    assert svc.watch.failures["directory"] == 1
+
+
+def test_serve_refreshes_from_postgres_and_keeps_the_list_when_it_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require("PostgreSQL", postgres_unavailable_reason())
+    with Postgres() as pg:
+        pg.execute("CREATE TABLE mailboxes (email text)",
+                   "INSERT INTO mailboxes SELECT 'm' || g || '@example.net' "
+                   "FROM generate_series(1, 30) g",
+                   f"GRANT SELECT ON mailboxes TO {pg.reader}")
+        monkeypatch.setenv("DB_PW", pg.reader_password)
+        monkeypatch.setenv("MASTER_PW", "unused-here")
+        body = sql_source(pg, "SELECT email AS username FROM mailboxes")
+        svc = _service(policy_file(tmp_path, f"state_dir: {tmp_path / 'state'}\n" + body))
+        assert len(svc.loaded.config.accounts) == 30
+        pg.execute("INSERT INTO mailboxes VALUES ('late@example.net')")
+        assert svc.refresh_source("database") is True
+        assert len(svc.loaded.config.accounts) == 31
+    assert svc.refresh_source("database") is False
+    assert len(svc.loaded.config.accounts) == 31
+    assert svc.watch.up["database"] is False
