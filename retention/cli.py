@@ -11,8 +11,9 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from retention import __version__
 from retention.config.load import load_config
@@ -26,6 +27,10 @@ from retention.config.units import (
     format_size,
 )
 from retention.errors import ConfigError, SourceError
+
+if TYPE_CHECKING:
+    from retention.result import AccountResult
+    from retention.service.batch import Progress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -283,17 +288,31 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
-    from retention import report
-    from retention.run.account import measure_account
+    from contextlib import nullcontext
+
+    from retention.errors import RetentionError
+    from retention.run.account import measure_account, open_observations
     from retention.service.batch import Progress, run_ordered
 
     accounts = _sharded(_select(config, args.account), args)
     jobs, per_host = _jobs(config, args)
     progress = Progress(len(accounts))
-    measured = run_ordered(
-        accounts, lambda a: measure_account(config, a), jobs=jobs, per_host=per_host,
-        progress=progress, is_error=lambda r: r.status == "error",
-    )
+    try:
+        shared: Any = open_observations(config)  # one store for all: see measure_account
+    except RetentionError:
+        shared = nullcontext()  # each account then reports why it cannot record
+    with shared as ledger:
+        return _print_usage(args, run_ordered(
+            accounts, lambda a: measure_account(config, a, ledger=ledger), jobs=jobs,
+            per_host=per_host, progress=progress, is_error=lambda r: r.status == "error",
+        ), progress)
+
+
+def _print_usage(
+    args: argparse.Namespace, measured: Iterator[AccountResult], progress: Progress
+) -> int:
+    from retention import report
+
     if args.format == "json":
         results = list(measured)
         progress.finish()

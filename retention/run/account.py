@@ -76,6 +76,11 @@ def account_lock(state_dir: Path, account: str) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+def open_observations(config: Config) -> Ledger:
+    """The state_dir's observation store, opened for a caller that shares it."""
+    return _open_ledger(config)
+
+
 def _open_ledger(config: Config) -> Ledger:
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Ledger.open(config.state_dir / "observations.sqlite3")
@@ -405,8 +410,13 @@ def measure_account(
     *,
     now: datetime | None = None,
     connect: Connector = default_connect,
+    ledger: Ledger | None = None,
 ) -> AccountResult:
-    """Usage only (a read-only session); records a usage sample for the forecast."""
+    """Usage only (a read-only session); records a usage sample for the forecast.
+
+    ``ledger``: an open store shared by many measurements (``usage --jobs``): opening and
+    closing SQLite per account costs more than the IMAP round trips it records.
+    """
     now = now or datetime.now(UTC)
     p = _Pass(
         config, account, dry_run=True, now=now, run_id=new_run_id(now), connect=connect, stop=None
@@ -418,11 +428,14 @@ def measure_account(
         finally:
             session.close()
         usage = dataclasses.replace(usage, limit_bytes=p.limit(usage))
-        ledger = _open_ledger(config)
-        try:
+        if ledger is not None:
             ledger.record_usage(account.name, now, usage.usage_bytes, usage.limit_bytes)
-        finally:
-            ledger.close()
+        else:
+            own = _open_ledger(config)
+            try:
+                own.record_usage(account.name, now, usage.usage_bytes, usage.limit_bytes)
+            finally:
+                own.close()
         return p._result("ok", usage=usage, after=usage.usage_bytes, messages=usage.messages)
     except AccountError as e:
         return p._result("error", error=str(e) or type(e).__name__, error_kind=e.kind)
