@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 from retention.testing.host import HOST, free_ports, port_open, tail, which
-from retention.testing.pki import make_certificates
+from retention.testing.pki import LOCAL_SAN, make_certificates
 
 __all__ = ["LdapUser", "Slapd", "SlapdError", "make_users", "slapd_unavailable_reason"]
 
@@ -98,10 +98,13 @@ class Slapd:
     people = f"ou=people,{SUFFIX}"
     suffix = SUFFIX
 
-    def __init__(self, users: Iterable[LdapUser] = (), *, sizelimit: int | None = None) -> None:
-        """``sizelimit``: slapd's limit for non-admin searches (None: unlimited)."""
+    def __init__(self, users: Iterable[LdapUser] = (), *, sizelimit: int | None = None,
+                 san: str = LOCAL_SAN) -> None:
+        """``sizelimit``: slapd's limit for non-admin searches (None: unlimited); ``san``:
+        the names the server certificate is issued for (default localhost, 127.0.0.1)."""
         self.users = list(users)
         self.sizelimit = sizelimit
+        self.san = san
         self.directory = Path(tempfile.mkdtemp(prefix="retention-slapd-"))
         self.port = 0
         self.tls_port = 0
@@ -144,7 +147,7 @@ class Slapd:
             raise SlapdError(reason)
         openssl = which("openssl")
         assert openssl is not None
-        make_certificates(self.directory, openssl)
+        make_certificates(self.directory, openssl, san=self.san)
         (self.directory / "db").mkdir()
         self._write_config()
         self._load()

@@ -130,6 +130,17 @@ def test_ca_of_another_authority_fails(settings: LdapSettings, tmp_path) -> None
     assert info.value.kind == "tls"
 
 
+def test_certificate_for_another_host_name_fails(settings: LdapSettings) -> None:
+    with Slapd(make_users(3), san="DNS:ldap.example.org") as elsewhere:
+        mismatch = dataclasses.replace(settings, url=elsewhere.ldaps_url,
+                                       ca_file=elsewhere.ca_file)
+        with pytest.raises(SourceError) as info:
+            ldap_source.probe(mismatch)
+        assert info.value.kind == "tls"
+        # Same CA, same server: only the name was wrong.
+        assert ldap_source.probe(dataclasses.replace(mismatch, tls_verify=False)) == 3
+
+
 def test_tls_verify_false_is_the_only_way_around_verification(settings: LdapSettings) -> None:
     unverified = dataclasses.replace(settings, ca_file=None, tls_verify=False, page_size=1000)
     assert ldap_source.probe(unverified) == USERS
