@@ -75,6 +75,9 @@ class Message:
     message_id: str | None = None
     # The raw Date header when it could not be parsed: the report says so.
     date_header: str | None = None
+    # The same stored message in every folder it shows in, where folders are labels
+    # (Gmail's X-GM-MSGID): the planner counts and removes it once. None elsewhere.
+    global_id: str | None = None
 
     @property
     def deleted(self) -> bool:

@@ -269,6 +269,57 @@ def _always_phase(
     return hits, open_, failed
 
 
+def _one_per_message(
+    hits: list[_Hit], open_: list[Message]
+) -> tuple[list[_Hit], list[Message], list[str]]:
+    """Where folders are labels of one stored message (``global_id``: Gmail), act once.
+
+    Removing a Gmail message from one label folder really deletes it (the adapter moves it
+    to Trash and expunges it there), so it leaves every label. Hence: when every copy the
+    scan saw is planned, only the first action stays (its size counted once); when some
+    copy is kept, none is acted on and the copies go back to the open messages.
+    """
+    if not any(m.global_id is not None for _, m in hits):
+        return hits, open_, []  # not a label server: nothing to do
+    kept_ids = {m.global_id for m in open_ if m.global_id is not None}
+    out: list[_Hit] = []
+    seen: set[str] = set()
+    back: list[Message] = []
+    for r, m in hits:
+        gid = m.global_id
+        if gid is None:
+            out.append((r, m))
+        elif gid in kept_ids:
+            back.append(m)
+        elif gid not in seen:
+            seen.add(gid)
+            out.append((r, m))
+    notes: list[str] = []
+    copies = len(hits) - len(out) - len(back)
+    if copies:
+        notes.append(f"{copies} planned copies are the same message in another label "
+                     "folder: removed and counted once")
+    if back:
+        notes.append(f"{len(back)} message(s) not removed: the same message is kept in "
+                     "another label folder, and deleting it on Gmail would remove every label")
+    return out, open_ + back, notes
+
+
+def _whole_messages(candidates: Sequence[Message], over: Sequence[_Rule],
+                    now: datetime) -> set[str]:
+    """Global ids whose every open copy an over-quota rule may take (labels: see above)."""
+    hits: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for m in candidates:
+        if m.global_id is None:
+            continue
+        total[m.global_id] += 1
+        r = _hit(over, m, now)
+        if r is not None and not protected_by(m, r.protect):
+            hits[m.global_id] += 1
+    return {gid for gid, n in total.items() if hits[gid] == n}
+
+
 def _empty_folder_rail(
     hits: list[_Hit], rules: Sequence[_Rule], counts: dict[str, int]
 ) -> tuple[list[_Hit], list[Dropped]]:
@@ -314,7 +365,11 @@ def _over_quota_phase(
     """Take over-quota candidates until ``projected`` <= ``target``; return the projection."""
     over = [r for r in rules if r.rule.when == "over_quota"]
     chosen: list[tuple[tuple[int, datetime, str, int, int], _Rule, Message]] = []
+    candidates = list(candidates)
+    eligible = _whole_messages(candidates, over, now)
     for position, m in enumerate(candidates):
+        if m.global_id is not None and m.global_id not in eligible:
+            continue
         r = _hit(over, m, now)
         if r is None or protected_by(m, r.protect):
             continue
@@ -328,9 +383,14 @@ def _over_quota_phase(
     banned: set[tuple[str, str]] = set()
     deferred: dict[tuple[str, str], list[int]] = {}  # sizes the cap deferred, per key
     wanted = projected  # also counts what the cap defers, to count the deferrals
+    taken = {a.message.global_id for a in state.actions if a.message.global_id is not None}
     for _, r, m in chosen:
         if wanted <= target:
             break
+        if m.global_id is not None:
+            if m.global_id in taken:
+                continue  # another label of the same message: removed (and counted) once
+            taken.add(m.global_id)
         folder = m.ref.folder
         rf = (r.name, folder)
         if rf in banned:
@@ -382,6 +442,7 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     quota = policy.quota
     counts = {f.name: len(f.messages) for f in snapshot.folders}
     hits, open_, failed = _always_phase(rules, policy, snapshot, now)
+    hits, open_, label_notes = _one_per_message(hits, open_)
     hits, dropped = _empty_folder_rail(hits, rules, counts)
     # A percentage is of the account's messages, not only of the folders the rules scan.
     total = snapshot.usage.messages
@@ -401,6 +462,7 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     projected = usage - sum(a.freed_bytes for a in state.actions)
     # What the scan left out (unreadable metadata: kept, never acted on) is reported.
     warnings: list[str] = [f"folder {f.name}: {w}" for f in snapshot.folders for w in f.warnings]
+    warnings += label_notes
     over_quota = False
     short_by = 0
     has_over_rules = any(r.rule.when == "over_quota" for r in rules)

@@ -27,7 +27,7 @@ from retention.adapters.imap.wire import (
     parse_copyuid,
     uid_batches,
 )
-from retention.errors import ProtocolError
+from retention.errors import FolderSkipped, ProtocolError
 from retention.model import DELETED, RECENT, MessageRef, Protection
 
 log = logging.getLogger("retention.imap")
@@ -58,6 +58,8 @@ class ImapActions(ImapConnection):
             return set()
         folder, validity = one_folder(refs)
         self._require_uidplus("delete")
+        if self.labels and not self._is_trash(folder):
+            return self._delete_via_trash(refs, protect, skipped)
         by_uid = {ref_uid(r): r for r in refs}
         removed: set[int] = set()
         why: dict[int, str] = {}
@@ -109,6 +111,64 @@ class ImapActions(ImapConnection):
                 modseqs.append(modseq)
         usable = condstore and len(modseqs) == len(allowed) and bool(allowed)
         return allowed, max(modseqs) if usable else None
+
+    def _is_trash(self, folder: str) -> bool:
+        return any(f.name == folder and "\\Trash" in f.special_use for f in self.folders())
+
+    def _delete_via_trash(
+        self, refs: Sequence[MessageRef], protect: Protection | None,
+        skipped: dict[MessageRef, str] | None,
+    ) -> set[MessageRef]:
+        """Gmail: expunging in a label folder only removes the label (the message stays in
+        All Mail, using quota). So ``UID MOVE`` to the ``\\Trash`` folder, then the exact
+        ``UID STORE``/``UID EXPUNGE`` there of the UIDs ``COPYUID`` gave the moved copies.
+        Without a COPYUID the moved messages stay in Trash (Gmail purges it in 30 days)."""
+        folder, validity = one_folder(refs)
+        trash = self.resolve("\\Trash")
+        by_uid = {ref_uid(r): r for r in refs}
+        moved: set[int] = set()
+        in_trash: dict[int, list[int]] = {}  # Trash UIDVALIDITY -> UIDs of our copies
+        untagged = self._untagged()
+        why: dict[int, str] = {}
+        self.select(folder, readonly=False, expect=validity)
+        try:
+            for batch in uid_batches(by_uid, ACT_BATCH):
+                present, _modseq = self._recheck(batch, protect, why)
+                if not present:
+                    continue
+                untagged.pop("COPYUID", None)
+                with self.guard("UID MOVE"):
+                    self._client.move(compress_uids(present), self.server(trash))
+                for code in untagged.pop("COPYUID", []):
+                    parsed = parse_copyuid(b"[COPYUID " + bytes(code) + b"]")
+                    if parsed is not None:
+                        pairs = dict(zip(parsed[1], parsed[2], strict=True))
+                        in_trash.setdefault(parsed[0], []).extend(
+                            pairs[u] for u in present if u in pairs)
+                self._drain()
+                moved |= set(present) - set(self.present(present))
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        finally:
+            _report(skipped, by_uid, why)
+        self.leave()
+        for trash_validity, uids in in_trash.items():
+            try:
+                self.select(trash, readonly=False, expect=trash_validity)
+            except FolderSkipped as exc:  # moved already: Trash keeps them (30 days)
+                log.warning("%s: %s: not expunged there: %s", self.label, trash, exc.reason)
+                continue
+            try:
+                self._expunge_exact(self.present(sorted(set(uids))))
+            except BaseException:
+                self.leave(quiet=True)
+                raise
+            self.leave()
+        if moved and not in_trash:
+            log.warning("%s: no COPYUID from UID MOVE: %d message(s) left in %s",
+                        self.label, len(moved), trash)
+        return {by_uid[u] for u in moved}
 
     def _require_uidplus(self, what: str) -> None:
         if not self.has("UIDPLUS"):

@@ -283,6 +283,42 @@ class ImapConnection:
         self._existing: set[str] = set()  # server names known to exist (ensure_folder)
         self._broken = False
         self._closed = False
+        #: ``auto`` (detect), ``gmail``, ``exchange`` or ``generic`` (the account's
+        #: ``provider`` key; set by ``ImapSession.connect``).
+        self.provider_hint = "auto"
+        self.greeting = b""
+
+    # -- the provider ----------------------------------------------------------------
+
+    @property
+    def provider(self) -> str:
+        """``gmail`` (``X-GM-EXT-1``), ``exchange`` (its greeting) or ``generic``."""
+        if self.provider_hint != "auto":
+            return self.provider_hint
+        if self.has("X-GM-EXT-1"):
+            return "gmail"
+        if b"Microsoft Exchange" in self.greeting:
+            return "exchange"
+        return "generic"
+
+    @property
+    def labels(self) -> bool:
+        """Folders are labels of one stored message (Gmail): delete = Trash, then expunge."""
+        return self.provider == "gmail"
+
+    def global_id_item(self) -> str | None:
+        """The FETCH item naming a message across folders, when folders are labels.
+
+        ``X-GM-MSGID`` on Gmail, RFC 8474 ``EMAILID`` where offered, else Dovecot's
+        ``X-GUID`` (kept by COPY: how a Dovecot set up like Gmail is tested).
+        """
+        if not self.labels:
+            return None
+        if self.has("X-GM-EXT-1"):
+            return "X-GM-MSGID"
+        if self.has("OBJECTID"):
+            return "EMAILID"
+        return "X-GUID"
 
     # -- errors ----------------------------------------------------------------------
 

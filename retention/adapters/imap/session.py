@@ -83,7 +83,11 @@ class ImapSession(ImapActions):
         label = host_label or f"{conn.host}:{default_port(conn)}"
         client = open_client(conn, password, label)
         timeout = conn.timeout.total_seconds() or None
-        return cls(client, readonly=readonly, label=label, timeout=timeout)
+        session = cls(client, readonly=readonly, label=label, timeout=timeout)
+        session.provider_hint = str(getattr(conn, "provider", "auto"))
+        welcome = getattr(client, "welcome", b"")
+        session.greeting = welcome if isinstance(welcome, bytes) else b""
+        return session
 
     def __enter__(self) -> ImapSession:
         return self
@@ -260,6 +264,9 @@ class ImapSession(ImapActions):
                  "BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]"]
         if savedate:
             items.append("SAVEDATE")
+        gid = self.global_id_item()
+        if gid is not None:
+            items.append(gid)
         validity, exists = self.select(folder.name, readonly=True)
         messages: list[Message] = []
         left_out: list[str] = []  # "UID 5: INTERNALDATE out of range" (kept, reported)
@@ -276,6 +283,11 @@ class ImapSession(ImapActions):
                     if isinstance(message, str):
                         left_out.append(f"UID {uid}: {message}")
                     else:
+                        if gid is not None and data.get(gid.encode()) is not None:
+                            value = data[gid.encode()]
+                            message = replace(message, global_id=(
+                                value.decode("ascii", "replace") if isinstance(value, bytes)
+                                else str(value)))
                         messages.append(message)
                 del fetched  # not alive while the next batch is read: half the peak memory
         except BaseException:
