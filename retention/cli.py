@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--account", action="append", default=[], metavar="NAME")
     sp.add_argument("--since", default=None, help="only entries newer than this (e.g. 30d)")
     sp.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    sp = sub.add_parser(
+        "login", help="sign in once for an account's device-code credential (Microsoft 365)"
+    )
+    with_config(sp)
+    sp.add_argument("account", metavar="ACCOUNT")
     sp = sub.add_parser("serve", help="run as a service: scheduler + Prometheus metrics")
     with_config(sp)
     return p
@@ -377,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_usage(config, args)
         if args.command == "history":
             return _cmd_history(config, args)
+        if args.command == "login":
+            from retention.run.logins import device_login
+
+            return device_login(config, args.account, sys.stdout)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)

@@ -22,15 +22,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retention.adapters import MailSession
+from retention.adapters import MailSession, Secret
 from retention.config.schema import Account, Config, Policy, effective_clock
-from retention.config.secrets import read_password
 from retention.errors import AccountError, AccountLocked, FolderSkipped, RetentionError
 from retention.folders import folders_to_scan
 from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Usage
 from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult
+from retention.run.logins import LOGINS
 from retention.run.scanning import cached_message_ids, scan_folder
 from retention.state.observations import Ledger
 from retention.state.scancache import ScanCache
@@ -40,12 +40,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("retention.runner")
 
-Connector = Callable[[Account, str, bool], MailSession]
+Connector = Callable[[Account, Secret, bool], MailSession]
 RETRIES = 2  # connection-level failures only
 BACKOFF = (1.0, 3.0)
 
 
-def default_connect(account: Account, password: str, readonly: bool) -> MailSession:
+def default_connect(account: Account, password: Secret, readonly: bool) -> MailSession:
     """Open a session with the adapter for the account's protocol."""
     if account.protocol == "pop3":
         from retention.adapters.pop3 import Pop3Session
@@ -229,9 +229,11 @@ class _Pass:
         return dataclasses.replace(snap, messages=msgs)
 
     def once(self, ledger: Ledger) -> AccountResult:
-        password = read_password(self.account)
-        session = self.connect(self.account, password, self.readonly)
-        del password
+        # A password, or an OAuth2 bearer login (a token refused once is refreshed once).
+        session = LOGINS.connect(
+            self.account, self.config.state_dir,
+            lambda secret: self.connect(self.account, secret, self.readonly),
+        )
         try:
             if not self.readonly:
                 self._recover(session)
@@ -422,7 +424,8 @@ def measure_account(
         config, account, dry_run=True, now=now, run_id=new_run_id(now), connect=connect, stop=None
     )
     try:
-        session = connect(account, read_password(account), True)
+        session = LOGINS.connect(account, config.state_dir,
+                                 lambda secret: connect(account, secret, True))
         try:
             usage = session.usage(None)
         finally:

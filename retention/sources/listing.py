@@ -31,7 +31,7 @@ def _row(a: Account, source: str, chosen: str) -> dict[str, Any]:
         "policy": a.policy,
         "policy_from": chosen,
         "credentials": a.credentials or "",
-        "login_as": cred.login_as if cred is not None else "user",
+        "login_as": getattr(cred, "login_as", None) or (cred.type if cred is not None else "user"),
         "source": source,
     }
 

@@ -55,6 +55,7 @@ from retention.errors import ProtocolError
 from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef, Usage
 
 if TYPE_CHECKING:
+    from retention.adapters import SaslLogin
     from retention.config.schema import Connection
 
 log = logging.getLogger("retention.imap")
@@ -77,7 +78,8 @@ class ImapSession(ImapActions):
 
     @classmethod
     def connect(
-        cls, conn: Connection, password: str, *, readonly: bool, host_label: str | None = None
+        cls, conn: Connection, password: str | SaslLogin, *, readonly: bool,
+        host_label: str | None = None,
     ) -> ImapSession:
         """Connect, (STARTTLS,) log in. Raises ConnectError, TlsError or AuthError."""
         label = host_label or f"{conn.host}:{default_port(conn)}"
