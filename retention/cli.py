@@ -11,13 +11,15 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from retention import __version__
 from retention.config.load import load_config
 from retention.config.load import warnings as config_warnings
 from retention.config.schema import Account, Config, effective_allow_empty, effective_clock
+from retention.config.shard import Shard, ShardSpecError, parse_shard
 from retention.config.units import (
     format_count_or_percent,
     format_duration,
@@ -25,6 +27,10 @@ from retention.config.units import (
     format_size,
 )
 from retention.errors import ConfigError, ExitCode, SourceError
+
+if TYPE_CHECKING:
+    from retention.result import AccountResult
+    from retention.service.batch import Progress
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,21 +77,29 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["text", "json"], default="text")
     sp.add_argument("--output", type=Path, help="write the report here instead of stdout")
     with_jobs(sp)
+    _with_shard(sp)
     sp = sub.add_parser("usage", help="measure usage against the limit, change nothing")
     with_config(sp)
     sp.add_argument("--account", action="append", default=[], metavar="NAME")
     sp.add_argument("--format", choices=["text", "json"], default="text")
     with_jobs(sp)
+    _with_shard(sp)
     sp = sub.add_parser(
         "accounts", help="every account the file and its sources resolve to, with its policy"
     )
     with_config(sp)
     sp.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    _with_shard(sp)
     sp = sub.add_parser("history", help="the audit log of what the agent removed")
     with_config(sp)
     sp.add_argument("--account", action="append", default=[], metavar="NAME")
     sp.add_argument("--since", default=None, help="only entries newer than this (e.g. 30d)")
     sp.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    sp = sub.add_parser(
+        "login", help="sign in once for an account's device-code credential (Microsoft 365)"
+    )
+    with_config(sp)
+    sp.add_argument("account", metavar="ACCOUNT")
     sp = sub.add_parser("serve", help="run as a service: scheduler + Prometheus metrics")
     with_config(sp)
     return p
@@ -99,6 +113,32 @@ def _positive(text: str) -> int:
     if not 1 <= value <= 256:
         raise argparse.ArgumentTypeError("must be between 1 and 256")
     return value
+
+
+def _with_shard(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="only the accounts shard I of N owns (rendezvous hash of the name; "
+        "default $RETENTION_SHARD, else all)",
+    )
+
+
+def _shard(arg: str | None) -> Shard | None:
+    """``--shard``, else ``RETENTION_SHARD``, else None (every account)."""
+    text = arg if arg is not None else os.environ.get("RETENTION_SHARD") or None
+    if text is None:
+        return None
+    try:
+        return parse_shard(text)
+    except ShardSpecError as e:
+        raise ConfigError(f"--shard: {e}") from None
+
+
+def _sharded(accounts: Sequence[Account], args: argparse.Namespace) -> Sequence[Account]:
+    shard = _shard(args.shard)
+    return accounts if shard is None else list(shard.select(accounts, lambda a: a.name))
 
 
 def _config_path(arg: Path | None) -> Path:
@@ -216,7 +256,8 @@ def _jobs(config: Config, args: argparse.Namespace) -> tuple[int, int]:
 def _cmd_accounts(config: Config, args: argparse.Namespace) -> int:
     from retention.sources.listing import write_accounts
 
-    write_accounts(config, args.format, sys.stdout)
+    shard = _shard(args.shard)
+    write_accounts(config, args.format, sys.stdout, shard.owns if shard is not None else None)
     return ExitCode.OK
 
 
@@ -228,7 +269,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     from retention.run.account import run_account
     from retention.service.batch import Progress, run_ordered
 
-    accounts = _select(config, args.account)
+    accounts = _sharded(_select(config, args.account), args)
     now = datetime.now(UTC)
     jobs, per_host = _jobs(config, args)
     progress = Progress(len(accounts))
@@ -250,17 +291,31 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
-    from retention import report
-    from retention.run.account import measure_account
+    from contextlib import nullcontext
+
+    from retention.errors import RetentionError
+    from retention.run.account import measure_account, open_observations
     from retention.service.batch import Progress, run_ordered
 
-    accounts = _select(config, args.account)
+    accounts = _sharded(_select(config, args.account), args)
     jobs, per_host = _jobs(config, args)
     progress = Progress(len(accounts))
-    measured = run_ordered(
-        accounts, lambda a: measure_account(config, a), jobs=jobs, per_host=per_host,
-        progress=progress, is_error=lambda r: r.status == "error",
-    )
+    try:
+        shared: Any = open_observations(config)  # one store for all: see measure_account
+    except RetentionError:
+        shared = nullcontext()  # each account then reports why it cannot record
+    with shared as observations:
+        return _print_usage(args, run_ordered(
+            accounts, lambda a: measure_account(config, a, observations=observations), jobs=jobs,
+            per_host=per_host, progress=progress, is_error=lambda r: r.status == "error",
+        ), progress)
+
+
+def _print_usage(
+    args: argparse.Namespace, measured: Iterator[AccountResult], progress: Progress
+) -> int:
+    from retention import report
+
     if args.format == "json":
         results = list(measured)
         progress.finish()
@@ -325,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_usage(config, args)
         if args.command == "history":
             return _cmd_history(config, args)
+        if args.command == "login":
+            from retention.run.logins import device_login
+
+            return device_login(config, args.account, sys.stdout)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)

@@ -75,6 +75,9 @@ class Message:
     message_id: str | None = None
     # The raw Date header when it could not be parsed: the report says so.
     date_header: str | None = None
+    # The same stored message in every folder it shows in, where folders are labels
+    # (Gmail's X-GM-MSGID): the planner counts and removes it once. None elsewhere.
+    global_id: str | None = None
 
     @property
     def deleted(self) -> bool:
@@ -94,6 +97,40 @@ class FolderInfo:
         return use in self.special_use
 
 
+_PROTECT_FLAGS = {"flagged": FLAGGED, "answered": ANSWERED, "draft": DRAFT}
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """What forbids removing a message *at the moment of acting* (review F3).
+
+    The planner judges protection from the scan; minutes can pass before a batch is acted
+    on, and the user may star or mark unread a planned message meanwhile. The executor
+    hands this to ``delete``/``move`` so the adapter re-reads the flags right before
+    acting and leaves such messages alone (and says why). It is not policy: only which
+    flags forbid removal and whether a missing ``\\Seen`` does.
+    """
+
+    flags: frozenset[str] = frozenset()  # any of these set: keep (\\Flagged, \\Answered...)
+    unread: bool = False  # no \\Seen: keep
+
+    @classmethod
+    def of(cls, words: frozenset[str] | set[str] | tuple[str, ...]) -> Protection:
+        """From a policy's ``protect`` words: flagged, unread, answered, draft."""
+        return cls(frozenset(_PROTECT_FLAGS[w] for w in words if w in _PROTECT_FLAGS),
+                   "unread" in words)
+
+    def __bool__(self) -> bool:
+        return bool(self.flags) or self.unread
+
+    def forbids(self, flags: frozenset[str]) -> str | None:
+        """What about ``flags`` forbids removal ("flagged, unread"; None: nothing)."""
+        hit = [f.lstrip("\\").lower() for f in sorted(self.flags & flags)]
+        if self.unread and SEEN not in flags:
+            hit.append("unread")
+        return ", ".join(hit) if hit else None
+
+
 @dataclass(frozen=True, slots=True)
 class FolderSnapshot:
     """A folder's messages read under one UIDVALIDITY."""
@@ -106,6 +143,9 @@ class FolderSnapshot:
     # What the scan could not read and left out (kept, never acted on), one line each
     # ("3 message(s) left out (kept): UID 5: INTERNALDATE out of range ..."): reported.
     warnings: tuple[str, ...] = ()
+    # HIGHESTMODSEQ when the folder was examined (RFC 7162), None without CONDSTORE: with
+    # UIDVALIDITY, what an incremental scan of the next run starts from.
+    modseq: int | None = None
 
     @property
     def name(self) -> str:
@@ -114,6 +154,24 @@ class FolderSnapshot:
     @property
     def size(self) -> int:
         return sum(m.size for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderChanges:
+    """What changed in a folder since a known (UIDVALIDITY, HIGHESTMODSEQ) (RFC 7162).
+
+    ``changed``: every message added or whose flags changed since, read in full;
+    ``vanished``: UID ranges ``(first, last)`` expunged since (QRESYNC ``VANISHED``),
+    which may name UIDs never seen; ``exists``: the folder's message count, so that a
+    merge can prove it ended with exactly the folder's messages.
+    """
+
+    uidvalidity: int
+    modseq: int
+    exists: int
+    changed: tuple[Message, ...] = ()
+    vanished: tuple[tuple[int, int], ...] = ()
+    has_savedate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from retention.model import Message
+from retention.model import Message, Protection
 
 
 class ActionKind(StrEnum):
@@ -53,6 +53,9 @@ class Action:
     to_folder: str | None = None  # move / trash: the decoded target folder name
     archive: str | None = None  # archive: the archive target's name
     over_quota: bool = False  # chosen by quota-driven cleanup rather than an always-rule
+    # What the deciding rule protects, re-checked on the server right before acting: a
+    # message flagged or marked unread by the user during the run is left alone (F3).
+    protect: Protection = Protection()
 
     @property
     def freed_bytes(self) -> int:

@@ -26,6 +26,7 @@ timezone-aware ``now``; "older than" is strict.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +43,17 @@ from retention.config.schema import (
     effective_protect,
 )
 from retention.config.units import format_duration, format_percent, format_size
-from retention.model import ANSWERED, DRAFT, FLAGGED, SEEN, FolderInfo, Message, Snapshot
+from retention.model import (
+    ANSWERED,
+    DELETED,
+    DRAFT,
+    FLAGGED,
+    SEEN,
+    FolderInfo,
+    Message,
+    Protection,
+    Snapshot,
+)
 from retention.plan import Action, ActionKind, Clock, Dropped, Plan
 
 __all__ = ["Decision", "clock_time", "explain", "plan", "protected_by"]
@@ -74,6 +85,15 @@ class _Rule:
     @property
     def name(self) -> str:
         return self.rule.name
+
+    @property
+    def protection(self) -> Protection:
+        return _protection(self.protect)
+
+
+@functools.lru_cache(maxsize=64)
+def _protection(words: frozenset[str]) -> Protection:
+    return Protection.of(words)
 
 
 def _day(t: datetime) -> str:
@@ -109,22 +129,41 @@ def protected_by(message: Message, protect: Iterable[str]) -> list[str]:
     return [p for p in sorted(protect) if _PROTECT_TESTS[p](message.flags)]
 
 
-def _holds(r: _Rule, m: Message, now: datetime) -> str | None:
-    """The reason when every condition of ``r`` other than its folders holds, else None."""
+def _time(m: Message, clock: Clock) -> datetime | None:
+    """``clock_time`` without the label (the hot loop reads it for every message)."""
+    if clock is Clock.SENT:
+        return m.sent if m.sent is not None else m.received
+    if clock is Clock.SAVED:
+        return m.saved
+    return m.received
+
+
+def _matches(r: _Rule, m: Message, now: datetime) -> bool:
+    """Whether every condition of ``r`` other than its folders holds for ``m``."""
     rule = r.rule
     if rule.larger_than is not None and not m.size > rule.larger_than:
-        return None
+        return False
     if rule.smaller_than is not None and not m.size < rule.smaller_than:
-        return None
-    t, label = clock_time(m, r.clock)
-    parts = [label]
+        return False
+    if rule.older_than is not None or rule.before is not None:
+        t = _time(m, r.clock)
+        if t is None:
+            return False
+        if rule.older_than is not None and not now - t > rule.older_than:
+            return False
+        if rule.before is not None and not t < datetime.combine(rule.before, time(0),
+                                                                tzinfo=UTC):
+            return False
+    return True
+
+
+def _reason(r: _Rule, m: Message) -> str:
+    """Why ``r`` holds for ``m`` (built only for the messages a plan or report shows)."""
+    rule = r.rule
+    parts = [clock_time(m, r.clock)[1]]
     if rule.older_than is not None:
-        if t is None or not now - t > rule.older_than:
-            return None
         parts.append(f"older than {format_duration(rule.older_than)}")
     if rule.before is not None:
-        if t is None or not t < datetime.combine(rule.before, time(0), tzinfo=UTC):
-            return None
         parts.append(f"before {rule.before.isoformat()}")
     if rule.larger_than is not None:
         parts.append(f"larger than {format_size(rule.larger_than)}")
@@ -133,13 +172,18 @@ def _holds(r: _Rule, m: Message, now: datetime) -> str | None:
     return ", ".join(parts)
 
 
-def _first(rules: Sequence[_Rule], m: Message, now: datetime) -> tuple[_Rule, str] | None:
+def _hit(rules: Sequence[_Rule], m: Message, now: datetime) -> _Rule | None:
+    """The first of ``rules`` that decides ``m`` (``_first`` without the reason)."""
+    folder = m.ref.folder
     for r in rules:
-        if m.ref.folder in r.folders:
-            reason = _holds(r, m, now)
-            if reason is not None:
-                return r, reason
+        if folder in r.folders and _matches(r, m, now):
+            return r
     return None
+
+
+def _first(rules: Sequence[_Rule], m: Message, now: datetime) -> tuple[_Rule, str] | None:
+    r = _hit(rules, m, now)
+    return None if r is None else (r, _reason(r, m))
 
 
 def _prepare(policy: Policy, snapshot: Snapshot) -> list[_Rule]:
@@ -180,6 +224,7 @@ def _action(r: _Rule, m: Message, reason: str, over_quota: bool = False) -> Acti
         message=m, kind=kind, rule=r.name, clock=r.clock, reason=reason,
         to_folder=r.to_folder, over_quota=over_quota,
         archive=r.rule.action.target if kind is ActionKind.ARCHIVE else None,
+        protect=r.protection,
     )
 
 
@@ -194,47 +239,104 @@ class _State:
     deferred: int = 0
 
 
+# An always-rule's decision before the rails: the Action (and its reason) is built only
+# for the ones that stay in the plan (a 1,000,000-message folder can have 500,000 hits
+# of which the cap keeps 10,000).
+_Hit = tuple[_Rule, Message]
+
+
 def _always_phase(
     rules: Sequence[_Rule], policy: Policy, snapshot: Snapshot, now: datetime
-) -> tuple[list[Action], list[Message], list[Action]]:
-    """Decide every message by the always-rules: (actions, open messages, impossible ones)."""
+) -> tuple[list[_Hit], list[Message], list[Action]]:
+    """Decide every message by the always-rules: (hits, open messages, impossible ones)."""
     always = [r for r in rules if r.rule.when == "always"]
-    actions: list[Action] = []
+    hits: list[_Hit] = []
     open_: list[Message] = []
     failed: list[Action] = []
+    keep_within = policy.keep_within
     for m in snapshot.messages():
-        if m.deleted or (policy.keep_within and now - m.received < policy.keep_within):
+        if DELETED in m.flags or (keep_within and now - m.received < keep_within):
             continue
-        hit = _first(always, m, now)
-        if hit is None:
+        r = _hit(always, m, now)
+        if r is None:
             open_.append(m)
-            continue
-        r, reason = hit
-        if protected_by(m, r.protect) or m.ref.folder == r.to_folder:
+        elif (r.protect and protected_by(m, r.protect)) or m.ref.folder == r.to_folder:
             open_.append(m)  # kept by this rule; an over-quota rule may still take it
         elif r.failure is not None:
-            failed.append(_action(r, m, reason))
+            failed.append(_action(r, m, _reason(r, m)))
         else:
-            actions.append(_action(r, m, reason))
-    return actions, open_, failed
+            hits.append((r, m))
+    return hits, open_, failed
+
+
+def _one_per_message(
+    hits: list[_Hit], open_: list[Message]
+) -> tuple[list[_Hit], list[Message], list[str]]:
+    """Where folders are labels of one stored message (``global_id``: Gmail), act once.
+
+    Removing a Gmail message from one label folder really deletes it (the adapter moves it
+    to Trash and expunges it there), so it leaves every label. Hence: when every copy the
+    scan saw is planned, only the first action stays (its size counted once); when some
+    copy is kept, none is acted on and the copies go back to the open messages.
+    """
+    if not any(m.global_id is not None for _, m in hits):
+        return hits, open_, []  # not a label server: nothing to do
+    kept_ids = {m.global_id for m in open_ if m.global_id is not None}
+    out: list[_Hit] = []
+    seen: set[str] = set()
+    back: list[Message] = []
+    for r, m in hits:
+        gid = m.global_id
+        if gid is None:
+            out.append((r, m))
+        elif gid in kept_ids:
+            back.append(m)
+        elif gid not in seen:
+            seen.add(gid)
+            out.append((r, m))
+    notes: list[str] = []
+    copies = len(hits) - len(out) - len(back)
+    if copies:
+        notes.append(f"{copies} planned copies are the same message in another label "
+                     "folder: removed and counted once")
+    if back:
+        notes.append(f"{len(back)} message(s) not removed: the same message is kept in "
+                     "another label folder, and deleting it on Gmail would remove every label")
+    return out, open_ + back, notes
+
+
+def _whole_messages(candidates: Sequence[Message], over: Sequence[_Rule],
+                    now: datetime) -> set[str]:
+    """Global ids whose every open copy an over-quota rule may take (labels: see above)."""
+    hits: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for m in candidates:
+        if m.global_id is None:
+            continue
+        total[m.global_id] += 1
+        r = _hit(over, m, now)
+        if r is not None and not protected_by(m, r.protect):
+            hits[m.global_id] += 1
+    return {gid for gid, n in total.items() if hits[gid] == n}
 
 
 def _empty_folder_rail(
-    actions: list[Action], rules: Sequence[_Rule], counts: dict[str, int]
-) -> tuple[list[Action], list[Dropped]]:
+    hits: list[_Hit], rules: Sequence[_Rule], counts: dict[str, int]
+) -> tuple[list[_Hit], list[Dropped]]:
     """Drop a rule's actions in a folder the plan would empty, unless the rule allows it.
 
     Checked per folder over all rules together (two rules emptying a folder between them
     trip it too); every rule involved that does not allow emptying loses its actions there.
     """
-    allow = {r.name: r.allow_empty for r in rules}
-    per_folder = Counter(a.message.ref.folder for a in actions)
+    per_folder = Counter(m.ref.folder for _, m in hits)
     emptied = {f for f, n in per_folder.items() if n >= counts.get(f, 0)}
+    if not emptied:
+        return hits, []
     doomed = Counter(
-        (a.rule, a.message.ref.folder) for a in actions
-        if a.message.ref.folder in emptied and not allow[a.rule]
+        (r.name, m.ref.folder) for r, m in hits
+        if m.ref.folder in emptied and not r.allow_empty
     )
-    kept = [a for a in actions if (a.rule, a.message.ref.folder) not in doomed]
+    kept = [(r, m) for r, m in hits if (r.name, m.ref.folder) not in doomed]
     dropped = [
         Dropped(rule, folder, n, f"would remove every message of {folder}; "
                 "set allow_empty_folder: true on the rule to allow it")
@@ -263,12 +365,15 @@ def _over_quota_phase(
     """Take over-quota candidates until ``projected`` <= ``target``; return the projection."""
     over = [r for r in rules if r.rule.when == "over_quota"]
     chosen: list[tuple[tuple[int, datetime, str, int, int], _Rule, Message]] = []
+    candidates = list(candidates)
+    eligible = _whole_messages(candidates, over, now)
     for position, m in enumerate(candidates):
-        hit = _first(over, m, now)
-        if hit is None or protected_by(m, hit[0].protect):
+        if m.global_id is not None and m.global_id not in eligible:
             continue
-        r = hit[0]
-        t = clock_time(m, r.clock)[0] or now  # unknown counts as now: youngest
+        r = _hit(over, m, now)
+        if r is None or protected_by(m, r.protect):
+            continue
+        t = _time(m, r.clock) or now  # unknown counts as now: youngest
         # POP3 has no UIDs: ties (all first seen on the same run) go by position, i.e. the
         # server's message order, which is arrival order; UIDLs are opaque and unordered.
         key = (r.index, t, m.ref.folder, m.ref.uid or 0, position)
@@ -279,6 +384,7 @@ def _over_quota_phase(
     deferred: dict[tuple[str, str], list[int]] = {}  # sizes the cap deferred, per key
     held: list[tuple[tuple[int, datetime, str, int, int], _Rule, Message]] = []  # deferred
     wanted = projected  # also counts what the cap defers, to count the deferrals
+    taken = {a.message.global_id for a in state.actions if a.message.global_id is not None}
     todo = chosen
     i = 0
     while i < len(todo):
@@ -286,6 +392,10 @@ def _over_quota_phase(
         i += 1
         if wanted <= target:
             break
+        if m.global_id is not None:
+            if m.global_id in taken:
+                continue  # another label of the same message: removed (and counted) once
+            taken.add(m.global_id)
         folder = m.ref.folder
         rf = (r.name, folder)
         if rf in banned:
@@ -315,6 +425,8 @@ def _over_quota_phase(
                     wanted += hm.size
                     state.deferred -= 1
                     deferred[(hr.name, hm.ref.folder)].remove(hm.size)
+                    if hm.global_id is not None:
+                        taken.discard(hm.global_id)  # considered again, as itself
                 todo = redo + todo[i:]
                 i = 0
             continue
@@ -349,25 +461,28 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     rules = _prepare(policy, snapshot)
     quota = policy.quota
     counts = {f.name: len(f.messages) for f in snapshot.folders}
-    actions, open_, failed = _always_phase(rules, policy, snapshot, now)
-    actions, dropped = _empty_folder_rail(actions, rules, counts)
+    hits, open_, failed = _always_phase(rules, policy, snapshot, now)
+    hits, open_, label_notes = _one_per_message(hits, open_)
+    hits, dropped = _empty_folder_rail(hits, rules, counts)
     # A percentage is of the account's messages, not only of the folders the rules scan.
     total = snapshot.usage.messages
     cap = quota.max_delete_per_run.resolve(
         total if total is not None and total >= snapshot.message_count
         else snapshot.message_count
     )
+    actions = [_action(r, m, _reason(r, m)) for r, m in hits[:cap]]
     state = _State(
-        actions=actions[:cap],
-        removed=Counter(a.message.ref.folder for a in actions[:cap]),
-        counts=counts, cap_left=max(0, cap - len(actions)),
-        deferred=max(0, len(actions) - cap),
+        actions=actions,
+        removed=Counter(a.message.ref.folder for a in actions),
+        counts=counts, cap_left=max(0, cap - len(hits)),
+        deferred=max(0, len(hits) - cap),
     )
     usage = snapshot.usage.usage_bytes
     limit = snapshot.usage.limit_bytes or quota.limit
     projected = usage - sum(a.freed_bytes for a in state.actions)
     # What the scan left out (unreadable metadata: kept, never acted on) is reported.
     warnings: list[str] = [f"folder {f.name}: {w}" for f in snapshot.folders for w in f.warnings]
+    warnings += label_notes
     over_quota = False
     short_by = 0
     has_over_rules = any(r.rule.when == "over_quota" for r in rules)

@@ -28,13 +28,22 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/
 [ -e /usr/include/ldap.h ] || missing+=(ldap.h)
 [ -e /usr/include/sasl/sasl.h ] || missing+=(sasl.h)
 command -v cc >/dev/null 2>&1 || missing+=(cc)
+# Building python-ldap also needs the interpreter's own headers: Debian's python3 has them
+# in python3-dev (a pyenv or python.org build ships them).
+extra=()
+if [ "$(command -v python3 2>/dev/null)" = /usr/bin/python3 ] && ! /usr/bin/python3 -c \
+    'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+then
+    missing+=(Python.h)
+    extra+=(python3-dev)
+fi
 # INSTALL_DEPS_FORCE=1 goes through the install anyway (to test this script).
 if [ ${#missing[@]} -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
     exit 0
 fi
 
 packages=(dovecot-imapd dovecot-pop3d prometheus openssl slapd ldap-utils postgresql
-          libldap2-dev libsasl2-dev gcc)
+          libldap2-dev libsasl2-dev gcc ${extra[@]+"${extra[@]}"})
 echo "install-deps: missing ${missing[*]}; installing ${packages[*]}" >&2
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
-from retention.model import FolderInfo, FolderSnapshot, MailProtocol, MessageRef, Usage
+from retention.model import FolderInfo, FolderSnapshot, MailProtocol, MessageRef, Protection, Usage
 
 
 class SaslLogin(Protocol):
@@ -114,20 +114,37 @@ class MailSession(Protocol):
         """
         ...
 
-    def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
+    def fetch(
+        self, refs: Sequence[MessageRef], *, skipped: dict[MessageRef, str] | None = None
+    ) -> Iterator[tuple[MessageRef, bytes]]:
         """The exact bytes of each message (``BODY.PEEK[]``; POP3 ``RETR``), in batches.
 
         All refs are in one folder. Raises ``UidValidityChanged`` when it moved on; a ref
-        that no longer exists is simply not yielded.
+        that no longer exists is simply not yielded. Only whole messages are yielded: a
+        body whose length is not the size the server announced (RFC822.SIZE; POP3 LIST,
+        after dot-unstuffing) is left out and put into ``skipped`` with the reason.
         """
         ...
 
-    def delete(self, refs: Sequence[MessageRef]) -> set[MessageRef]:
-        """Remove exactly these messages (all in one folder); return the refs removed."""
+    def delete(
+        self, refs: Sequence[MessageRef], *, protect: Protection | None = None,
+        skipped: dict[MessageRef, str] | None = None,
+    ) -> set[MessageRef]:
+        """Remove exactly these messages (all in one folder); return the refs removed.
+
+        ``protect``: what forbids removal, re-checked on the server right before acting
+        (IMAP: FLAGS re-read, and with CONDSTORE a ``UID STORE ... (UNCHANGEDSINCE m)``);
+        a message another client flagged or marked unread since the scan is left alone
+        and put into ``skipped`` with the reason. POP3 has no flags: nothing to re-check.
+        """
         ...
 
-    def move(self, refs: Sequence[MessageRef], to_folder: str) -> set[MessageRef]:
-        """Move exactly these messages to ``to_folder`` (created when missing)."""
+    def move(
+        self, refs: Sequence[MessageRef], to_folder: str, *, protect: Protection | None = None,
+        skipped: dict[MessageRef, str] | None = None,
+    ) -> set[MessageRef]:
+        """Move exactly these messages to ``to_folder`` (created when missing); ``protect``
+        and ``skipped`` as for ``delete``."""
         ...
 
     def commit(self) -> None:

@@ -50,6 +50,7 @@ from retention.model import (
     FolderSnapshot,
     Message,
     MessageRef,
+    Protection,
     Usage,
 )
 
@@ -335,7 +336,9 @@ class FakeSession:
         found = {r: self.server.message(r) for r in refs}
         return {r: m.message_id if m is not None else None for r, m in found.items()}
 
-    def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
+    def fetch(
+        self, refs: Sequence[MessageRef], *, skipped: dict[MessageRef, str] | None = None
+    ) -> Iterator[tuple[MessageRef, bytes]]:
         self._enter("fetch", refs)
         if not refs:
             return iter(())
@@ -343,7 +346,10 @@ class FakeSession:
         found = [(r, self.server.message(r)) for r in refs]
         return iter([(r, m.body) for r, m in found if m is not None])
 
-    def delete(self, refs: Sequence[MessageRef]) -> set[MessageRef]:
+    def delete(
+        self, refs: Sequence[MessageRef], *, protect: Protection | None = None,
+        skipped: dict[MessageRef, str] | None = None,
+    ) -> set[MessageRef]:
         self._enter("delete", refs)
         self._writable("delete")
         if not refs:
@@ -356,14 +362,17 @@ class FakeSession:
         if "UIDPLUS" not in self.server.capabilities:
             raise ProtocolError("fake: server lacks UIDPLUS: cannot delete exactly the "
                                 "planned messages safely")
-        removed = {r for r in refs if r.uid in box.messages}
+        removed = self._unprotected(box, refs, protect, skipped)
         for r in removed:
             del box.messages[_uid(r)]
         if removed:
             self.server.log.append(("delete", box.name, tuple(sorted(_uid(r) for r in removed))))
         return removed
 
-    def move(self, refs: Sequence[MessageRef], to_folder: str) -> set[MessageRef]:
+    def move(
+        self, refs: Sequence[MessageRef], to_folder: str, *, protect: Protection | None = None,
+        skipped: dict[MessageRef, str] | None = None,
+    ) -> set[MessageRef]:
         self._enter("move", refs, to_folder)
         self._writable("move")
         if not refs:
@@ -377,7 +386,7 @@ class FakeSession:
         target = self._target(to_folder)
         if target is box:
             raise ProtocolError(f"fake: cannot move {box.name} into itself")
-        moved = {r for r in refs if r.uid in box.messages}
+        moved = self._unprotected(box, refs, protect, skipped)
         for r in sorted(moved):
             m = box.messages.pop(_uid(r))
             m.uid, target.uidnext = target.uidnext, target.uidnext + 1
@@ -386,6 +395,24 @@ class FakeSession:
         if moved:
             self.server.log.append(("move", box.name, tuple(sorted(_uid(r) for r in moved))))
         return moved
+
+    def _unprotected(
+        self, box: FakeFolder, refs: Sequence[MessageRef], protect: Protection | None,
+        skipped: dict[MessageRef, str] | None,
+    ) -> set[MessageRef]:
+        """The refs present whose current flags ``protect`` lets go (as the IMAP re-check)."""
+        out: set[MessageRef] = set()
+        for r in refs:
+            m = box.messages.get(_uid(r))
+            if m is None:
+                continue
+            hit = protect.forbids(frozenset(m.flags)) if protect else None
+            if hit is not None:
+                if skipped is not None:
+                    skipped[r] = f"{hit} since the scan (changed by another client): left alone"
+                continue
+            out.add(r)
+        return out
 
     def _target(self, name: str) -> FakeFolder:
         if name.startswith("\\"):

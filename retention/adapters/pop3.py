@@ -48,7 +48,15 @@ from retention.errors import (
     ProtocolError,
     TlsError,
 )
-from retention.model import FolderInfo, FolderSnapshot, MailProtocol, Message, MessageRef, Usage
+from retention.model import (
+    FolderInfo,
+    FolderSnapshot,
+    MailProtocol,
+    Message,
+    MessageRef,
+    Protection,
+    Usage,
+)
 
 log = logging.getLogger("retention.pop3")
 
@@ -83,6 +91,19 @@ def read_multiline(file: IO[bytes]) -> bytes:
                 piece = piece[1:]
         out += piece
         at_line_start = piece.endswith(b"\n")
+
+
+def _not_whole(data: bytes, size: int | None) -> str | None:
+    """Why a retrieved message is not the whole message LIST announced (None: it is).
+
+    RFC 1939 ends a multi-line reply with CRLF "." CRLF, so a message that does not end
+    with a line break comes back with one added: that one CRLF more is still whole.
+    """
+    if size is None:
+        return "no LIST size for this message: it cannot be checked whole"
+    if len(data) == size or (len(data) == size + 2 and data.endswith(b"\r\n")):
+        return None
+    return f"the server sent {len(data)} bytes of a {size}-byte message (LIST): not whole"
 
 
 def parse_capa(body: bytes) -> dict[str, tuple[str, ...]]:
@@ -527,11 +548,14 @@ class Pop3Session:
                 found[todo[n]] = mid
         return found
 
-    def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
+    def fetch(
+        self, refs: Sequence[MessageRef], *, skipped: dict[MessageRef, str] | None = None
+    ) -> Iterator[tuple[MessageRef, bytes]]:
         """The exact bytes of each message (``RETR``; ``TOP n <all>`` when read-only).
 
         A ref whose UIDL is not in this session's listing, or that was DELE'd in it, or that
-        the server no longer finds, is not yielded.
+        the server no longer finds, is not yielded. Nor is one whose bytes (dot-unstuffed)
+        are not its LIST size: it is not whole (review F6); ``skipped`` gets the reason.
         """
         use_top = self.readonly or self.capa.get("EXPIRE", ("",))[:1] == ("0",)
         if use_top and "TOP" not in self.capa:
@@ -553,9 +577,18 @@ class Pop3Session:
             if not ok:
                 log.warning("%s: message %s not retrieved: %s", self.where, ref.uidl, text)
                 continue
+            problem = _not_whole(data, self._sizes.get(n))
+            if problem is not None:
+                log.warning("%s: message %s: %s", self.where, ref.uidl, problem)
+                if skipped is not None:
+                    skipped[ref] = problem
+                continue
             yield ref, data
 
-    def delete(self, refs: Sequence[MessageRef]) -> set[MessageRef]:
+    def delete(
+        self, refs: Sequence[MessageRef], *, protect: Protection | None = None,
+        skipped: dict[MessageRef, str] | None = None,
+    ) -> set[MessageRef]:
         """Mark exactly these messages with ``DELE``; they go only when ``commit()`` succeeds.
 
         Returns the refs marked (including any marked earlier in this session); a UIDL not
@@ -586,7 +619,10 @@ class Pop3Session:
             )
         return {ref for _, ref in todo} | already
 
-    def move(self, refs: Sequence[MessageRef], to_folder: str) -> set[MessageRef]:
+    def move(
+        self, refs: Sequence[MessageRef], to_folder: str, *, protect: Protection | None = None,
+        skipped: dict[MessageRef, str] | None = None,
+    ) -> set[MessageRef]:
         raise ProtocolError(f"{self.where}: POP3 has no folders: cannot move to {to_folder!r}")
 
     @property

@@ -19,7 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from retention.config.schema import Config, ImapTarget
+from retention.config.oauth import PATH_KEYS as OAUTH_PATH_KEYS
+from retention.config.oauth import OAuthCredential
+from retention.config.schema import Config, Credential, ImapTarget
 from retention.config.template import prototype, with_credential
 from retention.config.yamlsource import YamlDoc, YamlError, load_yaml
 from retention.errors import ConfigError, Problem
@@ -322,8 +324,9 @@ def _resolve(
         # systemd may pass several colon-separated directories; the first is ours.
         state_dir = Path(override.split(":")[0])
     credentials = {
-        name: c.model_copy(update={"password_file": fix(
-            c.password_file, ("credentials", name, "password_file"), True)})
+        name: c.model_copy(update={key: fix(
+            getattr(c, key), ("credentials", name, key), key != "ca_file")
+            for key in (*OAUTH_PATH_KEYS, "password_file") if hasattr(c, key)})
         for name, c in config.credentials.items()
     }
     accounts = [
@@ -333,6 +336,9 @@ def _resolve(
                     "ca_file": fix(a.ca_file, ("accounts", i, "ca_file")),
                     "password_file": fix(a.password_file, ("accounts", i, "password_file"),
                                          True),
+                    "oauth": a.oauth and a.oauth.model_copy(update={key: fix(
+                        getattr(a.oauth, key), ("accounts", i, "oauth", key), key != "ca_file")
+                        for key in OAUTH_PATH_KEYS if hasattr(a.oauth, key)}),
                 }
             ),
             credentials,
@@ -376,18 +382,49 @@ def _resolve_source(spec: Any, i: int, fix: Any) -> Any:
     return spec.model_copy(update=update) if update else spec
 
 
+def oauth_warnings(who: str, cred: OAuthCredential, env: Mapping[str, str]) -> list[str]:
+    """Unset secrets, unreadable files and a missing optional extra of an OAuth2 credential."""
+    out: list[str] = []
+    for key in ("client_secret_env", "refresh_token_env"):
+        name = getattr(cred, key, None)
+        if name is not None and name not in env:
+            out.append(f"{who}: environment variable {name} is not set (its accounts will "
+                       "fail until it is)")
+    for key in OAUTH_PATH_KEYS:
+        path = getattr(cred, key, None)
+        if path is not None and key != "ca_file" and not os.access(path, os.R_OK):
+            out.append(f"{who}: {key} {path} is not readable")
+    module = {"microsoft365": "msal", "google": "google.oauth2"}.get(cred.type)
+    if module is not None:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            out.append(f"{who}: type {cred.type} needs {module.split('.')[0]} "
+                       "(pip install 'retention[oauth]')")
+    return out
+
+
 def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[str]:
     """Things ``check`` reports without failing: missing secrets, suspicious durations."""
     env = os.environ if env is None else env
     out: list[str] = []
     for cname, cred in config.credentials.items():
+        if not isinstance(cred, Credential):
+            out.extend(oauth_warnings(f"credential {cname}", cred, env))
+            continue
         if cred.password_env is not None and cred.password_env not in env:
             out.append(f"credential {cname}: environment variable {cred.password_env} is not "
                        "set (its accounts will fail until it is)")
         if cred.password_file is not None and not os.access(cred.password_file, os.R_OK):
             out.append(f"credential {cname}: password_file {cred.password_file} is not readable")
     for acct in config.accounts:
-        if acct.credentials is not None:
+        if acct.oauth is not None:
+            out.extend(oauth_warnings(f"account {acct.name}", acct.oauth, env))
+        if acct.credentials is not None or acct.oauth is not None:
             continue  # reported once for the credential above
         if acct.password_env is not None and acct.password_env not in env:
             out.append(

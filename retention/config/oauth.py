@@ -14,15 +14,18 @@ into a token source; secrets are named by ``*_env``/``*_file`` keys, never writt
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictStr,
+    Tag,
     model_validator,
 )
 
@@ -115,8 +118,18 @@ class GoogleCredential(_Oauth):
     token_uri: StrictStr | None = None
 
 
+def _kind(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
+    # Bracketed tags: the loader's error paths leave them out.
+    return f"kind[{kind}]" if kind in ("oauth2", "microsoft365", "google") else None
+
+
 OAuthCredential = Annotated[
-    OAuth2Credential | Microsoft365Credential | GoogleCredential, Field(discriminator="type")
+    Annotated[OAuth2Credential, Tag("kind[oauth2]")]
+    | Annotated[Microsoft365Credential, Tag("kind[microsoft365]")]
+    | Annotated[GoogleCredential, Tag("kind[google]")],
+    Discriminator(_kind, custom_error_type="invalid_type",
+                  custom_error_message="type: must be oauth2, microsoft365 or google"),
 ]
 OAUTH_TYPES = frozenset({"oauth2", "microsoft365", "google"})
 #: Keys holding file paths (resolved against the policy file's folder on loading).

@@ -8,6 +8,7 @@ models and reports problems with their line numbers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from pathlib import Path
@@ -15,15 +16,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
+    Tag,
     model_validator,
 )
 
 from retention.config.base import NAME_PATTERN, ServiceDuration, Strict
+from retention.config.oauth import (
+    OAUTH_TYPES,
+    GoogleCredential,
+    Microsoft365Credential,
+    OAuth2Credential,
+    OAuthCredential,
+)
+from retention.config.shard import parse_shard
 from retention.config.sources import SourceSpec
 from retention.config.units import (
     CountOrPercent,
@@ -174,11 +186,12 @@ class Connection(_Strict):
                 "security: 'none' sends the password in clear text; "
                 "set allow_plaintext: true to allow it"
             )
-        if getattr(self, "credentials", None) is not None:
-            # The named credential supplies the password (see Account and Credential).
+        if getattr(self, "credentials", None) is not None or getattr(self, "oauth", None):
+            # The named credential (or OAuth2) supplies the login (see Account, Credential).
+            key = "credentials" if getattr(self, "credentials", None) is not None else "oauth"
             if self.password_env is not None or self.password_file is not None:
                 raise ValueError(
-                    "credentials: give either credentials or password_env/password_file"
+                    f"{key}: give either {key} or password_env/password_file"
                 )
         elif (self.password_env is None) == (self.password_file is None):
             raise ValueError("password_env: give exactly one of password_env or password_file")
@@ -202,6 +215,7 @@ class Credential(_Strict):
     users, Cyrus admins/proxyservers). Never printed: ``check`` names it, nothing more.
     """
 
+    type: Literal["password"] = "password"
     username: StrictStr | None = None
     password_env: StrictStr | None = None
     password_file: Path | None = None
@@ -217,6 +231,26 @@ class Credential(_Strict):
         return self
 
 
+def _credential_kind(value: Any) -> str:
+    """``type`` of a ``credentials:`` entry: ``password`` (the default) or an OAuth2 kind."""
+    kind = value.get("type", "password") if isinstance(value, Mapping) else getattr(
+        value, "type", "password")
+    # Bracketed tags: the loader's error paths leave them out (``_clean_loc``).
+    return f"kind[{kind if kind in OAUTH_TYPES else 'password'}]"
+
+
+#: A ``credentials:`` entry: a password (``login_as``...) or ``type: oauth2 | microsoft365 |
+#: google`` (``retention.config.oauth``).
+AnyCredential = Annotated[
+    Annotated[Credential, Tag("kind[password]")]
+    | Annotated[OAuth2Credential, Tag("kind[oauth2]")]
+    | Annotated[Microsoft365Credential, Tag("kind[microsoft365]")]
+    | Annotated[GoogleCredential, Tag("kind[google]")],
+    Discriminator(_credential_kind),
+]
+AttachedCredential = Credential | OAuth2Credential | Microsoft365Credential | GoogleCredential
+
+
 class Account(Connection):
     """One mailbox to keep under its quota."""
 
@@ -226,14 +260,20 @@ class Account(Connection):
     hold: StrictBool | None = None
     schedule: StrictStr | None = None
     credentials: StrictStr | None = None
+    #: An OAuth2 credential of this account alone (``type: oauth2 | microsoft365 | google``).
+    oauth: OAuthCredential | None = None
+    #: ``auto`` detects Gmail (``X-GM-EXT-1``) and Exchange (its greeting); ``gmail`` makes
+    #: folders labels of one message (delete = Trash then expunge there).
+    provider: Literal["auto", "gmail", "exchange", "generic"] = "auto"
     # Set by loading (the ``credentials:`` entry this account names), never by the file.
-    credential: Credential | None = Field(default=None, exclude=True, repr=False)
+    credential: AttachedCredential | None = Field(default=None, exclude=True, repr=False)
 
     @model_validator(mode="before")
     @classmethod
     def _no_internal_keys(cls, value: Any) -> Any:
         if isinstance(value, Mapping) and "credential" in value and not isinstance(
-            value.get("credential"), Credential | None
+            value.get("credential"),
+            Credential | OAuth2Credential | Microsoft365Credential | GoogleCredential | None,
         ):
             raise ValueError("credential: unknown key (did you mean credentials?)")
         return value
@@ -241,7 +281,7 @@ class Account(Connection):
     def login_names(self) -> tuple[str, str | None]:
         """(authentication identity, authorization identity or None) for the login."""
         cred = self.credential
-        if cred is None or cred.login_as == "user" or not cred.username:
+        if not isinstance(cred, Credential) or cred.login_as == "user" or not cred.username:
             return self.username, None
         if cred.login_as == "separator":
             return f"{self.username}{cred.separator}{cred.username}", None
@@ -273,6 +313,24 @@ class ImapTarget(Connection):
 ArchiveTarget = Annotated[MboxTarget | MaildirTarget | ImapTarget, Field(discriminator="type")]
 
 
+def _shard_spec(value: object) -> object:
+    if isinstance(value, str):
+        parse_shard(value)  # ShardSpecError is a ValueError: FILE:LINE with its message
+        return value.strip()
+    return value
+
+
+def _account_metrics(value: object) -> object:
+    if isinstance(value, str) and not _ACCOUNT_METRICS.fullmatch(value.strip()):
+        raise ValueError("must be all, none or top:K (K a positive number, e.g. top:100)")
+    return value.strip() if isinstance(value, str) else value
+
+
+_ACCOUNT_METRICS = re.compile(r"all|none|top:[1-9][0-9]{0,6}")
+ShardSpec = Annotated[StrictStr, BeforeValidator(_shard_spec)]
+AccountMetrics = Annotated[StrictStr, BeforeValidator(_account_metrics)]
+
+
 class ServiceFields(BaseModel):
     """The settings of ``retention serve``, declared once: the policy file's ``service:``
     block (``Service``, strict YAML types) and the effective settings with the environment
@@ -286,6 +344,12 @@ class ServiceFields(BaseModel):
     jitter: ServiceDuration = timedelta(seconds=30)
     shutdown_timeout: ServiceDuration = timedelta(seconds=60)
     account_label: Literal["name", "hash", "none"] = "name"
+    # Only the accounts this shard owns (rendezvous hash of the name), e.g. "2/8"; also
+    # RETENTION_SHARD, which a StatefulSet sets to "$(POD_NAME)/N". None: every account.
+    shard: ShardSpec | None = None
+    # Per-account series: all | top:K (the K fullest plus every account in error) | none.
+    # None: all up to 10,000 accounts, top:100 above (fleet series are always exported).
+    account_metrics: AccountMetrics | None = None
 
 
 class Service(ServiceFields):
@@ -301,7 +365,7 @@ class Config(_Strict):
     policies: dict[StrictStr, Policy]
     # Sequence: after sources are read (retention.sources), a lazy list of every account.
     accounts: Sequence[Account] = Field(default_factory=list)
-    credentials: dict[Annotated[StrictStr, Field(pattern=_NAME)], Credential] = Field(
+    credentials: dict[Annotated[StrictStr, Field(pattern=_NAME)], AnyCredential] = Field(
         default_factory=dict
     )
     sources: list[SourceSpec] = Field(default_factory=list)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from retention.config.schema import Account, Config, Credential
+from retention.config.schema import Account, AttachedCredential, Config, Credential
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
 PLACEHOLDER = "template"
@@ -46,11 +46,19 @@ def coerce(key: str, value: str) -> Any:
     return value
 
 
-def with_credential(account: Account, credentials: Mapping[str, Credential]) -> Account:
-    """The account with its named credential attached (its password source copied in)."""
+def with_credential(account: Account, credentials: Mapping[str, AttachedCredential]) -> Account:
+    """The account with its credential attached (a password source copied in).
+
+    An OAuth2 credential (named, or the account's own ``oauth:``) has no password: the
+    account logs in with tokens (``retention.auth``).
+    """
     if account.credentials is None:
+        if account.oauth is not None:
+            return account.model_copy(update={"credential": account.oauth})
         return account
     cred = credentials[account.credentials]  # the loader checked that it exists
+    if not isinstance(cred, Credential):
+        return account.model_copy(update={"credential": cred})
     return account.model_copy(
         update={
             "credential": cred,

@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from retention.adapters import MailSession
+from retention.adapters import MailSession, Secret
 from retention.archive import ArchiveSet
 from retention.config.schema import Account, Config, Policy, effective_clock
-from retention.config.secrets import read_password
 from retention.errors import AccountError, AccountLocked, ErrorKind, FolderSkipped, RetentionError
 from retention.folders import folders_to_scan
 from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Usage
@@ -32,19 +31,22 @@ from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult, Status
 from retention.run.executor import Executor
+from retention.run.logins import LOGINS
 from retention.run.recovery import RecoveryReport, row_action
+from retention.run.scanning import cached_message_ids, scan_folder
 from retention.state import StateDir
 from retention.state.journal import JournalRow
 from retention.state.observations import Observations
+from retention.state.scancache import ScanCache
 
 log = logging.getLogger("retention.runner")
 
-Connector = Callable[[Account, str, bool], MailSession]
+Connector = Callable[[Account, Secret, bool], MailSession]
 RETRIES = 2  # connection-level failures only
 BACKOFF = (1.0, 3.0)
 
 
-def default_connect(account: Account, password: str, readonly: bool) -> MailSession:
+def default_connect(account: Account, password: Secret, readonly: bool) -> MailSession:
     """Open a session with the adapter for the account's protocol."""
     if account.protocol == "pop3":
         from retention.adapters.pop3 import Pop3Session
@@ -59,11 +61,17 @@ def new_run_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
+def open_observations(config: Config) -> Observations:
+    """The state_dir's observation store, opened for a caller that shares it."""
+    return StateDir(config.state_dir).observations()
+
+
 def _needs_sent(policy: Policy, protocol: str) -> bool:
     return any(effective_clock(r, protocol) is Clock.SENT for r in policy.rules)
 
 
-def with_message_ids(session: MailSession, plan: Plan, warnings: list[str]) -> Plan:
+def with_message_ids(session: MailSession, plan: Plan, warnings: list[str],
+                     cache: ScanCache | None = None) -> Plan:
     """The plan with the Message-ID of every message it acts on (read-only reads).
 
     A scan without the Date header does not read Message-IDs (that would be a header per
@@ -77,6 +85,8 @@ def with_message_ids(session: MailSession, plan: Plan, warnings: list[str]) -> P
     read = getattr(session, "message_ids", None)
     if read is None:
         return plan
+    if cache is not None:  # the ones read on an earlier run are not read again
+        read = cached_message_ids(read, cache)
     by_folder: dict[tuple[str, int], list[MessageRef]] = {}
     for a in (*plan.actions, *plan.failed_actions):
         if a.message.message_id is None:
@@ -146,6 +156,11 @@ class AccountPass:
         self.recovered: list[JournalRow] = []
         self.recovered_pending: list[JournalRow] = []
 
+    def scan_cache(self) -> ScanCache:
+        a = self.account
+        return ScanCache(self.config.state_dir / "scancache",
+                         f"{a.name}\x00{a.protocol}\x00{a.host}\x00{a.port}\x00{a.username}")
+
     def limit(self, usage: Usage) -> int | None:
         return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
 
@@ -161,7 +176,7 @@ class AccountPass:
         scanned: list[FolderSnapshot] = []
         for info in folders_to_scan(self.policy, folders, protocol):
             try:
-                snap = session.scan(info, with_sent=with_sent)
+                snap = scan_folder(session, info, with_sent=with_sent, cache=self.scan_cache())
             except FolderSkipped as e:
                 self.warnings.append(f"folder {e.folder} skipped: {e.reason}")
                 continue
@@ -201,9 +216,11 @@ class AccountPass:
         return dataclasses.replace(snap, messages=msgs)
 
     def once(self, observations: Observations) -> AccountResult:
-        password = read_password(self.account)
-        session = self.connect(self.account, password, self.readonly)
-        del password
+        # A password, or an OAuth2 bearer login (a token refused once is refreshed once).
+        session = LOGINS.connect(
+            self.account, self.config.state_dir,
+            lambda secret: self.connect(self.account, secret, self.readonly),
+        )
         try:
             with self._work(session) as work:
                 if work is not None:
@@ -216,7 +233,7 @@ class AccountPass:
                 plan = make_plan(self.policy, snapshot, self.now)
                 if not _needs_sent(self.policy, self.account.protocol):
                     # The scan read no header; with the Date it read the Message-ID too.
-                    plan = with_message_ids(session, plan, self.warnings)
+                    plan = with_message_ids(session, plan, self.warnings, self.scan_cache())
                 if self.hold:
                     plan = dataclasses.replace(plan, hold=True)
                 self.plan = plan
@@ -394,21 +411,30 @@ def measure_account(
     *,
     now: datetime | None = None,
     connect: Connector = default_connect,
+    observations: Observations | None = None,
 ) -> AccountResult:
-    """Usage only (a read-only session); records a usage sample for the forecast."""
+    """Usage only (a read-only session); records a usage sample for the forecast.
+
+    ``observations``: an open store shared by many measurements (``usage --jobs``): opening and
+    closing SQLite per account costs more than the IMAP round trips it records.
+    """
     now = now or datetime.now(UTC)
     p = AccountPass(
         config, account, dry_run=True, now=now, run_id=new_run_id(now), connect=connect, stop=None
     )
     try:
-        session = connect(account, read_password(account), True)
+        session = LOGINS.connect(account, config.state_dir,
+                                 lambda secret: connect(account, secret, True))
         try:
             usage = session.usage(None)
         finally:
             session.close()
         usage = dataclasses.replace(usage, limit_bytes=p.limit(usage))
-        with StateDir(config.state_dir).observations() as observations:
+        if observations is not None:
             observations.record_usage(account.name, now, usage.usage_bytes, usage.limit_bytes)
+        else:
+            with StateDir(config.state_dir).observations() as own:
+                own.record_usage(account.name, now, usage.usage_bytes, usage.limit_bytes)
         return p.result("ok", usage=usage, after=usage.usage_bytes, messages=usage.messages)
     except AccountError as e:
         return p.result("error", error=str(e) or type(e).__name__, error_kind=e.kind)

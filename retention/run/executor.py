@@ -27,12 +27,12 @@ containers), then ``execute(plan)``; for POP3, ``execute`` ends with ``session.c
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
 from retention.errors import AccountError, ArchiveError, FolderSkipped
-from retention.model import MessageRef
+from retention.model import MessageRef, Protection
 from retention.plan import Action, ActionKind, Plan
 from retention.result import ActionResult, Outcome
 from retention.run.recovery import Recovery, RecoveryReport
@@ -235,13 +235,16 @@ class Executor:
             ids = self.journal.add_planned(
                 self.run_id, self.account, [NewRow(a) for _, a in chunk]
             )
-            refs = [a.message.ref for _, a in chunk]
+            removed: set[MessageRef] = set()
+            skipped: dict[MessageRef, str] = {}  # left alone at the moment of acting: why
             try:
-                if kind == ActionKind.DELETE.value:
-                    removed = self.session.delete(refs)
-                else:
-                    assert to_folder is not None
-                    removed = self.session.move(refs, to_folder)
+                for protect, refs in _by_protection(a for _, a in chunk):
+                    if kind == ActionKind.DELETE.value:
+                        removed |= self.session.delete(refs, protect=protect, skipped=skipped)
+                    else:
+                        assert to_folder is not None
+                        removed |= self.session.move(refs, to_folder, protect=protect,
+                                                     skipped=skipped)
             except FolderSkipped as e:
                 self.journal.mark(ids, SKIPPED, detail=e.reason)
                 raise
@@ -249,16 +252,20 @@ class Executor:
             self.journal.step("source-removed")
             details = {a.message.ref: f"moved to {to_folder}" if to_folder else None
                        for _, a in chunk}
-            self._finish_removal(chunk, ids, removed, kind, slots, details)
+            self._finish_removal(chunk, ids, removed, kind, slots, details, skipped)
 
     def _finish_removal(
         self, chunk: Sequence[tuple[int, Action]], ids: Sequence[int], removed: set[MessageRef],
         kind: str, slots: list[ActionResult | None], details: dict[MessageRef, str | None],
+        skipped: dict[MessageRef, str] | None = None,
     ) -> None:
+        skipped = skipped or {}
         done = [(i, a, row) for (i, a), row in zip(chunk, ids, strict=True)
                 if a.message.ref in removed]
         gone = [(i, a, row) for (i, a), row in zip(chunk, ids, strict=True)
-                if a.message.ref not in removed]
+                if a.message.ref not in removed and a.message.ref not in skipped]
+        kept = [(i, a, row) for (i, a), row in zip(chunk, ids, strict=True)
+                if a.message.ref not in removed and a.message.ref in skipped]
         with self.journal.transaction("removed"):
             if self._pop3:
                 self.journal.mark([row for _, _, row in done], DELETING)
@@ -270,6 +277,15 @@ class Executor:
             if kind != "archive":
                 self.journal.mark([row for _, _, row in gone], SKIPPED,
                                   detail="no longer in the folder")
+            # Protected since the scan (the user flagged it meanwhile): closed as skipped,
+            # an archived one too, so that recovery never removes it later; its verified
+            # copy stays in the archive (a later run may archive it a second time).
+            for i, a, row in kept:
+                where = details.get(a.message.ref) if kind == "archive" else None
+                reason = skipped[a.message.ref] + (f"; archived copy kept at {where}"
+                                                   if where else "")
+                self.journal.mark([row], SKIPPED, detail=reason)
+                slots[i] = ActionResult(a, "skipped", reason)
             # An archived message the delete did not remove (already gone, or it survived
             # UID EXPUNGE) keeps its verified row: the next run's recovery deletes it or
             # confirms it gone, instead of the next plan archiving it a second time.
@@ -299,10 +315,11 @@ class Executor:
         slots: list[ActionResult | None],
     ) -> None:
         by_ref = {a.message.ref: (i, a) for i, a in chunk}
-        fetched = dict(self.session.fetch(list(by_ref)))
+        unread: dict[MessageRef, str] = {}  # not whole (F6): skipped with the reason
+        fetched = dict(self.session.fetch(list(by_ref), skipped=unread))
         for ref, (i, a) in by_ref.items():
             if ref not in fetched:
-                slots[i] = ActionResult(a, "skipped", "no longer in the folder")
+                slots[i] = ActionResult(a, "skipped", unread.get(ref, "no longer in the folder"))
         todo = [(i, a) for i, a in chunk if a.message.ref in fetched]
         if not todo:
             return
@@ -340,14 +357,16 @@ class Executor:
             self.journal.mark([ids[k] for k in bad], FAILED,
                               detail="verification failed: the archived copy differs")
         if good:
-            refs = [items[k].action.message.ref for k in good]
-            removed = self.session.delete(refs)
+            removed: set[MessageRef] = set()
+            kept: dict[MessageRef, str] = {}
+            for protect, refs in _by_protection(items[k].action for k in good):
+                removed |= self.session.delete(refs, protect=protect, skipped=kept)
             self.journal.step("source-removed")
             where: dict[MessageRef, str | None] = {
                 items[k].action.message.ref: result.stored[k][0] for k in good
             }
             self._finish_removal([todo[k] for k in good], [ids[k] for k in good], removed,
-                                 "archive", slots, where)
+                                 "archive", slots, where, kept)
         for k in bad:
             i, a = todo[k]
             slots[i] = ActionResult(a, "failed", f"verification failed at {result.stored[k][0]}")
@@ -384,3 +403,11 @@ class Executor:
 
 
 # -- the runner's entry points -----------------------------------------------------------------
+
+
+def _by_protection(actions: Iterable[Action]) -> list[tuple[Protection, list[MessageRef]]]:
+    """The refs of ``actions`` grouped by what their rule protects (usually one group)."""
+    groups: dict[Protection, list[MessageRef]] = {}
+    for a in actions:
+        groups.setdefault(a.protect, []).append(a.message.ref)
+    return list(groups.items())

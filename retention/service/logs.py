@@ -25,6 +25,7 @@ from retention.config.schema import Config, Connection, ImapTarget
 from retention.config.secrets import read_password, redact
 from retention.errors import RetentionError
 from retention.result import AccountResult
+from retention.sources import password_holders
 
 
 class RedactionFilter(logging.Filter):
@@ -52,7 +53,9 @@ class RedactionFilter(logging.Filter):
 
 def secrets_of(config: Config) -> set[str]:
     """Every password the service could use (to scrub them from logs); unreadable ones skipped."""
-    conns: list[Connection] = list(config.accounts)
+    # A fleet's accounts share their prototypes' password sources: a million accounts
+    # from one source are a handful of secrets, read without building each account.
+    conns: list[Connection] = list(password_holders(config))
     conns.extend(t for t in config.archives.values() if isinstance(t, ImapTarget))
     out: set[str] = set()
     for conn in conns:

@@ -14,6 +14,20 @@ Label privacy (``service.account_label``):
   longest schedule period; the newest last run and the *oldest* last success, so that
   "no success within twice the schedule" still fires when any one account is stale.
 
+How many accounts get per-account series (``service.account_metrics``):
+
+* ``all``: every account (the default up to ``AUTO_ALL_UP_TO`` = 10,000 accounts);
+* ``top:K``: the K fullest by usage ratio plus every account currently in error (at most
+  ``ERRORS_PER_K`` x K of those, so an outage of the mail server does not turn a scrape of
+  a million accounts into a million series); the default above 10,000 accounts is
+  ``top:100``;
+* ``none``: no per-account series.
+
+Whatever the choice, the fleet series of ``service.fleet`` (usage-ratio histogram, accounts
+above warn/clean, in error by reason, sweep progress, oldest success) are exported; their
+number depends on the schedules and reasons, never on the account count. Under ``top:K``
+and ``none`` a scrape costs O(K), not O(accounts): see bench/bench_metrics.py.
+
 ``retention_run_duration_seconds`` never has an account label. Only account names,
 rule names, action kinds and error reasons appear as label values, so an e-mail address
 appears only when an account is named after one.
@@ -27,7 +41,7 @@ import platform
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,15 +49,15 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from retention import __version__
-from retention.config.schema import Config
+from retention.config.schema import Account, Config
 from retention.errors import ErrorKind
 from retention.result import AccountResult
+from retention.service.fleet import REASONS, FleetIndex
 from retention.service.forecast import Fit
 
 log = logging.getLogger("retention.service")
 
 AccountLabel = Literal["name", "hash", "none"]
-REASONS: tuple[str, ...] = ("auth", "tls", "connect", "protocol", "archive", "other")
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -74,16 +88,55 @@ class _Account:
     skipped: int = 0
 
 
+AUTO_ALL_UP_TO = 10_000
+AUTO_TOP = 100
+ERRORS_PER_K = 10
+
+
+def parse_account_metrics(value: str | None, accounts: int) -> int | None:
+    """How many accounts get per-account series: None = all, 0 = none, K for ``top:K``.
+
+    ``value`` is ``all``, ``none``, ``top:K`` or None (all up to 10,000 accounts, else
+    top:100); the schema has already checked its form.
+    """
+    if value is None:
+        return None if accounts <= AUTO_ALL_UP_TO else AUTO_TOP
+    if value == "all":
+        return None
+    if value == "none":
+        return 0
+    return int(value.removeprefix("top:"))
+
+
 class ServiceCollector:
     """Builds every per-account family at scrape time from the in-memory state."""
 
-    def __init__(self, label: AccountLabel, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        label: AccountLabel,
+        clock: Callable[[], float] = time.time,
+        account_metrics: str | None = None,
+    ) -> None:
         self.label = label
         self.clock = clock
         self.lock = threading.Lock()
         self.accounts: dict[str, _Account] = {}
         self.reload_ok = 1.0
+        self.account_metrics = account_metrics
+        self.fleet = FleetIndex()
         self._hashes: dict[str, str] = {}
+
+    def selected(self) -> list[str] | None:
+        """Names that get per-account series (None: all of them). Under the lock."""
+        k = parse_account_metrics(self.account_metrics, len(self.accounts))
+        if k is None:
+            return None
+        if k == 0:
+            return []
+        chosen = self.fleet.fullest(k)
+        seen = set(chosen)
+        chosen.extend(n for n in self.fleet.in_error(ERRORS_PER_K * k) if n not in seen)
+        return chosen
 
     def _label(self, name: str) -> str:
         if self.label == "name":
@@ -103,12 +156,20 @@ class ServiceCollector:
         yield GaugeMetricFamily("retention_config_reload_success", "", labels=labels)
         yield GaugeMetricFamily("retention_accounts", "", labels=labels)
         yield GaugeMetricFamily("retention_build_info", "", labels=labels)
+        yield from FleetIndex().families(0.0)
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
         with self.lock:
-            rows = [(self._label(n), _snapshot(a, now)) for n, a in self.accounts.items()]
+            names = self.selected() if self.label != "none" else None
+            if names is None:
+                rows = [(self._label(n), _snapshot(a, now)) for n, a in self.accounts.items()]
+            else:
+                rows = [(self._label(n), _snapshot(self.accounts[n], now)) for n in names
+                        if n in self.accounts]
             reload_ok = self.reload_ok
+            total = len(self.accounts)
+            fleet = list(self.fleet.families(now))
         per_account = self.label != "none"
         acct = ["account"] if per_account else []
         gauges: dict[str, list[tuple[str, float]]] = {name: [] for name, _ in _GAUGES}
@@ -139,7 +200,11 @@ class ServiceCollector:
             "1 if the last policy reload (SIGHUP) succeeded, 0 if the old policy stayed",
             value=reload_ok,
         )
-        yield GaugeMetricFamily("retention_accounts", "Accounts in the policy", value=len(rows))
+        yield GaugeMetricFamily(
+            "retention_accounts", "Accounts this agent owns (its shard of the policy)",
+            value=total,
+        )
+        yield from fleet
         info = GaugeMetricFamily(
             "retention_build_info", "Version of the agent (value 1)", labels=["version", "python"]
         )
@@ -221,10 +286,13 @@ class Metrics:
         registry: CollectorRegistry,
         *,
         account_label: AccountLabel = "name",
+        account_metrics: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
-        self.collector = ServiceCollector(account_label, clock)
+        self.clock = clock
+        self.collector = ServiceCollector(account_label, clock, account_metrics)
+        self.fleet = self.collector.fleet
         registry.register(self.collector)
         self.run_duration = Histogram(
             "retention_run_duration_seconds",
@@ -239,21 +307,36 @@ class Metrics:
             a = self.collector.accounts[name] = _Account()
         return a
 
-    def set_accounts(self, config: Config, periods: Mapping[str, float]) -> None:
+    def set_accounts(
+        self, config: Config, periods: Mapping[str, float],
+        accounts: Iterable[Account] | None = None,
+    ) -> None:
         """Adopt a (re)loaded policy: per-account constants; forget removed accounts.
 
-        ``periods``: the schedule period in seconds, by schedule string.
+        ``periods``: the schedule period in seconds, by schedule string. ``accounts``: the
+        ones this agent owns (its shard), default all of the policy's.
         """
         with self.collector.lock:
             names = set()
-            for account in config.accounts:
+            for account in config.accounts if accounts is None else accounts:
                 names.add(account.name)
                 a = self._account(account.name)
-                a.warn_ratio = config.policy_of(account).quota.warn_above
-                period = periods.get(config.schedule_of(account))
+                quota = config.policy_of(account).quota
+                a.warn_ratio = quota.warn_above
+                schedule = config.schedule_of(account)
+                period = periods.get(schedule)
                 a.period = period if period is not None and period != float("inf") else None
+                self.fleet.set_account(account.name, schedule=schedule, period=a.period,
+                                       warn=quota.warn_above, clean=quota.clean_above)
             for gone in set(self.collector.accounts) - names:
                 del self.collector.accounts[gone]
+                self.fleet.forget(gone)
+            self.fleet.prune_schedules(periods)
+
+    def begin_sweep(self, schedule: str, due: int) -> None:
+        """A tick of ``schedule`` submits ``due`` accounts (``observe_skip`` takes one off)."""
+        with self.collector.lock:
+            self.fleet.begin_sweep(schedule, due, self.clock())
 
     def set_reload(self, ok: bool) -> None:
         with self.collector.lock:
@@ -264,10 +347,13 @@ class Metrics:
             a = self._account(result.account)
             if result.status == "error":
                 a.errors[error_reason(result.error_kind)] += 1
+                self.fleet.set_error(result.account, error_reason(result.error_kind))
                 return
             if result.status != "ok":
                 return
             _set_usage(a, result)
+            self.fleet.set_error(result.account, None)
+            self.fleet.set_ratio(result.account, _ratio(a))
             if result.messages is not None:
                 a.messages = result.messages
 
@@ -280,10 +366,14 @@ class Metrics:
                 a.skipped += 1
                 return
             a.last_run = result.finished.timestamp()
+            self.fleet.finished(result.account)
             if result.status == "error":
                 a.errors[error_reason(result.error_kind)] += 1
+                self.fleet.set_error(result.account, error_reason(result.error_kind))
                 return
             a.last_success = a.last_run
+            self.fleet.set_error(result.account, None)
+            self.fleet.succeeded(result.account, a.last_success)
             removed = 0
             for r in result.results:
                 if r.result != "done":
@@ -295,14 +385,17 @@ class Metrics:
             if result.plan is not None:
                 a.short_by = result.plan.short_by_bytes
             _set_usage(a, result)
+            self.fleet.set_ratio(result.account, _ratio(a))
             if result.messages is not None:
                 # Moves stay in the account; deleted and archived messages leave it.
                 a.messages = max(0, result.messages - removed)
 
-    def observe_skip(self, account: str) -> None:
-        """A tick found the account still in flight: nothing ran."""
+    def observe_skip(self, account: str, schedule: str | None = None) -> None:
+        """A tick found the account still in flight: nothing ran (nor is it due this sweep)."""
         with self.collector.lock:
             self._account(account).skipped += 1
+            if schedule is not None:
+                self.fleet.not_due(schedule)
 
     def set_forecast(self, account: str, fit: Fit | None, limit: int | None) -> None:
         with self.collector.lock:
@@ -317,3 +410,9 @@ def _set_usage(a: _Account, result: AccountResult) -> None:
         a.usage = usage
     if result.limit_bytes is not None:
         a.limit = result.limit_bytes
+
+
+def _ratio(a: _Account) -> float | None:
+    if a.usage is None or not a.limit:
+        return None
+    return a.usage / a.limit

@@ -64,6 +64,7 @@ from retention.config.settings import (
     resolve_settings,
     service_changes,
 )
+from retention.config.shard import Shard, parse_shard
 from retention.errors import ConfigError, ExitCode, Problem, RetentionError, SourceError
 from retention.result import AccountResult
 from retention.service import logs
@@ -103,6 +104,30 @@ class Loaded:
     # schedule -> its accounts, in file order (lazy for sources: built one at a time)
     groups: dict[str, Sequence[Account]]
     periods: dict[str, float]  # schedule -> seconds between two ticks
+    shard: Shard | None = None  # set by ``sharded``: groups hold only the owned accounts
+
+    @property
+    def accounts(self) -> Sequence[Account]:
+        """The accounts this service owns (all of them unless sharded), in file order."""
+        if self.shard is None:
+            return self.config.accounts
+        return tuple(a for group in self.groups.values() for a in group)
+
+
+def sharded(loaded: Loaded, spec: str | None) -> Loaded:
+    """Only the accounts shard ``spec`` (``I/N``) owns; schedules left empty are dropped.
+
+    The owned accounts are built (a lazy fleet list is walked once); the others are not kept.
+    """
+    if spec is None:
+        return loaded
+    shard = parse_shard(spec)
+    owned: dict[str, Sequence[Account]] = {}
+    for schedule, accounts in loaded.groups.items():
+        mine = tuple(shard.select(accounts, lambda a: a.name))
+        if mine:
+            owned[schedule] = mine
+    return Loaded(loaded.config, owned, {s: loaded.periods[s] for s in owned}, shard)
 
 
 def load_policy(path: Path, *, watch: SourceWatch | None = None) -> Loaded:
@@ -177,10 +202,12 @@ class RetentionService:
         self.settings = settings
         self._overrides = dict(overrides or {})  # re-applied on reload
         self.watch = watch if watch is not None else SourceWatch()
-        self.loaded = loaded or load_policy(config_path, watch=self.watch)
+        self.loaded = sharded(loaded or load_policy(config_path, watch=self.watch),
+                              settings.shard)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.watch.register(self.registry)
-        self.metrics = Metrics(self.registry, account_label=settings.account_label)
+        self.metrics = Metrics(self.registry, account_label=settings.account_label,
+                               account_metrics=settings.account_metrics)
         self.pool = HostPool(settings.concurrency, settings.max_connections_per_host)
         self.stop = threading.Event()  # passed to every run: stop at the next batch
         self._run = run_account
@@ -193,13 +220,13 @@ class RetentionService:
         self._measuring_started = threading.Event()
         self._stopping = False
         self._exit_code: int | None = None
-        self._ledgers: dict[Path, Observations] = {}
-        self._ledger_lock = threading.Lock()
+        self._observations: dict[Path, Observations] = {}
+        self._observations_lock = threading.Lock()
         self._requests: list[str] = []
         self._refresh_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self.metrics.set_accounts(self.loaded.config, self.loaded.periods)
+        self.metrics.set_accounts(self.loaded.config, self.loaded.periods, self.loaded.accounts)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -233,7 +260,7 @@ class RetentionService:
         self._scheduler.start()
         log.info(
             "event=started accounts=%d schedules=%d metrics=%s:%s concurrency=%d per_host=%d",
-            len(self.loaded.config.accounts), len(self.loaded.groups),
+            len(self.loaded.accounts), len(self.loaded.groups),
             self.settings.metrics_address, self.port, self.settings.concurrency,
             self.settings.max_connections_per_host,
         )
@@ -304,9 +331,10 @@ class RetentionService:
             return True
 
     def _adopt(self, loaded: Loaded, previous: Loaded) -> None:
+        loaded = sharded(loaded, self.settings.shard)
         self.loaded = loaded
         self._schedule(loaded, previous)
-        self.metrics.set_accounts(loaded.config, loaded.periods)
+        self.metrics.set_accounts(loaded.config, loaded.periods, loaded.accounts)
 
     # -- requests (safe from signal handlers and other threads) -----------------------
 
@@ -358,6 +386,7 @@ class RetentionService:
         """A tick of one schedule: submit its accounts; skip (and report) those in flight."""
         loaded = self.loaded  # one consistent snapshot, even if a reload swaps it
         queued = skipped = 0
+        self.metrics.begin_sweep(schedule, len(loaded.groups.get(schedule, ())))
         for account in loaded.groups.get(schedule, ()):
             outcome = self.pool.submit(
                 account.name, account.host, "run", partial(self._run_one, loaded.config, account)
@@ -366,7 +395,7 @@ class RetentionService:
                 return
             if outcome is Submitted.BUSY:
                 skipped += 1
-                self.metrics.observe_skip(account.name)
+                self.metrics.observe_skip(account.name, schedule)
                 runlog.info("event=account_skipped account=%s reason=in_flight", account.name)
             else:
                 queued += 1
@@ -375,7 +404,7 @@ class RetentionService:
     def measure_all(self) -> None:
         self._measuring_started.set()
         loaded = self.loaded
-        for account in loaded.config.accounts:
+        for account in loaded.accounts:
             outcome = self.pool.submit(
                 account.name, account.host, "measure",
                 partial(self._measure_one, loaded.config, account),
@@ -405,18 +434,18 @@ class RetentionService:
     def _update_forecast(self, config: Config, name: str, limit: int | None) -> None:
         now = datetime.now(UTC)
         try:
-            samples = self._ledger(config).usage_samples(name, now - WINDOW)
+            samples = self._observations_of(config).usage_samples(name, now - WINDOW)
         except RetentionError as e:
             log.warning("event=forecast_failed account=%s error=%r", name, str(e))
             return
         self.metrics.set_forecast(name, fit_usage(samples, now), latest_limit(samples) or limit)
 
-    def _ledger(self, config: Config) -> Observations:
+    def _observations_of(self, config: Config) -> Observations:
         path = StateDir(config.state_dir).observations_path
-        with self._ledger_lock:
-            ledger = self._ledgers.get(path)
+        with self._observations_lock:
+            ledger = self._observations.get(path)
             if ledger is None:
-                ledger = self._ledgers[path] = StateDir(config.state_dir).observations()
+                ledger = self._observations[path] = StateDir(config.state_dir).observations()
             return ledger
 
     # -- reload and shutdown ---------------------------------------------------------------
@@ -435,6 +464,8 @@ class RetentionService:
         try:
             loaded = load_policy(self.config_path, watch=self.watch)
             settings = resolve_settings(loaded.config.service, overrides=self._overrides)
+            # The shard is a start-up setting (it names this replica): keep the running one.
+            loaded = sharded(loaded, self.settings.shard)
         except ConfigError as e:
             return self._reload_failed([str(p) for p in e.problems])
         except Exception as e:  # noqa: BLE001 - see the docstring: never exit on a reload
@@ -446,11 +477,11 @@ class RetentionService:
         previous, self.loaded = self.loaded, loaded
         self._schedule(loaded, previous)
         self._schedule_sources(loaded)
-        self.metrics.set_accounts(loaded.config, loaded.periods)
+        self.metrics.set_accounts(loaded.config, loaded.periods, loaded.accounts)
         self.metrics.set_reload(True)
         logs.update_secrets(logs.secrets_of(loaded.config))
         log.info("event=reloaded accounts=%d schedules=%d",
-                 len(loaded.config.accounts), len(loaded.groups))
+                 len(loaded.accounts), len(loaded.groups))
         return True
 
     def _reload_failed(self, problems: list[str]) -> bool:
@@ -485,11 +516,11 @@ class RetentionService:
             return self._exit_code  # already shut down
         if self._server is not None:
             self._server.stop()
-        with self._ledger_lock:
-            for ledger in self._ledgers.values():
+        with self._observations_lock:
+            for ledger in self._observations.values():
                 with contextlib.suppress(Exception):
                     ledger.close()
-            self._ledgers.clear()
+            self._observations.clear()
         self._disarm_wakeup()
         wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
         for fd in (wake_r, wake_w):

@@ -32,7 +32,8 @@ from retention.sources.resolve import Resolver
 
 Entry = Mapping[str, str]
 __all__ = ["Entry", "FleetAccounts", "SourceAccounts", "SourceError", "load_fleet",
-           "probe_source", "read_source", "schedule_groups", "source_lists"]
+           "password_holders", "probe_source", "read_source", "schedule_groups",
+           "source_lists"]
 
 
 def _where(spec: Any) -> str:
@@ -186,6 +187,17 @@ def schedule_groups(config: Config) -> dict[str, Sequence[Account]]:
                 bucket.append(offset + j)
             offset += len(src)
     return {s: Subset(fleet, idx) for s, idx in groups.items()}
+
+
+def password_holders(config: Config) -> Iterator[Account]:
+    """One account per distinct password source: ``accounts:`` and each prototype."""
+    fleet = config.accounts
+    if not isinstance(fleet, FleetAccounts):
+        yield from fleet
+        return
+    yield from fleet.explicit
+    for src in fleet.sources:
+        yield from src.prototypes
 
 
 def source_lists(config: Config) -> dict[str, SourceAccounts]:

@@ -192,11 +192,17 @@ def _pages(conn: Any, settings: LdapSettings,
                                   settings.attributes.policy) if a}
     spelling = {a.lower(): a for a in wanted}
     control = SimplePagedResultsControl(True, size=settings.page_size, cookie=b"")
+    seconds = max(1.0, settings.timeout.total_seconds())
     while True:
         try:
             msgid = conn.search_ext(settings.base, ldap.SCOPE_SUBTREE, settings.filter,
                                     list(wanted) or ["1.1"], serverctrls=[control])
-            _rtype, data, _msgid, controls = conn.result3(msgid)
+            # An explicit timeout per page: a server that stops answering mid-search is a
+            # (retryable) error after `timeout`, not a refresh that hangs forever.
+            _rtype, data, _msgid, controls = conn.result3(msgid, timeout=seconds)
+        except ldap.TIMEOUT:
+            raise SourceError(settings.name, "connect", (
+                f"{settings.url}: no answer to the search within {seconds:g} s")) from None
         except ldap.LDAPError as exc:
             raise _error(settings, exc, during="search") from None
         yield [_entry(dn, attrs, spelling, scalar) for dn, attrs in data

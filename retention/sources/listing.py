@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from retention.config.schema import Account, Config
@@ -31,12 +31,20 @@ def _row(a: Account, source: str, chosen: str) -> dict[str, Any]:
         "policy": a.policy,
         "policy_from": chosen,
         "credentials": a.credentials or "",
-        "login_as": cred.login_as if cred is not None else "user",
+        "login_as": getattr(cred, "login_as", None) or (cred.type if cred is not None else "user"),
         "source": source,
     }
 
 
-def account_rows(config: Config) -> Iterator[dict[str, Any]]:
+def account_rows(
+    config: Config, keep: Callable[[str], bool] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every account's row; with ``keep``, only those whose name it keeps (``--shard``)."""
+    rows = _all_rows(config)
+    return rows if keep is None else (r for r in rows if keep(r["name"]))
+
+
+def _all_rows(config: Config) -> Iterator[dict[str, Any]]:
     fleet = config.accounts
     if not isinstance(fleet, FleetAccounts):
         for a in fleet:
@@ -49,24 +57,26 @@ def account_rows(config: Config) -> Iterator[dict[str, Any]]:
             yield _row(src.account(j), src.source, src.chosen_by(j))
 
 
-def write_accounts(config: Config, fmt: str, out: TextIO) -> int:
-    """Print every account; returns how many."""
+def write_accounts(
+    config: Config, fmt: str, out: TextIO, keep: Callable[[str], bool] | None = None
+) -> int:
+    """Print every account (those ``keep`` keeps); returns how many."""
     n = 0
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
-        for row in account_rows(config):
+        for row in account_rows(config, keep):
             writer.writerow(row)
             n += 1
         return n
     if fmt == "json":
         out.write("[")
-        for row in account_rows(config):
+        for row in account_rows(config, keep):
             out.write(("\n  " if n == 0 else ",\n  ") + json.dumps(row, sort_keys=False))
             n += 1
         out.write("\n]\n" if n else "]\n")
         return n
-    for row in account_rows(config):
+    for row in account_rows(config, keep):
         cred = f" credentials={row['credentials']} ({row['login_as']})" if row["credentials"] \
             else ""
         out.write(f"{row['name']}: {row['protocol']} {row['host']}:{row['port']} "

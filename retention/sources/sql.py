@@ -14,8 +14,10 @@ out): a ``username`` column is required, other columns named like account keys
 
 Libraries: SQLAlchemy 2 (any database it has a dialect for) and psycopg 3 for
 PostgreSQL; a plain ``postgresql://`` URL means psycopg 3, the driver the ``[sql]`` extra
-installs. Errors are ``SourceError`` naming the URL without its password, with the
-database's own message (never the password, which is also scrubbed from it).
+installs. On PostgreSQL each statement (the cursor's DECLARE, each batch's FETCH) must
+finish within ``timeout`` (``statement_timeout``). Errors are ``SourceError`` naming the
+URL without its password, with the database's own message (never the password, which is
+also scrubbed from it).
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ def _engine(settings: SqlSettings) -> tuple[Engine, str | None]:
     connect_args: dict[str, Any] = {}
     if backend in ("postgresql", "mysql", "mariadb"):
         connect_args["connect_timeout"] = seconds
+    if backend == "postgresql":
+        # Each statement (the DECLARE, then each FETCH of a batch) within the timeout: a
+        # table locked by a migration fails the refresh instead of hanging it for ever.
+        connect_args["options"] = f"-c statement_timeout={seconds * 1000}"
     elif backend == "sqlite":
         connect_args["timeout"] = seconds  # waiting for a writer's lock
     try:

@@ -19,6 +19,12 @@ Faults (each is armed once by default; ``times=None`` keeps it armed, ``reset()`
   forwarding it. ``reply`` is bytes, or a function of the line returning bytes; use
   ``imap_bad`` for an IMAP tagged ``BAD`` and ``pop3_err`` for a POP3 ``-ERR``.
 
+* ``call_on(pattern, callback)``: when a client line matches, run ``callback(line)`` (in the
+  proxy's thread, while that connection waits), then forward the line: e.g. another client
+  flags a message right before the agent's ``UID STORE`` reaches the server.
+* ``stall_on(pattern, release)``: forward a matching line, then hold back everything the
+  server answers until the ``threading.Event`` ``release`` is set (a server that stalls).
+
 * ``replace_down(old, new)``: rewrite server -> client bytes (e.g. strip ``STARTTLS`` from a
   capability list, to prove a client then refuses to log in); per received chunk.
 
@@ -55,12 +61,14 @@ def pop3_err(text: str = "injected fault") -> bytes:
 
 @dataclass
 class _Rule:
-    kind: str  # "drop_bytes" | "drop_on" | "reply_on"
+    kind: str  # "drop_bytes" | "drop_on" | "reply_on" | "call_on" | "stall_on"
     pattern: re.Pattern[bytes] | None
     count: int  # bytes (drop_bytes, drop_on) - unused for reply_on
     reply: Reply | None
     times: int | None
     remaining: int = 0  # drop_bytes: bytes still to let through
+    callback: Callable[[bytes], object] | None = None  # call_on
+    release: threading.Event | None = None  # stall_on
 
     def use(self) -> None:
         if self.times is not None:
@@ -79,6 +87,7 @@ class _Conn:
         self.server = server
         self.down_bytes = 0  # server -> client, over the connection's life
         self.cut_at: int | None = None  # absolute down_bytes at which to drop
+        self.stall: threading.Event | None = None  # hold server bytes until it is set
         self.closed = threading.Event()
         self.lock = threading.Lock()
 
@@ -128,6 +137,11 @@ class _Conn:
                 self.client.sendall(reply)
                 self.down_bytes += len(reply)
             return
+        if rule is not None and rule.kind == "call_on":
+            assert rule.callback is not None
+            rule.callback(line)
+        if rule is not None and rule.kind == "stall_on":
+            self.stall = rule.release
         if rule is not None and rule.kind == "drop_on":
             if rule.count <= 0:
                 self.close()
@@ -143,6 +157,11 @@ class _Conn:
                 if not data:
                     break
                 data = self.proxy._rewrite(data)
+                stall = self.stall
+                if stall is not None:
+                    while not stall.wait(0.1):
+                        if self.closed.is_set():
+                            return
                 keep = self._allowed(len(data))
                 if keep is not None:
                     with self.lock:
@@ -196,6 +215,14 @@ class FaultProxy:
 
     def reply_on(self, pattern: bytes | str, reply: Reply, *, times: int | None = 1) -> None:
         self._add(_Rule("reply_on", _compile(pattern), 0, reply, times))
+
+    def call_on(self, pattern: bytes | str, callback: Callable[[bytes], object], *,
+                times: int | None = 1) -> None:
+        self._add(_Rule("call_on", _compile(pattern), 0, None, times, callback=callback))
+
+    def stall_on(self, pattern: bytes | str, release: threading.Event, *,
+                 times: int | None = 1) -> None:
+        self._add(_Rule("stall_on", _compile(pattern), 0, None, times, release=release))
 
     def replace_down(self, old: bytes, new: bytes) -> None:
         with self._lock:

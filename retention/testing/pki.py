@@ -21,7 +21,7 @@ _CNF = (
     "basicConstraints = critical, CA:FALSE\n"
     "keyUsage = critical, digitalSignature, keyEncipherment\n"
     "extendedKeyUsage = serverAuth\n"
-    "subjectAltName = DNS:localhost, IP:127.0.0.1\n"
+    "subjectAltName = {san}\n"
     "subjectKeyIdentifier = hash\n"
     "authorityKeyIdentifier = keyid:always\n"
 )
@@ -37,15 +37,20 @@ class PkiError(RuntimeError):
     """openssl failed."""
 
 
+#: The names a rig's server certificate is issued for by default.
+LOCAL_SAN = "DNS:localhost, IP:127.0.0.1"
+
+
 def make_certificates(directory: Path, openssl: str, *, ca_file: Path | None = None,
-                      prefix: str = "") -> Certificates:
+                      prefix: str = "", san: str = LOCAL_SAN) -> Certificates:
     """``ca.crt`` (or ``ca_file``), ``server.crt`` and ``server.key`` in ``directory``.
 
-    ``prefix`` is put before each file name (two sets in one directory).
+    ``prefix`` is put before each file name (two sets in one directory); ``san`` is the
+    leaf's subjectAltName (another name than 127.0.0.1 makes a host name mismatch).
     """
     d = directory
     cnf = d / f"{prefix}openssl.cnf"
-    cnf.write_text(_CNF)
+    cnf.write_text(_CNF.replace("{san}", san))
     ca = ca_file if ca_file is not None else d / f"{prefix}ca.crt"
     ca_key, key = d / f"{prefix}ca.key", d / f"{prefix}server.key"
     csr, cert = d / f"{prefix}server.csr", d / f"{prefix}server.crt"

@@ -30,13 +30,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from retention.testing.host import HOST, free_ports, port_open, tail, which
-from retention.testing.pki import make_certificates
+from retention.testing.pki import LOCAL_SAN, make_certificates
 
 __all__ = ["LdapUser", "Slapd", "SlapdError", "make_users", "slapd_unavailable_reason"]
 
@@ -98,10 +98,13 @@ class Slapd:
     people = f"ou=people,{SUFFIX}"
     suffix = SUFFIX
 
-    def __init__(self, users: Iterable[LdapUser] = (), *, sizelimit: int | None = None) -> None:
-        """``sizelimit``: slapd's limit for non-admin searches (None: unlimited)."""
+    def __init__(self, users: Iterable[LdapUser] = (), *, sizelimit: int | None = None,
+                 san: str = LOCAL_SAN) -> None:
+        """``sizelimit``: slapd's limit for non-admin searches (None: unlimited); ``san``:
+        the names the server certificate is issued for (default localhost, 127.0.0.1)."""
         self.users = list(users)
         self.sizelimit = sizelimit
+        self.san = san
         self.directory = Path(tempfile.mkdtemp(prefix="retention-slapd-"))
         self.port = 0
         self.tls_port = 0
@@ -118,6 +121,11 @@ class Slapd:
     @property
     def ca_file(self) -> Path:
         return self.directory / "ca.crt"
+
+    @property
+    def pid(self) -> int | None:
+        """The server process (SIGSTOP it to make a server that stops answering)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def log_path(self) -> Path:
@@ -139,7 +147,7 @@ class Slapd:
             raise SlapdError(reason)
         openssl = which("openssl")
         assert openssl is not None
-        make_certificates(self.directory, openssl)
+        make_certificates(self.directory, openssl, san=self.san)
         (self.directory / "db").mkdir()
         self._write_config()
         self._load()
@@ -204,7 +212,8 @@ class Slapd:
             f"TLSCertificateFile {d / 'server.crt'}\n"
             f"TLSCertificateKeyFile {d / 'server.key'}\n"
             "database mdb\n"
-            "maxsize 268435456\n"
+            "maxsize 4294967296\n"  # a sparse map: room for a million entries
+
             f"suffix \"{SUFFIX}\"\n"
             f"rootdn \"{self.admin_dn}\"\n"
             f"rootpw {self.admin_password}\n"
@@ -220,30 +229,28 @@ class Slapd:
         # As a default slapd: the limit also caps the total of a paged search (prtotal).
         return f"size.soft={self.sizelimit} size.hard={self.sizelimit}"
 
-    def _ldif(self) -> str:
-        parts = [
-            f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
-            "dc: example\no: Example\n",
-            f"dn: {self.people}\nobjectClass: organizationalUnit\nou: people\n",
-            f"dn: ou=service,{SUFFIX}\nobjectClass: organizationalUnit\nou: service\n",
-            f"dn: {self.reader_dn}\nobjectClass: applicationProcess\n"
-            f"objectClass: simpleSecurityObject\ncn: reader\n"
-            f"userPassword: {self.reader_password}\n",
-        ]
+    def _ldif(self) -> Iterator[str]:
+        """The directory as LDIF records, one at a time (a million users stay cheap)."""
+        yield (f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
+               "dc: example\no: Example\n")
+        yield f"dn: {self.people}\nobjectClass: organizationalUnit\nou: people\n"
+        yield f"dn: ou=service,{SUFFIX}\nobjectClass: organizationalUnit\nou: service\n"
+        yield (f"dn: {self.reader_dn}\nobjectClass: applicationProcess\n"
+               f"objectClass: simpleSecurityObject\ncn: reader\n"
+               f"userPassword: {self.reader_password}\n")
         for u in self.users:
             mails = "".join(f"mail: {m}\n" for m in (u.mail, *u.extra_mail))
-            parts.append(
-                f"dn: uid={u.uid},{self.people}\nobjectClass: inetOrgPerson\n"
-                f"uid: {u.uid}\ncn: {u.uid}\nsn: {u.uid}\n{mails}"
-                f"departmentNumber: {u.department}\n"
-            )
-        return "\n".join(parts)
+            yield (f"dn: uid={u.uid},{self.people}\nobjectClass: inetOrgPerson\n"
+                   f"uid: {u.uid}\ncn: {u.uid}\nsn: {u.uid}\n{mails}"
+                   f"departmentNumber: {u.department}\n")
 
     def _load(self) -> None:
         slapadd = which("slapadd")
         assert slapadd is not None
         ldif = self.directory / "data.ldif"
-        ldif.write_text(self._ldif(), encoding="utf-8")
+        with ldif.open("w", encoding="utf-8") as out:
+            for record in self._ldif():
+                out.write(record + "\n")
         proc = subprocess.run(
             [slapadd, "-q", "-f", str(self.directory / "slapd.conf"), "-l", str(ldif)],
             capture_output=True, text=True, check=False,

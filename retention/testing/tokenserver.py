@@ -101,6 +101,7 @@ class TokenServer:
     expired_next: int = 0
     usage_csv: str = ""
     device_subject: str = "device-user"  # whom an approved device code logs in
+    issued: list[str] = field(default_factory=list)  # every access/refresh token handed out
     _clients: dict[str, _Client] = field(default_factory=dict)
     _refresh: dict[str, str] = field(default_factory=dict)
     _httpd: ThreadingHTTPServer | None = None
@@ -115,6 +116,7 @@ class TokenServer:
     def add_refresh_token(self, subject: str) -> str:
         token = "rt-" + secrets.token_urlsafe(16)
         self._refresh[token] = subject
+        self.issued.append(token)
         return token
 
     def mint(self, subject: str, *, lifetime: int | None = None, **claims: Any) -> str:
@@ -122,7 +124,9 @@ class TokenServer:
         body = {"iss": self.issuer, "sub": subject, "email": subject, "iat": now - 5,
                 "nbf": now - 5, "exp": now + (self.lifetime if lifetime is None else lifetime),
                 "jti": secrets.token_hex(8), **claims}
-        return jwt_hs256(body, self.key)
+        token = jwt_hs256(body, self.key)
+        self.issued.append(token)
+        return token
 
     def grants(self) -> list[Request]:
         """The token requests received (POSTs to a token endpoint)."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
+from datetime import timedelta
 
 import pytest
 
@@ -127,6 +130,17 @@ def test_ca_of_another_authority_fails(settings: LdapSettings, tmp_path) -> None
     assert info.value.kind == "tls"
 
 
+def test_certificate_for_another_host_name_fails(settings: LdapSettings) -> None:
+    with Slapd(make_users(3), san="DNS:ldap.example.org") as elsewhere:
+        mismatch = dataclasses.replace(settings, url=elsewhere.ldaps_url,
+                                       ca_file=elsewhere.ca_file)
+        with pytest.raises(SourceError) as info:
+            ldap_source.probe(mismatch)
+        assert info.value.kind == "tls"
+        # Same CA, same server: only the name was wrong.
+        assert ldap_source.probe(dataclasses.replace(mismatch, tls_verify=False)) == 3
+
+
 def test_tls_verify_false_is_the_only_way_around_verification(settings: LdapSettings) -> None:
     unverified = dataclasses.replace(settings, ca_file=None, tls_verify=False, page_size=1000)
     assert ldap_source.probe(unverified) == USERS
@@ -174,6 +188,23 @@ def test_server_size_limit_is_a_clear_error(settings: LdapSettings) -> None:
     assert info.value.kind == "query"
     assert "size limit" in str(info.value)
     assert "size.prtotal" in str(info.value)
+
+
+def test_a_server_that_stops_answering_mid_search_is_a_timeout(settings: LdapSettings) -> None:
+    with Slapd(make_users(120)) as frozen:
+        stuck = dataclasses.replace(settings, url=frozen.ldaps_url, ca_file=frozen.ca_file,
+                                    timeout=timedelta(seconds=1))
+        rows = ldap_source.entries(stuck)
+        next(rows)  # bound, first page read
+        assert frozen.pid is not None
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(SourceError) as info:
+                list(rows)
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+    assert info.value.kind == "connect"
+    assert "no answer" in str(info.value)
 
 
 def test_missing_extra_names_it(settings: LdapSettings, monkeypatch: pytest.MonkeyPatch) -> None:

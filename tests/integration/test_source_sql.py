@@ -6,6 +6,7 @@ import dataclasses
 import sqlite3
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,19 @@ def test_postgres_nothing_listening_is_a_connect_error(pg_settings: SqlSettings)
         sql_source.probe(down)
     assert info.value.kind == "connect"
     assert info.value.retryable
+
+
+def test_postgres_locked_table_is_a_timeout_not_a_hang(
+    pg_settings: SqlSettings, pg_table: Postgres
+) -> None:
+    with pg_table.connect() as locker:
+        locker.autocommit = False
+        locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # as a migration would
+        try:
+            with pytest.raises(SourceError) as info:
+                sql_source.probe(dataclasses.replace(pg_settings, timeout=timedelta(seconds=1)))
+        finally:
+            locker.rollback()
+    assert info.value.kind == "query"
+    assert info.value.retryable
+    assert "statement timeout" in str(info.value)

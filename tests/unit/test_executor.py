@@ -173,11 +173,11 @@ def test_archive_mbox_verified_before_delete(tmp_path, journal, compress):
     real_delete = session.delete
     deleted_states = []
 
-    def checked_delete(refs):
+    def checked_delete(refs, **kw):
         keys = [r.key() for r in refs]
         rows = journal.latest_by_key("alice", keys)
         deleted_states.extend(rows[k].state for k in keys)
-        return real_delete(refs)
+        return real_delete(refs, **kw)
 
     session.delete = checked_delete
     ex = Executor(session, journal, archives=archives, run_id="r1", account="alice",
@@ -487,7 +487,7 @@ def test_archived_message_that_survives_the_delete_is_finished_not_archived_agai
     plan = plan_for(server)
     archives = mbox_set(tmp_path)
     session = server.session()
-    session.delete = lambda refs: set()  # e.g. the server answered UID EXPUNGE but kept them
+    session.delete = lambda refs, **_kw: set()  # e.g. the server answered UID EXPUNGE but kept them
     results = Executor(session, journal, archives=archives, run_id="r1",
                        account="alice").execute(plan)
     assert {r.result for r in results} == {"skipped"}
@@ -499,3 +499,29 @@ def test_archived_message_that_survives_the_delete_is_finished_not_archived_agai
     assert server.uids("INBOX") == []
     assert len(mbox_messages(tmp_path / "arch")) == 3  # finished, not archived twice
     assert len(query(journal)) == 3
+
+
+# -- protection re-checked at the moment of acting (review F3) -------------------------------
+
+
+@pytest.mark.parametrize("kind", [ActionKind.DELETE, ActionKind.ARCHIVE, ActionKind.MOVE])
+def test_message_flagged_after_the_plan_is_skipped_with_the_reason(tmp_path, journal, kind):
+    from dataclasses import replace
+
+    from retention.model import Protection
+
+    server = FakeServer()
+    seed(server, folders=("INBOX",), per_folder=3)
+    server.folder("Old")
+    plan = plan_for(server, kind=kind, folders={"INBOX"},
+                    to_folder="Old" if kind is ActionKind.MOVE else None)
+    guarded = Protection.of({"flagged"})
+    plan = replace(plan, actions=tuple(replace(a, protect=guarded) for a in plan.actions))
+    server.flag("INBOX", 2, "\\Flagged")  # the user stars UID 2 while the run goes on
+    results = new_executor(server, journal, mbox_set(tmp_path)).execute(plan)
+    outcome = {r.action.message.ref.uid: (r.result, r.detail or "") for r in results}
+    assert outcome[2][0] == "skipped" and "flagged since the scan" in outcome[2][1]
+    assert outcome[1][0] == outcome[3][0] == "done"
+    assert server.uids("INBOX") == [2]
+    rows = journal.latest_by_key("alice", [plan.actions[1].message.ref.key()])
+    assert {r.state for r in rows.values()} == {"skipped"}  # recovery never removes it

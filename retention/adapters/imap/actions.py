@@ -21,12 +21,14 @@ from retention.adapters.imap.connection import ImapConnection
 from retention.adapters.imap.wire import (
     aware_utc,
     compress_uids,
+    expand_uid_set,
+    normalise_flags,
     parse_appenduid,
     parse_copyuid,
     uid_batches,
 )
-from retention.errors import ProtocolError
-from retention.model import DELETED, RECENT, MessageRef
+from retention.errors import FolderSkipped, ProtocolError
+from retention.model import DELETED, RECENT, MessageRef, Protection
 
 log = logging.getLogger("retention.imap")
 
@@ -42,24 +44,131 @@ class ImapActions(ImapConnection):
         if self.readonly:
             raise ProtocolError(f"{self.label}: read-only session (dry-run): refusing to {what}")
 
-    def delete(self, refs: Sequence[MessageRef]) -> set[MessageRef]:
-        """Remove exactly these messages; the refs actually removed are returned."""
+    def delete(
+        self, refs: Sequence[MessageRef], *, protect: Protection | None = None,
+        skipped: dict[MessageRef, str] | None = None,
+    ) -> set[MessageRef]:
+        """Remove exactly these messages; the refs actually removed are returned.
+
+        ``protect``: re-checked right before acting (see ``_recheck``); the refs left alone
+        for it go into ``skipped`` with the reason.
+        """
         self._writable("delete")
         if not refs:
             return set()
         folder, validity = one_folder(refs)
         self._require_uidplus("delete")
+        if self.labels and not self._is_trash(folder):
+            return self._delete_via_trash(refs, protect, skipped)
         by_uid = {ref_uid(r): r for r in refs}
         removed: set[int] = set()
+        why: dict[int, str] = {}
         self.select(folder, readonly=False, expect=validity)
         try:
             for batch in uid_batches(by_uid, ACT_BATCH):
-                removed |= self._expunge_exact(self.present(batch))
+                allowed, modseq = self._recheck(batch, protect, why)
+                removed |= self._expunge_exact(allowed, unchangedsince=modseq, why=why)
         except BaseException:
             self.leave(quiet=True)
             raise
+        finally:
+            _report(skipped, by_uid, why)
         self.leave()
         return {by_uid[u] for u in removed}
+
+    def _recheck(
+        self, batch: list[int], protect: Protection | None, why: dict[int, str]
+    ) -> tuple[list[int], int | None]:
+        """The UIDs of ``batch`` that exist and that ``protect`` still lets go, and the
+        MODSEQ to make the STORE conditional on (CONDSTORE, RFC 7162), else None.
+
+        Flags are re-read here, right before acting: a message another client flagged or
+        marked unread since the scan is left alone (``why`` says so). With CONDSTORE the
+        STORE then carries ``UNCHANGEDSINCE`` the highest MODSEQ read here, so a change
+        between this read and the STORE makes the server refuse it for that message.
+        """
+        if not protect:
+            return self.present(batch), None
+        condstore = self.has("CONDSTORE")
+        fetched = self._fetch(batch, ["FLAGS", "MODSEQ"] if condstore else ["FLAGS"])
+        allowed: list[int] = []
+        modseqs: list[int] = []
+        for uid in batch:
+            data = fetched.get(uid)
+            if data is None:
+                continue  # no longer there
+            flags = data.get(b"FLAGS")
+            if not isinstance(flags, tuple | list):
+                why[uid] = "its flags could not be read again before acting: left alone"
+                continue
+            hit = protect.forbids(normalise_flags(flags))
+            if hit is not None:
+                why[uid] = f"{hit} since the scan (changed by another client): left alone"
+                continue
+            allowed.append(uid)
+            modseq = _modseq(data.get(b"MODSEQ"))
+            if modseq is not None:
+                modseqs.append(modseq)
+        usable = condstore and len(modseqs) == len(allowed) and bool(allowed)
+        return allowed, max(modseqs) if usable else None
+
+    def _is_trash(self, folder: str) -> bool:
+        return any(f.name == folder and "\\Trash" in f.special_use for f in self.folders())
+
+    def _delete_via_trash(
+        self, refs: Sequence[MessageRef], protect: Protection | None,
+        skipped: dict[MessageRef, str] | None,
+    ) -> set[MessageRef]:
+        """Gmail: expunging in a label folder only removes the label (the message stays in
+        All Mail, using quota). So ``UID MOVE`` to the ``\\Trash`` folder, then the exact
+        ``UID STORE``/``UID EXPUNGE`` there of the UIDs ``COPYUID`` gave the moved copies.
+        Without a COPYUID the moved messages stay in Trash (Gmail purges it in 30 days)."""
+        folder, validity = one_folder(refs)
+        trash = self.resolve("\\Trash")
+        by_uid = {ref_uid(r): r for r in refs}
+        moved: set[int] = set()
+        in_trash: dict[int, list[int]] = {}  # Trash UIDVALIDITY -> UIDs of our copies
+        untagged = self._untagged()
+        why: dict[int, str] = {}
+        self.select(folder, readonly=False, expect=validity)
+        try:
+            for batch in uid_batches(by_uid, ACT_BATCH):
+                present, _modseq = self._recheck(batch, protect, why)
+                if not present:
+                    continue
+                untagged.pop("COPYUID", None)
+                with self.guard("UID MOVE"):
+                    self._client.move(compress_uids(present), self.server(trash))
+                for code in untagged.pop("COPYUID", []):
+                    parsed = parse_copyuid(b"[COPYUID " + bytes(code) + b"]")
+                    if parsed is not None:
+                        pairs = dict(zip(parsed[1], parsed[2], strict=True))
+                        in_trash.setdefault(parsed[0], []).extend(
+                            pairs[u] for u in present if u in pairs)
+                self._drain()
+                moved |= set(present) - set(self.present(present))
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        finally:
+            _report(skipped, by_uid, why)
+        self.leave()
+        for trash_validity, uids in in_trash.items():
+            try:
+                self.select(trash, readonly=False, expect=trash_validity)
+            except FolderSkipped as exc:  # moved already: Trash keeps them (30 days)
+                log.warning("%s: %s: not expunged there: %s", self.label, trash, exc.reason)
+                continue
+            try:
+                self._expunge_exact(self.present(sorted(set(uids))))
+            except BaseException:
+                self.leave(quiet=True)
+                raise
+            self.leave()
+        if moved and not in_trash:
+            log.warning("%s: no COPYUID from UID MOVE: %d message(s) left in %s",
+                        self.label, len(moved), trash)
+        return {by_uid[u] for u in moved}
 
     def _require_uidplus(self, what: str) -> None:
         if not self.has("UIDPLUS"):
@@ -68,14 +177,32 @@ class ImapActions(ImapConnection):
                 "messages safely"
             )
 
-    def _expunge_exact(self, uids: list[int]) -> set[int]:
-        """``UID STORE +FLAGS.SILENT (\\Deleted)`` + ``UID EXPUNGE`` of exactly ``uids``."""
+    def _expunge_exact(
+        self, uids: list[int], *, unchangedsince: int | None = None,
+        why: dict[int, str] | None = None,
+    ) -> set[int]:
+        """``UID STORE +FLAGS.SILENT (\\Deleted)`` + ``UID EXPUNGE`` of exactly ``uids``.
+
+        ``unchangedsince``: a conditional STORE (RFC 7162 3.1.3); the UIDs the server
+        reports ``MODIFIED`` were changed by another client meanwhile and are neither
+        flagged nor expunged (``why`` says so).
+        """
         if not uids:  # an empty set must never turn into a bare EXPUNGE
             return set()
         uid_set = compress_uids(uids)
         try:
-            with self.guard("UID STORE"):
-                self._client.add_flags(uid_set, [DELETED], silent=True)
+            if unchangedsince is None:
+                with self.guard("UID STORE"):
+                    self._client.add_flags(uid_set, [DELETED], silent=True)
+            else:
+                modified = self._store_unchanged(uid_set, unchangedsince)
+                for uid in modified & set(uids):
+                    if why is not None:
+                        why[uid] = "changed by another client while being removed: left alone"
+                uids = [u for u in uids if u not in modified]
+                if not uids:
+                    return set()
+                uid_set = compress_uids(uids)
             with self.guard("UID EXPUNGE"):
                 typ, data = self._client._imap.uid("EXPUNGE", uid_set)
                 if typ != "OK":
@@ -92,6 +219,26 @@ class ImapActions(ImapConnection):
             self._unflag(remaining)
         return set(uids) - set(remaining)
 
+    def _store_unchanged(self, uid_set: str, modseq: int) -> set[int]:
+        """``UID STORE set (UNCHANGEDSINCE m) +FLAGS.SILENT (\\Deleted)``: the UIDs the
+        server reported ``[MODIFIED ...]`` (not flagged)."""
+        untagged = self._untagged()
+        untagged.pop("MODIFIED", None)
+        with self.guard("UID STORE"):
+            typ, data = self._client._imap.uid(
+                "STORE", uid_set, f"(UNCHANGEDSINCE {modseq})", "+FLAGS.SILENT", f"({DELETED})"
+            )
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"STORE command error: {typ} {data!r}")
+        modified: set[int] = set()
+        for code in untagged.pop("MODIFIED", []) or []:
+            text = bytes(code).decode("ascii", "replace").strip()
+            try:
+                modified.update(expand_uid_set(text))
+            except ValueError:  # unreadable: trust nothing of this STORE
+                modified.update(expand_uid_set(uid_set))
+        return modified
+
     def _unflag(self, uids: list[int]) -> None:
         try:
             with self.guard("UID STORE"):
@@ -99,9 +246,16 @@ class ImapActions(ImapConnection):
         except ProtocolError as exc:
             log.warning("%s: could not clear \\Deleted again: %s", self.label, exc)
 
-    def move(self, refs: Sequence[MessageRef], to_folder: str) -> set[MessageRef]:
+    def move(
+        self, refs: Sequence[MessageRef], to_folder: str, *, protect: Protection | None = None,
+        skipped: dict[MessageRef, str] | None = None,
+    ) -> set[MessageRef]:
         """Move exactly these messages to ``to_folder`` (a name, created when missing, or
-        a special-use attribute such as ``\\Trash``)."""
+        a special-use attribute such as ``\\Trash``).
+
+        ``protect``/``skipped`` as for ``delete``: flags are re-read right before the
+        ``UID MOVE`` (IMAP has no conditional MOVE: the window is one round trip).
+        """
         self._writable("move")
         if not refs:
             return set()
@@ -115,10 +269,11 @@ class ImapActions(ImapConnection):
         real_target = self.ensure_folder(target)
         by_uid = {ref_uid(r): r for r in refs}
         moved: set[int] = set()
+        why: dict[int, str] = {}
         self.select(folder, readonly=False, expect=validity)
         try:
             for batch in uid_batches(by_uid, ACT_BATCH):
-                present = self.present(batch)
+                present, _modseq = self._recheck(batch, protect, why)
                 if not present:
                     continue
                 if use_move:
@@ -131,6 +286,8 @@ class ImapActions(ImapConnection):
         except BaseException:
             self.leave(quiet=True)
             raise
+        finally:
+            _report(skipped, by_uid, why)
         self.leave()
         return {by_uid[u] for u in moved}
 
@@ -239,6 +396,20 @@ def one_folder(refs: Sequence[MessageRef]) -> tuple[str, int]:
         if ref.folder != first.folder or ref.uidvalidity != first.uidvalidity:
             raise ValueError("all refs of one call must share folder and UIDVALIDITY")
     return first.folder, first.uidvalidity
+
+
+def _modseq(value: object) -> int | None:
+    """FETCH's ``MODSEQ (12345)`` -> 12345."""
+    if isinstance(value, tuple | list) and len(value) == 1:
+        value = value[0]
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _report(
+    skipped: dict[MessageRef, str] | None, by_uid: dict[int, MessageRef], why: dict[int, str]
+) -> None:
+    if skipped is not None:
+        skipped.update({by_uid[u]: reason for u, reason in why.items() if u in by_uid})
 
 
 def ref_uid(ref: MessageRef) -> int:

@@ -272,9 +272,48 @@ class ImapConnection:
         self._folders: list[FolderInfo] | None = None
         self._delimiter: str | None = "/"
         self._selected: tuple[str, bool] | None = None  # (server name, readonly)
+        #: HIGHESTMODSEQ of the last SELECT/EXAMINE (RFC 7162), None when not offered.
+        self.selected_modseq: int | None = None
+        self._qresync = False  # ENABLE QRESYNC done in this session
         self._existing: set[str] = set()  # server names known to exist (ensure_folder)
         self._broken = False
         self._closed = False
+        #: ``auto`` (detect), ``gmail``, ``exchange`` or ``generic`` (the account's
+        #: ``provider`` key; set by ``ImapSession.connect``).
+        self.provider_hint = "auto"
+        self.greeting = b""
+
+    # -- the provider ----------------------------------------------------------------
+
+    @property
+    def provider(self) -> str:
+        """``gmail`` (``X-GM-EXT-1``), ``exchange`` (its greeting) or ``generic``."""
+        if self.provider_hint != "auto":
+            return self.provider_hint
+        if self.has("X-GM-EXT-1"):
+            return "gmail"
+        if b"Microsoft Exchange" in self.greeting:
+            return "exchange"
+        return "generic"
+
+    @property
+    def labels(self) -> bool:
+        """Folders are labels of one stored message (Gmail): delete = Trash, then expunge."""
+        return self.provider == "gmail"
+
+    def global_id_item(self) -> str | None:
+        """The FETCH item naming a message across folders, when folders are labels.
+
+        ``X-GM-MSGID`` on Gmail, RFC 8474 ``EMAILID`` where offered, else Dovecot's
+        ``X-GUID`` (kept by COPY: how a Dovecot set up like Gmail is tested).
+        """
+        if not self.labels:
+            return None
+        if self.has("X-GM-EXT-1"):
+            return "X-GM-MSGID"
+        if self.has("OBJECTID"):
+            return "EMAILID"
+        return "X-GUID"
 
     # -- errors ----------------------------------------------------------------------
 
@@ -434,6 +473,8 @@ class ImapConnection:
             raise
         self._selected = (real, readonly)
         self._drain()
+        modseq = resp.get(b"HIGHESTMODSEQ")
+        self.selected_modseq = modseq if isinstance(modseq, int) else None
         validity = resp.get(b"UIDVALIDITY")
         if validity is None:
             self.leave(quiet=True)
@@ -479,6 +520,19 @@ class ImapConnection:
         real = self.server(folder)
         if self._selected is None or self._selected[0] != real or self._selected[1] != readonly:
             self.select(folder, readonly=readonly, expect=expect)
+
+    def enable_qresync(self) -> bool:
+        """``ENABLE QRESYNC`` once (RFC 7162): EXAMINE then reports HIGHESTMODSEQ and
+        ``UID FETCH ... (CHANGEDSINCE n VANISHED)`` works. False when not offered."""
+        if self._qresync:
+            return True
+        if not (self.has("QRESYNC") and self.has("ENABLE")):
+            return False
+        with self.guard("ENABLE"):
+            typ, _data = self._client._imap._simple_command("ENABLE", "QRESYNC")
+        self._drain()
+        self._qresync = typ == "OK"
+        return self._qresync
 
     # -- searching -------------------------------------------------------------------
 

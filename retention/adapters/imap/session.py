@@ -32,7 +32,7 @@ The IMAP archive target (``retention.archive.imap``) also uses ``append``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from retention.adapters.imap.actions import ImapActions, one_folder, ref_uid
 from retention.adapters.imap.connection import default_port, open_client
 from retention.adapters.imap.fetch import parse_imap_datetime
+from retention.adapters.imap.scanread import ScanLines, stream
 from retention.adapters.imap.wire import (
     aware_utc,
     normalise_flags,
@@ -48,11 +49,13 @@ from retention.adapters.imap.wire import (
     parse_header_fields,
     parse_message_id,
     uid_batches,
+    uid_ranges,
 )
 from retention.errors import ProtocolError
-from retention.model import FolderInfo, FolderSnapshot, Message, MessageRef, Usage
+from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef, Usage
 
 if TYPE_CHECKING:
+    from retention.adapters import SaslLogin
     from retention.config.schema import Connection
 
 log = logging.getLogger("retention.imap")
@@ -75,13 +78,18 @@ class ImapSession(ImapActions):
 
     @classmethod
     def connect(
-        cls, conn: Connection, password: str, *, readonly: bool, host_label: str | None = None
+        cls, conn: Connection, password: str | SaslLogin, *, readonly: bool,
+        host_label: str | None = None,
     ) -> ImapSession:
         """Connect, (STARTTLS,) log in. Raises ConnectError, TlsError or AuthError."""
         label = host_label or f"{conn.host}:{default_port(conn)}"
         client = open_client(conn, password, label)
         timeout = conn.timeout.total_seconds() or None
-        return cls(client, readonly=readonly, label=label, timeout=timeout)
+        session = cls(client, readonly=readonly, label=label, timeout=timeout)
+        session.provider_hint = str(getattr(conn, "provider", "auto"))
+        welcome = getattr(client, "welcome", b"")
+        session.greeting = welcome if isinstance(welcome, bytes) else b""
+        return session
 
     def __enter__(self) -> ImapSession:
         return self
@@ -182,19 +190,85 @@ class ImapSession(ImapActions):
     # -- reading ---------------------------------------------------------------------
 
     def scan(self, folder: FolderInfo, *, with_sent: bool = True) -> FolderSnapshot:
-        """Metadata of every message, read-only (EXAMINE), in batches of ``SCAN_BATCH``.
+        """Metadata of every message, read-only (EXAMINE).
 
         Flags, INTERNALDATE, size (and SAVEDATE where offered): no header, so no literal
-        per message. ``with_sent`` adds the Date and Message-ID header fields
-        (``BODY.PEEK``); without it ``message_id`` is None: ``message_ids`` reads it for
-        the few messages that are acted on.
+        per message, read by one ``UID FETCH 1:*`` streamed through ``scanread`` (one
+        pattern per line, no per-message dict). ``with_sent`` adds the Date and
+        Message-ID header fields (``BODY.PEEK``), read in batches of ``SCAN_BATCH`` by
+        the general parser; without it ``message_id`` is None: ``message_ids`` reads it
+        for the few messages that are acted on. Where QRESYNC is offered the snapshot
+        carries the folder's HIGHESTMODSEQ (``scan_changes`` starts from it).
         """
-        savedate = self.has("SAVEDATE")
-        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE"]
         if with_sent:
-            items.append("BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]")
+            return self._scan_with_headers(folder)
+        savedate = self.has("SAVEDATE")
+        qresync = self.enable_qresync()
+        validity, exists = self.select(folder.name, readonly=True)
+        modseq = self.selected_modseq if qresync else None
+        try:
+            lines = ScanLines()
+            if exists:
+                self._stream_meta(b"1:*", savedate, lines)
+            messages = lines.messages(folder.name, validity, _general(False))
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return FolderSnapshot(folder, validity, tuple(messages), has_savedate=savedate,
+                              warnings=self._left_out(folder, lines.left_out), modseq=modseq)
+
+    def scan_changes(self, folder: FolderInfo, *, uidvalidity: int,
+                     modseq: int) -> FolderChanges | None:
+        """What changed since (``uidvalidity``, ``modseq``), read-only; None when that
+        cannot be known exactly here (no QRESYNC, another UIDVALIDITY, no HIGHESTMODSEQ,
+        or one below ``modseq``): the caller scans in full.
+
+        EXAMINE; when HIGHESTMODSEQ moved, one ``UID FETCH 1:* (...) (CHANGEDSINCE m
+        VANISHED)``: the changed and new messages in full, and the UIDs expunged since.
+        """
+        if not self.enable_qresync():
+            return None
+        savedate = self.has("SAVEDATE")
+        validity, exists = self.select(folder.name, readonly=True)
+        current = self.selected_modseq
+        try:
+            if validity != uidvalidity or current is None or current < modseq:
+                self.leave()
+                return None
+            lines = ScanLines()
+            if current != modseq:
+                self._stream_meta(b"1:*", savedate, lines,
+                                  b" (CHANGEDSINCE %d VANISHED)" % modseq)
+            changed = lines.messages(folder.name, validity, _general(False))
+            vanished = tuple(r for text in lines.vanished for r in uid_ranges(text))
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return FolderChanges(
+            uidvalidity=validity, modseq=current,
+            exists=lines.exists if lines.exists is not None else exists,
+            changed=tuple(changed), vanished=vanished, has_savedate=savedate,
+        )
+
+    def _stream_meta(self, uid_set: bytes, savedate: bool, lines: ScanLines,
+                     modifiers: bytes = b"") -> None:
+        items = b"UID FLAGS INTERNALDATE RFC822.SIZE" + (b" SAVEDATE" if savedate else b"")
+        with self.guard("UID FETCH"):
+            stream(self._client._imap, b"UID FETCH " + uid_set + b" (" + items + b")"
+                   + modifiers, lines.feed)
+        self._drain()
+
+    def _scan_with_headers(self, folder: FolderInfo) -> FolderSnapshot:
+        savedate = self.has("SAVEDATE")
+        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE",
+                 "BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]"]
         if savedate:
             items.append("SAVEDATE")
+        gid = self.global_id_item()
+        if gid is not None:
+            items.append(gid)
         validity, exists = self.select(folder.name, readonly=True)
         messages: list[Message] = []
         left_out: list[str] = []  # "UID 5: INTERNALDATE out of range" (kept, reported)
@@ -207,23 +281,30 @@ class ImapSession(ImapActions):
                     if data is None:  # expunged by someone else meanwhile
                         continue
                     ref = MessageRef(folder.name, validity, uid)
-                    message = _message(ref, data, with_sent=with_sent)
+                    message = _message(ref, data, with_sent=True)
                     if isinstance(message, str):
                         left_out.append(f"UID {uid}: {message}")
                     else:
+                        if gid is not None and data.get(gid.encode()) is not None:
+                            value = data[gid.encode()]
+                            message = replace(message, global_id=(
+                                value.decode("ascii", "replace") if isinstance(value, bytes)
+                                else str(value)))
                         messages.append(message)
                 del fetched  # not alive while the next batch is read: half the peak memory
         except BaseException:
             self.leave(quiet=True)
             raise
         self.leave()
-        warnings: tuple[str, ...] = ()
-        if left_out:
-            log.warning("%s: %s: %d message(s) left out: %s", self.label, folder.name,
-                        len(left_out), "; ".join(left_out[:5]))
-            warnings = (_left_out_warning(left_out),)
         return FolderSnapshot(folder, validity, tuple(messages), has_savedate=savedate,
-                              warnings=warnings)
+                              warnings=self._left_out(folder, left_out))
+
+    def _left_out(self, folder: FolderInfo, left_out: Sequence[str]) -> tuple[str, ...]:
+        if not left_out:
+            return ()
+        log.warning("%s: %s: %d message(s) left out: %s", self.label, folder.name,
+                    len(left_out), "; ".join(left_out[:5]))
+        return (_left_out_warning(left_out),)
 
     def message_ids(self, refs: Sequence[MessageRef]) -> dict[MessageRef, str | None]:
         """The Message-ID header of each ref (all in one folder), read-only.
@@ -255,19 +336,31 @@ class ImapSession(ImapActions):
             for uid, data in self._fetch(batch, [MESSAGE_ID]).items()
         }
 
-    def fetch(self, refs: Sequence[MessageRef]) -> Iterator[tuple[MessageRef, bytes]]:
+    def fetch(
+        self, refs: Sequence[MessageRef], *, skipped: dict[MessageRef, str] | None = None
+    ) -> Iterator[tuple[MessageRef, bytes]]:
         """The exact bytes of each ref (BODY.PEEK[]), in batches; missing refs not yielded.
 
         A generator: the folder is examined (and UIDVALIDITY checked, raising
-        ``UidValidityChanged``) when iteration starts.
+        ``UidValidityChanged``) when iteration starts. A body whose length is not its
+        RFC822.SIZE (cut short, or padded) is not whole: it is not yielded, and
+        ``skipped`` gets the ref with the reason (review F6).
         """
         if not refs:
             return iter(())
         folder, validity = one_folder(refs)
         by_uid = {ref_uid(r): r for r in refs}
-        return (
-            (by_uid[uid], body) for uid, body in self._bodies(folder, validity, list(by_uid))
-        )
+        why: dict[int, str] = {}
+
+        def bodies() -> Iterator[tuple[MessageRef, bytes]]:
+            try:
+                for uid, body in self._bodies(folder, validity, list(by_uid), why):
+                    yield by_uid[uid], body
+            finally:
+                if skipped is not None:
+                    skipped.update({by_uid[u]: reason for u, reason in why.items()})
+
+        return bodies()
 
     def fetch_uids(self, folder: str, uids: Iterable[int]) -> dict[int, bytes]:
         """``{uid: bytes}`` of the given UIDs that exist (read back for verification)."""
@@ -277,22 +370,36 @@ class ImapSession(ImapActions):
         return dict(self._bodies(folder, None, wanted))
 
     def _bodies(
-        self, folder: str, validity: int | None, uids: list[int]
+        self, folder: str, validity: int | None, uids: list[int],
+        why: dict[int, str] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
+        """``(uid, body)`` of the UIDs that exist and whose body is whole (its length is
+        RFC822.SIZE); the others go into ``why`` with the reason."""
+        why = {} if why is None else why
         current, _exists = self.select(folder, readonly=True, expect=validity)
         try:
             sizes: dict[int, int] = {}
             for batch in uid_batches(uids, SCAN_BATCH):
                 for uid, data in self._fetch(batch, ["RFC822.SIZE"]).items():
-                    sizes[uid] = _size(data) or 0
+                    size = _size(data)
+                    if size is None:
+                        why[uid] = "no RFC822.SIZE (NIL): the body cannot be checked whole"
+                    else:
+                        sizes[uid] = size
             for batch in _by_size(sorted(sizes), sizes):
                 # The caller may have used this session between two yields.
                 self.ensure_selected(folder, True, current)
                 fetched = self._fetch(batch, ["BODY.PEEK[]"])
                 for uid in batch:
                     body = fetched.get(uid, {}).get(b"BODY[]")
-                    if body is not None:
-                        yield uid, bytes(body)
+                    if body is None:
+                        continue
+                    if len(body) != sizes[uid]:
+                        why[uid] = (f"the server sent {len(body)} bytes of a "
+                                    f"{sizes[uid]}-byte message (RFC822.SIZE): not whole")
+                        log.warning("%s: %s UID %d: %s", self.label, folder, uid, why[uid])
+                        continue
+                    yield uid, bytes(body)
         except BaseException:
             self.leave(quiet=True)
             raise
@@ -342,6 +449,10 @@ def _header_bytes(data: dict[bytes, Any]) -> bytes | None:
         if isinstance(key, bytes) and key.upper().startswith(b"BODY[HEADER"):
             return bytes(value) if value is not None else None
     return None
+
+
+def _general(with_sent: bool) -> Callable[[MessageRef, dict[bytes, Any]], Message | str]:
+    return lambda ref, data: _message(ref, data, with_sent=with_sent)
 
 
 def _message(ref: MessageRef, data: dict[bytes, Any], *, with_sent: bool) -> Message | str:

@@ -76,6 +76,23 @@ def expand_uid_set(text: str, limit: int = 1_000_000) -> list[int]:
     return out
 
 
+def uid_ranges(text: str) -> list[tuple[int, int]]:
+    """A ``VANISHED`` answer's UID set (``"(EARLIER) 3:5,9"``) -> ``[(3, 5), (9, 9)]``.
+
+    Ranges stay ranges (a set may span millions of UIDs); ``a:b`` and ``b:a`` are the same
+    range (RFC 3501 sequence sets). Garbage parts are ignored.
+    """
+    if text.upper().startswith("(EARLIER)"):
+        text = text[len("(EARLIER)"):]
+    out: list[tuple[int, int]] = []
+    for part in text.strip().split(","):
+        first, _sep, last = part.partition(":")
+        if first.isdigit() and (not last or last.isdigit()):
+            a, b = int(first), int(last or first)
+            out.append((min(a, b), max(a, b)))
+    return out
+
+
 def uid_batches(
     uids: Iterable[int], max_count: int = 1000, max_chars: int = MAX_SET_CHARS
 ) -> Iterator[list[int]]:

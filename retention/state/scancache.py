@@ -1,0 +1,221 @@
+"""The scan cache: each folder's last scan, so that the next one reads only what changed.
+
+This module owns ``state_dir/scancache/``: one file per (mailbox, folder) holding the
+metadata of the folder's last scan (UID, size, INTERNALDATE, SAVEDATE, flags) under its
+(UIDVALIDITY, HIGHESTMODSEQ) (RFC 7162), and the pure ``merge`` of such a scan with the
+changes a server reports since (``FolderChanges``: CHANGEDSINCE + VANISHED).
+
+The cache is an optimisation only, never a source of truth:
+
+* it is an observation (what the server showed), so a dry-run may write it;
+* any doubt means a full scan: no file, another mailbox, another UIDVALIDITY, a
+  HIGHESTMODSEQ that went backwards, a bad magic, header, length or checksum (a truncated
+  or corrupt file), or a merge that does not end with exactly the folder's message count;
+* nothing acts on it: the delete path re-checks UIDVALIDITY and flags when it acts.
+
+File format (version 1): ``RSC1\\n``, one JSON header line (identity, UIDVALIDITY,
+HIGHESTMODSEQ, count, flag sets, body length and CRC-32), then five arrays of the
+machine's native int64/uint32 (UIDs, sizes, received and saved as UTC epoch
+microseconds, flag-set index). Native byte order: a file from another machine is
+refused by its header and means one full scan.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import zlib
+from array import array
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef
+
+MAGIC = b"RSC1\n"
+MAX_IDS = 200_000  # Message-IDs kept per folder (of the planned messages only)
+_NONE = -(2**63)  # a saved time the server did not give
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def merge(base: FolderSnapshot, changes: FolderChanges) -> FolderSnapshot | None:
+    """``base`` brought up to date by ``changes``; None when that cannot be proven exact.
+
+    Pure. Vanished UIDs leave, changed ones replace (or join) the base's; the result is in
+    UID order and must hold exactly ``changes.exists`` messages, else None (a gap: the
+    caller scans in full).
+    """
+    if (changes.uidvalidity != base.uidvalidity or base.modseq is None
+            or changes.modseq < base.modseq or changes.has_savedate != base.has_savedate):
+        return None
+    starts, ends = _disjoint(changes.vanished)
+
+    def gone(uid: int) -> bool:
+        i = bisect.bisect_right(starts, uid) - 1
+        return i >= 0 and uid <= ends[i]
+
+    changed = {m.ref.uid: m for m in changes.changed if m.ref.uid is not None}
+    if not changed and not starts:
+        kept = list(base.messages)
+    else:
+        kept = [m for m in base.messages if m.ref.uid not in changed and not gone(m.ref.uid or 0)]
+        kept += [m for uid, m in changed.items() if not gone(uid)]
+        kept.sort(key=lambda m: m.ref.uid or 0)
+    if len(kept) != changes.exists:
+        return None
+    return FolderSnapshot(base.info, base.uidvalidity, tuple(kept),
+                          has_savedate=base.has_savedate, modseq=changes.modseq)
+
+
+def _disjoint(ranges: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Ranges merged into disjoint ones in order: (starts, ends), both increasing."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for first, last in sorted((min(r), max(r)) for r in ranges):
+        if ends and first <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], last)
+        else:
+            starts.append(first)
+            ends.append(last)
+    return starts, ends
+
+
+class ScanCache:
+    """The cached scans of one mailbox (``identity``: account, server, user) in ``root``."""
+
+    def __init__(self, root: Path, identity: str) -> None:
+        self.root = root
+        self.identity = identity
+
+    def path(self, folder: str) -> Path:
+        digest = hashlib.sha256(f"{self.identity}\x00{folder}".encode()).hexdigest()[:32]
+        return self.root / f"{digest}.bin"
+
+    def load(self, info: FolderInfo) -> FolderSnapshot | None:
+        """The folder's cached scan, or None (missing, another mailbox, corrupt...)."""
+        try:
+            data = self.path(info.name).read_bytes()
+        except OSError:
+            return None
+        try:
+            return self._decode(info, data)
+        except (ValueError, KeyError, TypeError, OverflowError, IndexError):
+            return None
+
+    def _decode(self, info: FolderInfo, data: bytes) -> FolderSnapshot | None:
+        if not data.startswith(MAGIC):
+            return None
+        end = data.index(b"\n", len(MAGIC))
+        head = json.loads(data[len(MAGIC):end])
+        body = memoryview(data)[end + 1:]
+        n = int(head["count"])
+        if (head.get("identity") != self.identity or head.get("folder") != info.name
+                or head.get("byteorder") != sys.byteorder or len(body) != int(head["length"])
+                or zlib.crc32(body) != int(head["crc"]) or len(body) != n * 36):
+            return None
+        cols = []
+        pos = 0
+        for code in ("q", "q", "q", "q", "I"):
+            col = array(code)
+            width = col.itemsize * n
+            col.frombytes(body[pos:pos + width])
+            cols.append(col)
+            pos += width
+        uids, sizes, received, saved, flag_index = cols
+        flag_sets = [frozenset(str(f) for f in fs) for fs in head["flags"]]
+        name, validity = info.name, int(head["uidvalidity"])
+        epoch, us = _EPOCH, _US
+        messages = tuple(
+            Message(MessageRef(name, validity, uid), size, epoch + r * us,
+                    flag_sets[fi], None, None if s == _NONE else epoch + s * us)
+            for uid, size, r, s, fi in zip(uids, sizes, received, saved, flag_index, strict=True)
+        )
+        return FolderSnapshot(info, validity, messages, has_savedate=bool(head["has_savedate"]),
+                              modseq=int(head["modseq"]))
+
+    def save(self, snap: FolderSnapshot) -> None:
+        """Write ``snap`` (atomically: a reader sees the old file or the new one)."""
+        if snap.modseq is None or snap.warnings:  # left-out messages: always in full
+            self.forget(snap.name)
+            return
+        flag_sets: dict[frozenset[str], int] = {}
+        index = array("I", (flag_sets.setdefault(m.flags, len(flag_sets))
+                            for m in snap.messages))
+        cols = [
+            array("q", (m.ref.uid or 0 for m in snap.messages)),
+            array("q", (m.size for m in snap.messages)),
+            array("q", (_micros(m.received) for m in snap.messages)),
+            array("q", (_NONE if m.saved is None else _micros(m.saved)
+                        for m in snap.messages)),
+            index,
+        ]
+        crc, length = 0, 0
+        for col in cols:
+            crc = zlib.crc32(memoryview(col).cast("B"), crc)
+            length += len(col) * col.itemsize
+        head = {
+            "identity": self.identity, "folder": snap.name, "byteorder": sys.byteorder,
+            "uidvalidity": snap.uidvalidity, "modseq": snap.modseq,
+            "has_savedate": snap.has_savedate, "count": len(snap.messages),
+            "flags": [sorted(fs) for fs in flag_sets], "length": length, "crc": crc,
+        }
+        _write(self.path(snap.name),
+               [MAGIC + json.dumps(head, separators=(",", ":")).encode() + b"\n", *cols])
+
+    def forget(self, folder: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(folder).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.path(folder).with_suffix(".ids").unlink()
+
+    # Message-IDs: a message's bytes never change under one (UIDVALIDITY, UID) (RFC 3501
+    # 2.3.1.1), so neither does its header; a repeat run needs none of them again.
+
+    def load_ids(self, folder: str, uidvalidity: int) -> dict[int, str | None]:
+        """The Message-IDs read earlier under ``uidvalidity`` (empty: none, or any doubt)."""
+        try:
+            doc = json.loads(self.path(folder).with_suffix(".ids").read_bytes())
+            if (doc["identity"] != self.identity or doc["folder"] != folder
+                    or doc["uidvalidity"] != uidvalidity):
+                return {}
+            return {int(uid): (None if mid is None else str(mid))
+                    for uid, mid in doc["ids"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def save_ids(self, folder: str, uidvalidity: int, ids: dict[int, str | None]) -> None:
+        """Keep ``ids`` (the newest ``MAX_IDS`` UIDs) for ``folder`` under ``uidvalidity``."""
+        keep = sorted(ids)[-MAX_IDS:]
+        doc = {"identity": self.identity, "folder": folder, "uidvalidity": uidvalidity,
+               "ids": {str(uid): ids[uid] for uid in keep}}
+        _write(self.path(folder).with_suffix(".ids"),
+               [json.dumps(doc, separators=(",", ":")).encode()])
+
+
+def _write(path: Path, parts: list[bytes | array[int]]) -> None:
+    """Write ``path`` atomically (a reader sees the old file or the new one), mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            for part in parts:
+                if isinstance(part, bytes):
+                    f.write(part)
+                else:
+                    part.tofile(f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _micros(when: datetime) -> int:
+    delta = when - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
