@@ -200,8 +200,9 @@ class ImapSession(ImapActions):
         for the few messages that are acted on. Where QRESYNC is offered the snapshot
         carries the folder's HIGHESTMODSEQ (``scan_changes`` starts from it).
         """
-        if with_sent:
-            return self._scan_with_headers(folder)
+        if with_sent or self.global_id_item() is not None:
+            # Label folders (Gmail) also need each message's global id: the general path.
+            return self._scan_with_headers(folder, with_sent=with_sent)
         savedate = self.has("SAVEDATE")
         qresync = self.enable_qresync()
         validity, exists = self.select(folder.name, readonly=True)
@@ -260,10 +261,11 @@ class ImapSession(ImapActions):
                    + modifiers, lines.feed)
         self._drain()
 
-    def _scan_with_headers(self, folder: FolderInfo) -> FolderSnapshot:
+    def _scan_with_headers(self, folder: FolderInfo, *, with_sent: bool = True) -> FolderSnapshot:
         savedate = self.has("SAVEDATE")
-        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE",
-                 "BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]"]
+        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+        if with_sent:
+            items.append("BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]")
         if savedate:
             items.append("SAVEDATE")
         gid = self.global_id_item()
@@ -281,7 +283,7 @@ class ImapSession(ImapActions):
                     if data is None:  # expunged by someone else meanwhile
                         continue
                     ref = MessageRef(folder.name, validity, uid)
-                    message = _message(ref, data, with_sent=True)
+                    message = _message(ref, data, with_sent=with_sent)
                     if isinstance(message, str):
                         left_out.append(f"UID {uid}: {message}")
                     else:
