@@ -32,6 +32,7 @@ The IMAP archive target (``retention.archive.imap``) also uses ``append``,
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from retention.adapters import SaslLogin
     from retention.config.schema import Connection
 
+_STATUS_MESSAGES = re.compile(rb"\(MESSAGES (\d+)\)\s*$")
 log = logging.getLogger("retention.imap")
 
 # Messages per metadata UID FETCH (~150 bytes of reply each). Bigger batches save little
@@ -118,8 +120,13 @@ class ImapSession(ImapActions):
                 if quota.messages is None:
                     # No MESSAGE resource: count them (the cap's percentage and the
                     # messages gauge are about the whole account, not the scanned folders).
-                    infos = list(folders) if folders is not None else self.folders()
-                    quota = replace(quota, messages=self._message_count(infos))
+                    # Unlisted folders and LIST-STATUS (RFC 5819): one command for all, the
+                    # difference between a fleet's usage sweep at the protocol's pace or not.
+                    count = self._list_status_count() if folders is None else None
+                    if count is None:
+                        infos = list(folders) if folders is not None else self.folders()
+                        count = self._message_count(infos)
+                    quota = replace(quota, messages=count)
                 return quota
         infos = list(folders) if folders is not None else self.folders()
         total = count = 0
@@ -150,6 +157,36 @@ class ImapSession(ImapActions):
             if best is None or ratio > best[0]:
                 best = (ratio, usage)
         return best[1] if best else None
+
+    def _list_status_count(self) -> int | None:
+        """Messages in all folders from ``LIST "" "*" RETURN (STATUS (MESSAGES))``.
+
+        None when the server lacks LIST-STATUS or refuses it (then STATUS per folder).
+        Only selectable folders get a STATUS reply (RFC 5819 section 2).
+        """
+        if not self.has("LIST-STATUS"):
+            return None
+        imap = self._client._imap
+        try:
+            with self.guard("LIST-STATUS"):
+                typ, _ = imap._simple_command("LIST", '""', '"*"', "RETURN",
+                                              "(STATUS (MESSAGES))")
+                _, data = imap._untagged_response(typ, [None], "STATUS")
+        except ProtocolError as exc:
+            log.debug("%s: LIST-STATUS: %s", self.label, exc)
+            return None
+        finally:
+            self._drain()
+        if typ != "OK":
+            return None
+        total = 0
+        for item in data:
+            # A name sent as a literal arrives as (prefix, name) then the rest of the line.
+            if isinstance(item, bytes):
+                m = _STATUS_MESSAGES.search(item)
+                if m is not None:
+                    total += int(m.group(1))
+        return total
 
     def _message_count(self, infos: Sequence[FolderInfo]) -> int | None:
         """Messages in all selectable folders (``STATUS (MESSAGES)``); None if refused."""
