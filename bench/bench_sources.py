@@ -31,8 +31,6 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,45 +39,6 @@ if str(ROOT) not in sys.path:
 
 ENV = "BENCH_SOURCES_DB_PASSWORD"
 QUERY = "SELECT username, host, policy FROM users"
-
-
-@dataclass(frozen=True)
-class Settings:
-    url: str
-    query: str
-    batch_size: int
-    name: str = "bench"
-    password_env: str | None = ENV
-    password_file: Path | None = None
-    timeout: timedelta = timedelta(seconds=30)
-
-
-@dataclass(frozen=True)
-class Attributes:
-    username: str = "mail"
-    name: str | None = None
-    policy: str | None = "departmentNumber"
-
-
-@dataclass(frozen=True)
-class LdapSettings:
-    url: str
-    ca_file: Path
-    bind_dn: str
-    base: str
-    page_size: int
-    name: str = "bench"
-    bind_password_env: str | None = ENV
-    bind_password_file: Path | None = None
-    filter: str = "(objectClass=inetOrgPerson)"
-    attributes: Attributes = Attributes()
-    starttls: bool = False
-    tls_verify: bool = True
-    allow_plaintext: bool = False
-    timeout: timedelta = timedelta(seconds=60)
-
-    def wanted_attributes(self) -> list[str]:
-        return ["mail", "departmentNumber"]
 
 
 def _rss_mib() -> float:
@@ -105,14 +64,19 @@ def child(spec: str, batch_size: int) -> None:
     started = time.perf_counter()
     rows = 0
     usernames = 0
+    from retention.config.sources import LdapSource, SqlSource
+
     if spec.startswith("{"):  # LDAP: the settings as JSON
-        d = json.loads(spec)
-        entries = ldap_source.entries(LdapSettings(
-            url=d["url"], ca_file=Path(d["ca_file"]), bind_dn=d["bind_dn"], base=d["base"],
-            page_size=batch_size))
+        entries = ldap_source.entries(LdapSource.model_validate({
+            **json.loads(spec), "type": "ldap", "name": "bench", "bind_password_env": ENV,
+            "filter": "(objectClass=inetOrgPerson)", "page_size": batch_size,
+            "attributes": {"username": "mail", "policy": "departmentNumber"},
+            "timeout": 60}))
         key = "mail"
     else:
-        entries = sql.entries(Settings(url=spec, query=QUERY, batch_size=batch_size))
+        entries = sql.entries(SqlSource.model_validate({
+            "type": "sql", "name": "bench", "url": spec, "query": QUERY,
+            "password_env": ENV, "batch_size": batch_size}))
         key = "username"
     for entry in entries:
         rows += 1

@@ -270,20 +270,28 @@ def _always_phase(
 
 
 def _one_per_message(
-    hits: list[_Hit], open_: list[Message]
+    hits: list[_Hit], open_: list[Message], counts: dict[str, int]
 ) -> tuple[list[_Hit], list[Message], list[str]]:
     """Where folders are labels of one stored message (``global_id``: Gmail), act once.
 
     Removing a Gmail message from one label folder really deletes it (the adapter moves it
     to Trash and expunges it there), so it leaves every label. Hence: when every copy the
-    scan saw is planned, only the first action stays (its size counted once); when some
+    scan saw is planned, only one action stays (its size counted once); when some
     copy is kept, none is acted on and the copies go back to the open messages.
     """
     if not any(m.global_id is not None for _, m in hits):
         return hits, open_, []  # not a label server: nothing to do
     kept_ids = {m.global_id for m in open_ if m.global_id is not None}
+    # The copy acted on: the one in the fullest folder (any copy removes them all), so a
+    # one-message label folder does not trip the empty-folder rail for nothing.
+    best: dict[str, _Hit] = {}
+    for r, m in hits:
+        gid = m.global_id
+        if gid is not None and gid not in kept_ids:
+            have = best.get(gid)
+            if have is None or counts.get(m.ref.folder, 0) > counts.get(have[1].ref.folder, 0):
+                best[gid] = (r, m)
     out: list[_Hit] = []
-    seen: set[str] = set()
     back: list[Message] = []
     for r, m in hits:
         gid = m.global_id
@@ -291,8 +299,7 @@ def _one_per_message(
             out.append((r, m))
         elif gid in kept_ids:
             back.append(m)
-        elif gid not in seen:
-            seen.add(gid)
+        elif best[gid][1] is m:
             out.append((r, m))
     notes: list[str] = []
     copies = len(hits) - len(out) - len(back)
@@ -462,7 +469,7 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     quota = policy.quota
     counts = {f.name: len(f.messages) for f in snapshot.folders}
     hits, open_, failed = _always_phase(rules, policy, snapshot, now)
-    hits, open_, label_notes = _one_per_message(hits, open_)
+    hits, open_, label_notes = _one_per_message(hits, open_, counts)
     hits, dropped = _empty_folder_rail(hits, rules, counts)
     # A percentage is of the account's messages, not only of the folders the rules scan.
     total = snapshot.usage.messages

@@ -8,12 +8,26 @@ keeps it intact across crashes:
   matching ``^>*From `` quoted with one more ``>`` (mboxrd), then an empty line. Python's
   ``mailbox.mbox`` and mutt read it; ``decode_entry`` reverses it exactly, so verification
   compares SHA-256 of the read-back message with ``normalise(source)``.
-* Appends: under an exclusive ``flock`` of the file, the file's size is journalled as an
-  *intent* before anything is written; the batch is written with one ``write`` series,
-  then the file and its folder are fsynced; the intent is cleared in the same journal
-  transaction that marks the rows ``archived``. An intent still open when a later writer
-  (or ``recover``) takes the lock belonged to a writer that died: the file is truncated
-  back to the journalled offset, so a torn entry never survives.
+* Locks: the ones Dovecot (``mbox_write_locks = dotlock fcntl``) and mutt honour, in their
+  order: a ``FILE.lock`` dotlock (created ``O_EXCL``; one older than ``DOTLOCK_STALE`` is
+  taken over), then a POSIX ``lockf`` of the whole file, then ``flock`` (which, unlike
+  fcntl locks, also excludes other threads of this process). A batch locks its files in
+  sorted order, so two writers sharing files can never deadlock. Paths are canonical
+  (``realpath``), so two spellings of one file are one file.
+* Appends: under those locks the file's size is journalled as an *intent* before anything
+  is written, and an **intent sidecar** ``FILE.retention-intent`` (offset, length and the
+  first bytes of the member, the run) is written next to the file and fsynced; the batch is
+  written with one ``write`` series, the file and its folder are fsynced, the sidecar is
+  marked ``durable``; the journal intent is cleared in the same transaction that marks the
+  rows ``archived``, and the sidecar is removed before the locks are released. So a sidecar
+  found under the lock belonged to a writer that died, whichever journal it used:
+  - ``appending``: a torn append. Any writer truncates it back to its offset, but only if
+    the file still ends within that append and begins there with its bytes;
+  - ``durable``: a whole member whose rows may not be journalled. Only the journal that owns
+    it (same run, same offset) truncates it, and only if the file still ends exactly where
+    the append ended; otherwise the bytes stay (a duplicate copy at worst).
+  With no sidecar, a journal intent truncates nothing: the bytes after its offset are not
+  known to be its own (another agent repaired and appended, or nothing was ever written).
 * Compression: ``gzip`` (stdlib) or ``zstd`` (python-zstandard); one complete member or
   frame per append batch, so the file stays a valid multi-member stream after every
   append and a truncation at a member boundary. ``.gz``/``.zst`` is appended to the path
@@ -23,16 +37,15 @@ keeps it intact across crashes:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import os
 import re
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retention.adapters.spool import Body, Limits, Spooled, body_chunks
 from retention.archive.base import (
     Batch,
     Copy,
@@ -42,9 +55,18 @@ from retention.archive.base import (
     describe_os_error,
     fsync_dir,
     make_dirs,
-    sha256,
     write_all,
 )
+from retention.archive.mboxlock import (
+    HEAD,
+    Locks,
+    drop_sidecar,
+    lock,
+    may_truncate,
+    read_sidecar,
+    write_sidecar,
+)
+from retention.archive.mboxstream import Sink, encode_into, from_line, member_digests
 from retention.archive.paths import expand
 from retention.errors import ArchiveError
 
@@ -52,7 +74,6 @@ if TYPE_CHECKING:
     from retention.config.schema import MboxTarget
     from retention.state.journal import Intent, Journal, JournalRow
 
-LOCK_TIMEOUT = 120.0
 _ESCAPE = re.compile(rb"(?m)^(>*From )")
 _UNESCAPE = re.compile(rb"(?m)^>(>*From )")
 _SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
@@ -75,11 +96,6 @@ def escape(text: bytes) -> bytes:
 
 def unescape(text: bytes) -> bytes:
     return _UNESCAPE.sub(rb"\1", text)
-
-
-def from_line(received: datetime) -> bytes:
-    stamp = time.asctime(received.astimezone(UTC).timetuple())
-    return f"From MAILER-DAEMON {stamp}\n".encode("ascii")
 
 
 def encode_entry(data: bytes, received: datetime) -> bytes:
@@ -140,16 +156,22 @@ def read_all(path: Path | str, codec: str | None = None) -> bytes:
 # -- locking and repair ------------------------------------------------------------------
 
 
-def _lock(fd: int, path: str, timeout: float = LOCK_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise ArchiveError(f"mbox {path} stays locked by another process") from None
-            time.sleep(0.05)
+def _repair_dead(journal: Journal | None, intents: Sequence[Intent], path: str,
+                 fd: int) -> None:
+    """Under the locks: roll back what a dead writer left (see the module doc)."""
+    record = read_sidecar(path)
+    cut: int | None = None
+    if record is not None:
+        owner = any(record.get("run_id") == i.run_id and record.get("offset") == i.offset
+                    for i in intents)
+        if may_truncate(fd, record, owner=owner):
+            cut = int(record["offset"])
+    if cut is not None:
+        _truncate_to(fd, cut)
+    if record is not None:
+        drop_sidecar(path)
+    if journal is not None and intents:
+        _close_intents(journal, intents, truncated=cut is not None)
 
 
 def _truncate_to(fd: int, offset: int) -> None:
@@ -158,21 +180,17 @@ def _truncate_to(fd: int, offset: int) -> None:
     os.fsync(fd)
 
 
-def _resolve_intents(journal: Journal, intents: Sequence[Intent], fd: int) -> None:
-    """Truncate a file (locked by us) to the lowest offset of dead writers' intents."""
-    if not intents:
-        return
-    _truncate_to(fd, min(i.offset for i in intents))
+def _close_intents(journal: Journal, intents: Sequence[Intent], *, truncated: bool) -> None:
     from retention.state.journal import DROPPED, PLANNED
 
+    detail = ("interrupted while appending to the mbox: the partial append was truncated; "
+              "the message was left in place" if truncated else
+              "interrupted while appending to the mbox: nothing of it is known to be in the "
+              "file (bytes after its offset were left alone); the message was left in place")
     with journal.transaction("mbox-repaired"):
         for intent in intents:
             ids = [r.id for r in journal.rows_of_intent(intent.id) if r.state == PLANNED]
-            journal.mark(
-                ids, DROPPED,
-                detail="interrupted while appending to the mbox: the partial append was "
-                "truncated; the message was left in place",
-            )
+            journal.mark(ids, DROPPED, detail=detail)
             journal.clear_intents([intent.id])
 
 
@@ -180,20 +198,23 @@ def repair_intent(journal: Journal, intent: Intent) -> None:
     """Recovery: roll back an interrupted append (the writer died holding the intent)."""
     path = intent.path
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         _resolve_missing(journal, intent)
         return
     except OSError as e:
         raise ArchiveError(f"mbox {path}: cannot open to repair: {describe_os_error(e)}") from None
+    locks: Locks | None = None
     try:
-        _lock(fd, path)
+        locks = lock(fd, path)
         # Re-read under the lock: another writer may have repaired it meanwhile.
         live = [i for i in journal.intents(path=path) if i.id == intent.id]
-        _resolve_intents(journal, live, fd)
+        _repair_dead(journal, live, path, fd)
     except OSError as e:
         raise ArchiveError(f"mbox {path}: cannot repair: {describe_os_error(e)}") from None
     finally:
+        if locks is not None:
+            locks.release()
         os.close(fd)
 
 
@@ -212,12 +233,14 @@ def _resolve_missing(journal: Journal, intent: Intent) -> None:
 class _Open:
     """One locked mbox file of a batch."""
 
-    def __init__(self, path: str, fd: int, offset: int, member: bytes) -> None:
+    def __init__(self, path: str, fd: int, offset: int, member: Body, locks: Locks) -> None:
         self.path = path
         self.fd = fd
         self.offset = offset
         self.member = member
+        self.locks = locks
         self.indexes: list[int] = []
+        self.sidecar = False  # ours is on disk: removed before the locks go
 
 
 class MboxWriter:
@@ -236,7 +259,9 @@ class MboxWriter:
         path = expand(self.target.path, account=self.account, folder=m.ref.folder,
                       received=m.received)
         suffix = _SUFFIX[self.target.compress]
-        return path if not suffix or path.endswith(suffix) else path + suffix
+        path = path if not suffix or path.endswith(suffix) else path + suffix
+        # One canonical spelling per file: intents and locks agree across symlinks.
+        return os.path.realpath(path)
 
     def place(self, items: Sequence[Item]) -> Batch:
         by_path: dict[str, list[int]] = {}
@@ -246,23 +271,23 @@ class MboxWriter:
         opened: list[_Open] = []
         codec = self.target.compress
         try:
-            for path, indexes in by_path.items():
-                fd = self._open_locked(path)
+            for path in sorted(by_path):  # sorted: writers sharing files never deadlock (M4)
+                indexes = by_path[path]
+                fd, locks = self._open_locked(path)
                 try:
-                    _resolve_intents(self.journal, self.journal.intents(path=path), fd)
+                    _repair_dead(self.journal, self.journal.intents(path=path), path, fd)
                     offset = os.fstat(fd).st_size
                 except BaseException:
+                    locks.release()
                     os.close(fd)
                     raise
-                payload = bytearray()
-                spans: list[tuple[int, int, str]] = []
-                for i in indexes:
-                    item = items[i]
-                    entry = encode_entry(item.data, item.action.message.received)
-                    spans.append((len(payload), len(entry), sha256(normalise(item.data))))
-                    payload += entry
-                member = compress(codec, bytes(payload))
-                o = _Open(path, fd, offset, member)
+                big = sum(len(items[i].data) for i in indexes) > Limits.spool_above() or any(
+                    isinstance(items[i].data, Spooled) for i in indexes)
+                sink = Sink(codec, spool=big)
+                spans = [encode_into(sink, items[i].data, items[i].action.message.received)
+                         for i in indexes]
+                member = sink.finish()
+                o = _Open(path, fd, offset, member, locks)
                 o.indexes = indexes
                 opened.append(o)
                 for i, (start, length, digest) in zip(indexes, spans, strict=True):
@@ -284,16 +309,16 @@ class MboxWriter:
         done = [p for p in placed if p is not None]
         return Batch(done, intents=[(o.path, o.offset) for o in opened], state=opened)
 
-    def _open_locked(self, path: str) -> int:
+    def _open_locked(self, path: str) -> tuple[int, Locks]:
         p = Path(path)
         make_dirs(p.parent)
-        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o600)
         try:
-            _lock(fd, path)
+            return fd, lock(fd, path)
         except BaseException:
             os.close(fd)
             raise
-        return fd
 
     def write(self, batch: Batch) -> WriteResult:
         result = WriteResult()
@@ -306,10 +331,18 @@ class MboxWriter:
                     "that does not honour flock?); nothing written"
                 )
                 break  # not unresolved: we wrote nothing, so recovery must not truncate
+            head = o.member.head(HEAD) if isinstance(o.member, Spooled) else o.member[:HEAD]
+            record = {"offset": o.offset, "length": len(o.member), "run_id": self.run_id,
+                      "head": head.hex(), "state": "appending",
+                      "account": self.account, "pid": os.getpid()}
             try:
-                write_all(o.fd, o.member)
+                write_sidecar(o.path, record)
+                o.sidecar = True
+                for piece in body_chunks(o.member):
+                    write_all(o.fd, piece)
                 os.fsync(o.fd)
                 fsync_dir(Path(o.path).parent)
+                write_sidecar(o.path, {**record, "state": "durable"})
             except OSError as e:
                 result.error = ArchiveError(
                     f"archive {self.name}: writing {o.path} failed: {describe_os_error(e)}"
@@ -317,8 +350,10 @@ class MboxWriter:
                 try:
                     _truncate_to(o.fd, o.offset)
                 except OSError:
-                    # Left for recovery: the intent stays, the rows stay planned.
+                    # Left for recovery: the intent stays, the rows stay planned, and so
+                    # does the sidecar that lets recovery cut the torn bytes.
                     result.unresolved.update(o.indexes)
+                    o.sidecar = False
                 break
             for i in o.indexes:
                 p = batch.placed[i]
@@ -330,11 +365,31 @@ class MboxWriter:
         self._close_all(opened)
         self._held = [o for o in self._held if o not in opened]
 
-    @staticmethod
-    def _close_all(opened: Sequence[_Open]) -> None:
+    def _close_all(self, opened: Sequence[_Open]) -> None:
+        open_intents: set[tuple[str, int]] | None = None
         for o in opened:
+            if o.sidecar:
+                # Dropped once the journal knows the outcome (its intent cleared with the
+                # rows archived or failed). An intent still open means the run is dying
+                # between the write and that commit: the sidecar stays for recovery.
+                if open_intents is None:
+                    open_intents = self._open_intents()
+                if (o.path, o.offset) not in open_intents:
+                    with contextlib.suppress(OSError):
+                        drop_sidecar(o.path)
+                o.sidecar = False
+            o.locks.release()
             with contextlib.suppress(OSError):
-                os.close(o.fd)  # also releases the flock
+                os.close(o.fd)
+            if isinstance(o.member, Spooled):
+                o.member.close()
+
+    def _open_intents(self) -> set[tuple[str, int]]:
+        try:
+            return {(i.path, i.offset) for i in self.journal.intents(account=self.account)
+                    if i.run_id == self.run_id}
+        except Exception:  # noqa: BLE001 - unknown: keep the sidecar, recovery decides
+            return {(o.path, o.offset) for o in self._held}
 
     def verify(self, copies: Sequence[Copy]) -> list[bool]:
         return verify_copies(copies)
@@ -349,42 +404,19 @@ class MboxWriter:
 
 
 def verify_copies(copies: Sequence[Copy]) -> list[bool]:
-    """Read each entry back (one read per member), decode and compare SHA-256."""
-    members: dict[tuple[str, int, int, str], bytes | None] = {}
-    out: list[bool] = []
-    for c in copies:
+    """Read each member back once, streamed, decode its entries and compare SHA-256."""
+    by_member: dict[tuple[str, int, int, str], list[int]] = {}
+    for k, c in enumerate(copies):
         loc = c.locator
         key = (loc["path"], loc["member_offset"], loc["member_length"], loc["compress"])
-        if key not in members:
-            members[key] = _read_member(*key)
-        payload = members[key]
-        if payload is None:
-            out.append(False)
-            continue
-        entry = payload[loc["entry_offset"] : loc["entry_offset"] + loc["entry_length"]]
-        try:
-            out.append(sha256(decode_entry(entry)) == c.copy_sha256)
-        except ValueError:
-            out.append(False)
+        by_member.setdefault(key, []).append(k)
+    out = [False] * len(copies)
+    for key, ks in by_member.items():
+        spans = {(copies[k].locator["entry_offset"], copies[k].locator["entry_length"])
+                 for k in ks}
+        digests = member_digests(*key, sorted(spans))
+        for k in ks:
+            loc = copies[k].locator
+            got = digests.get((loc["entry_offset"], loc["entry_length"]))
+            out[k] = got is not None and got == copies[k].copy_sha256
     return out
-
-
-def _read_member(path: str, offset: int, length: int, codec: str) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ArchiveError(f"mbox {path}: cannot read back: {describe_os_error(e)}") from None
-    try:
-        raw = os.pread(fd, length, offset)
-    except OSError as e:
-        raise ArchiveError(f"mbox {path}: cannot read back: {describe_os_error(e)}") from None
-    finally:
-        os.close(fd)
-    if len(raw) != length:
-        return None
-    try:
-        return decompress(codec, raw)
-    except Exception:  # noqa: BLE001 - any decoding failure means "not a valid copy"
-        return None

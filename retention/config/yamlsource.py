@@ -50,6 +50,10 @@ _MERGE_TAG: Final = _STD_TAG_PREFIX + "merge"
 # A policy file has at most a few thousand values; anything far beyond this can only
 # come from alias expansion and is refused rather than built.
 _MAX_VALUES = 5_000_000  # an alias bomb guard, far above a 100k-account fleet file
+# Values built again through an alias (``*anchor`` and ``<<: *anchor``): a real file reuses a
+# few defaults blocks, a bomb multiplies them. Measured ~350 bytes per built value, so this
+# cap keeps a hostile file's reload near 100 MB, far below the 512Mi pod limit (review M7).
+_MAX_EXPANDED = 250_000
 
 # Node properties (`&anchor`, `!tag`, `!!str`, `!<verbatim>`) precede a scalar's text and
 # are included in its start mark; raw_scalar() should show only what the author typed as
@@ -183,6 +187,9 @@ class _Builder:
         self.lines: dict[Loc, int] = {}
         self.raw: dict[Loc, str] = {}
         self._count = 0
+        self._expanded = 0  # values built as part of an alias's second or later use
+        self._built: set[int] = set()  # nodes built at least once
+        self._in_alias = 0  # > 0 while building a node met before (an alias)
         # Collections currently being built / merged: meeting one again means an alias
         # refers to one of its own ancestors, which would expand forever.
         self._building: set[int] = set()
@@ -197,6 +204,23 @@ class _Builder:
             raise self.error(
                 node, f"too many values after expanding aliases (more than {_MAX_VALUES})"
             )
+        again = id(node) in self._built
+        self._built.add(id(node))
+        if again or self._in_alias:
+            self._expanded += 1
+            if self._expanded > _MAX_EXPANDED:
+                raise self.error(
+                    node, f"too many values after expanding aliases (more than "
+                          f"{_MAX_EXPANDED} built through aliases)")
+        if again:
+            self._in_alias += 1
+            try:
+                return self._build(node, loc)
+            finally:
+                self._in_alias -= 1
+        return self._build(node, loc)
+
+    def _build(self, node: Node, loc: Loc) -> Any:
         if isinstance(node, ScalarNode):
             self.raw[loc] = self.source(node)
             return self.scalar(node)

@@ -43,6 +43,8 @@ log = logging.getLogger("retention.runner")
 
 Connector = Callable[[Account, Secret, bool], MailSession]
 RETRIES = 2  # connection-level failures only
+GMAIL_QUOTA = ("Gmail: the quota is the Google account's storage, shared with Google Drive "
+               "and Google Photos; deleted mail is moved to Trash and expunged there")
 BACKOFF = (1.0, 3.0)
 
 
@@ -171,6 +173,8 @@ class AccountPass:
         folders = session.list_folders()
         usage = session.usage(folders)
         usage = dataclasses.replace(usage, limit_bytes=self.limit(usage))
+        if getattr(session, "provider", None) == "gmail":
+            self.warnings.append(GMAIL_QUOTA)
         self.usage = usage
         with_sent = _needs_sent(self.policy, protocol)
         scanned: list[FolderSnapshot] = []

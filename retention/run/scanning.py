@@ -25,7 +25,8 @@ def scan_folder(session: MailSession, info: FolderInfo, *, with_sent: bool,
                 cache: ScanCache | None) -> FolderSnapshot:
     """The folder's snapshot, exactly what a full ``session.scan`` would give."""
     changes_of = getattr(session, "scan_changes", None)
-    if cache is None or with_sent or changes_of is None:
+    # Label folders (Gmail) need each message's global id, which the cache does not hold.
+    if cache is None or with_sent or changes_of is None or getattr(session, "labels", False):
         return session.scan(info, with_sent=with_sent)
     base = cache.load(info)
     if base is not None and base.modseq is not None:

@@ -94,7 +94,7 @@ def entries(settings: LdapSettings) -> Iterator[Mapping[str, Value]]:
     wanted = settings.wanted_attributes()
     conn = _connect(settings)
     try:
-        for page in _pages(conn, settings, wanted):
+        for page, _more in _pages(conn, settings, wanted):
             yield from page
     finally:
         _unbind(conn)
@@ -108,10 +108,8 @@ def probe(settings: LdapSettings) -> int | None:
     wanted = settings.wanted_attributes()
     conn = _connect(settings)
     try:
-        pages = _pages(conn, settings, wanted)
-        first = next(pages, [])
-        more = next(pages, None)
-        return len(first) if more is None else None
+        first, more = next(_pages(conn, settings, wanted))
+        return None if more else len(first)
     finally:
         _unbind(conn)
 
@@ -184,7 +182,8 @@ def _unbind(conn: Any) -> None:
 
 
 def _pages(conn: Any, settings: LdapSettings,
-           wanted: Sequence[str]) -> Iterator[list[Mapping[str, Value]]]:
+           wanted: Sequence[str]) -> Iterator[tuple[list[Mapping[str, Value]], bool]]:
+    """Each page of entries, and whether the server has more after it."""
     import ldap
     from ldap.controls import SimplePagedResultsControl
 
@@ -205,12 +204,15 @@ def _pages(conn: Any, settings: LdapSettings,
                 f"{settings.url}: no answer to the search within {seconds:g} s")) from None
         except ldap.LDAPError as exc:
             raise _error(settings, exc, during="search") from None
-        yield [_entry(dn, attrs, spelling, scalar) for dn, attrs in data
-               if dn is not None]  # dn None: a search continuation reference, not an entry
         # An empty cookie: that was the last page. (The control is critical, so a server
         # without paging refuses the search instead of silently sending one size-limited
         # answer; no control in the answer is taken as the last page too.)
         cookie = next((c.cookie for c in controls or () if c.controlType == _PAGED_OID), None)
+        page: list[Mapping[str, Value]] = [
+            _entry(dn, attrs, spelling, scalar) for dn, attrs in data
+            if dn is not None  # dn None: a search continuation reference, not an entry
+        ]
+        yield page, bool(cookie)
         if not cookie:
             break
         control.cookie = cookie

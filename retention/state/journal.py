@@ -31,12 +31,19 @@ Crash injection for tests: every commit, and every external side effect the exec
 announces with ``step()``, is a numbered *step*. With ``RETENTION_TEST_CRASH_AFTER=N`` in
 the environment (or ``crash_after=N``) the process SIGKILLs itself right after step N;
 with ``RETENTION_TEST_STEP_LOG=PATH`` each step's number and name is appended to PATH.
+Both variables are ignored (with a warning) unless ``RETENTION_TEST_HOOKS=1`` is set too:
+a stray variable in production must never make the agent kill itself (review M16).
+
+The state folder is created 0700; an existing one that anyone may write to (``o+w``
+without the sticky bit) is refused, and the journal file is opened ``O_NOFOLLOW``, so
+another local user cannot redirect the audit log through a symlink.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -78,6 +85,26 @@ _ALLOWED: dict[str, frozenset[str]] = {
 
 CRASH_ENV = "RETENTION_TEST_CRASH_AFTER"
 STEP_LOG_ENV = "RETENTION_TEST_STEP_LOG"
+HOOKS_ENV = "RETENTION_TEST_HOOKS"  # must be "1" for the two above to be honoured
+
+
+def _test_hooks_allowed() -> bool:
+    if os.environ.get(HOOKS_ENV) == "1":
+        return True
+    stray = [v for v in (CRASH_ENV, STEP_LOG_ENV) if os.environ.get(v, "").strip()]
+    if stray:
+        logging.getLogger("retention.state").warning(
+            "event=test_hooks_ignored variables=%s note=%r", ",".join(stray),
+            f"test-only; set {HOOKS_ENV}=1 in a test to use them")
+    return False
+
+
+def check_private_dir(path: Path) -> None:
+    """Refuse a state folder any local user may write to (files could be swapped)."""
+    st = os.stat(path)
+    if st.st_mode & 0o002 and not st.st_mode & 0o1000:
+        raise JournalError(f"state folder {path} is writable by every user; "
+                           f"make it private (chmod 700 {path})")
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -233,14 +260,17 @@ class Journal:
     ) -> Journal:
         """Open (creating when missing) the journal at ``path``; its folder is made 0700."""
         path = Path(path)
-        if crash_after is None and os.environ.get(CRASH_ENV, "").strip():
+        hooks = _test_hooks_allowed()
+        if hooks and crash_after is None and os.environ.get(CRASH_ENV, "").strip():
             crash_after = int(os.environ[CRASH_ENV])
-        step_log = Path(os.environ[STEP_LOG_ENV]) if os.environ.get(STEP_LOG_ENV) else None
+        step_log = (Path(os.environ[STEP_LOG_ENV])
+                    if hooks and os.environ.get(STEP_LOG_ENV) else None)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_private_dir(path.parent)
             # SQLite gives its -wal and -shm files the main file's mode: create it private
             # first, so no copy of the audit data is ever world-readable.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
             os.chmod(path, 0o600)
             conn = sqlite3.connect(
                 str(path), timeout=30.0, isolation_level=None, check_same_thread=False

@@ -6,21 +6,19 @@ Fixtures (session-scoped, lazy): ``slapd`` (a real OpenLDAP with 300 users, see
 server they skip with the reason, except under CI=true, where that is a failure: CI must
 never go green by skipping these.
 
-``LdapSettings``/``SqlSettings`` carry the names and defaults of the ``ldap``/``sql``
-source settings the readers take (``retention.config.sources``), as plain dataclasses so
-these tests construct them directly.
+``ldap_settings``/``sql_settings`` build the validated source settings the readers take
+(``retention.config.sources.LdapSource``/``SqlSource``); ``replace`` changes one.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from retention.config.sources import LdapSource, PolicyBy, SqlSource
 from retention.testing.postgres import Postgres, postgres_unavailable_reason
 from retention.testing.slapd import LdapUser, Slapd, make_users, slapd_unavailable_reason
 
@@ -51,43 +49,29 @@ def postgres_fixture() -> Iterator[Postgres]:
         yield server
 
 
-@dataclass(frozen=True)
-class LdapAttributes:
-    username: str = "mail"
-    name: str | None = None
-    policy: str | None = None
+def _policy_by(attributes: tuple[str, ...]) -> list[PolicyBy]:
+    # Attributes that policy_by rules read are fetched too: one catch-all rule per name.
+    return [PolicyBy(attribute=a, value="*", policy="std") for a in attributes]
 
 
-@dataclass(frozen=True)
-class LdapSettings:
-    url: str
-    base: str
-    name: str = "directory"
-    bind_dn: str | None = None
-    bind_password_env: str | None = None
-    bind_password_file: Path | None = None
-    filter: str = "(objectClass=*)"
-    attributes: LdapAttributes = field(default_factory=LdapAttributes)
-    starttls: bool = False
-    ca_file: Path | None = None
-    tls_verify: bool = True
-    allow_plaintext: bool = False
-    page_size: int = 500
-    timeout: timedelta = timedelta(seconds=30)
-    extra: tuple[str, ...] = ()  # what policy_by rules read
-
-    def wanted_attributes(self) -> list[str]:
-        names = [self.attributes.username, self.attributes.name, self.attributes.policy,
-                 *self.extra]
-        return list(dict.fromkeys(n for n in names if n))
+def ldap_settings(*, extra: tuple[str, ...] = (), **keys: Any) -> LdapSource:
+    """A validated ``ldap`` source (name ``directory``); ``extra``: policy_by attributes."""
+    keys.setdefault("name", "directory")
+    return LdapSource.model_validate({"type": "ldap", **keys, "policy_by": _policy_by(extra)})
 
 
-@dataclass(frozen=True)
-class SqlSettings:
-    url: str
-    query: str
-    name: str = "database"
-    password_env: str | None = None
-    password_file: Path | None = None
-    batch_size: int = 1000
-    timeout: timedelta = timedelta(seconds=30)
+def sql_settings(**keys: Any) -> SqlSource:
+    """A validated ``sql`` source (name ``database``)."""
+    keys.setdefault("name", "database")
+    return SqlSource.model_validate({"type": "sql", **keys})
+
+
+M = TypeVar("M", LdapSource, SqlSource)
+
+
+def replace(settings: M, *, extra: tuple[str, ...] | None = None, **changes: Any) -> M:
+    """``settings`` with ``changes``, not validated again (so a test can make one the
+    policy validation would refuse, and see that the reader refuses it too)."""
+    if extra is not None:
+        changes["policy_by"] = _policy_by(extra)
+    return settings.model_copy(update=changes)

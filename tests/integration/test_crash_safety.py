@@ -81,8 +81,10 @@ class World:
         env = {}
         if crash_after is not None:
             env["RETENTION_TEST_CRASH_AFTER"] = str(crash_after)
+            env["RETENTION_TEST_HOOKS"] = "1"
         if step_log is not None:
             env["RETENTION_TEST_STEP_LOG"] = str(step_log)
+            env["RETENTION_TEST_HOOKS"] = "1"
         return self.pf.run(env=env)
 
     def copies(self) -> Counter[str]:

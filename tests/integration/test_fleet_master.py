@@ -50,7 +50,7 @@ def users(server: Dovecot) -> list[MailUser]:
     out = []
     for i, name in enumerate(("ann@fleet.example.org", "ben@fleet.example.org",
                               "cat@vip.example.com")):
-        user = server.add_user(name)
+        user = server.add_user(name, quota_bytes=50 * 1024 * 1024)
         user.seed("INBOX", [
             *(SeedMessage(received=ago(days=400 + d), flags=SEEN, size=2000) for d in range(i + 1)),
             *(SeedMessage(received=ago(days=60), flags=SEEN, size=2000) for _ in range(2)),
@@ -163,6 +163,9 @@ def test_usage_with_jobs_keeps_account_order(
     got = rows["accounts"] if isinstance(rows, dict) else rows
     assert [r["account"] for r in got] == [u.name for u in users]
     assert err == ""  # stderr is not a terminal here: no progress line
+    # Messages of every folder, counted by one LIST-STATUS: INBOX i+1 old + 2 + 1, Trash 1.
+    assert [r["messages"] for r in got] == [5, 6, 7]
+    assert all(r["source"] == "quota" for r in got)
 
 
 def test_doveadm_source_on_a_userdb_that_cannot_iterate(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sys
@@ -10,14 +9,15 @@ from datetime import timedelta
 
 import pytest
 
+from retention.config.sources import LdapAttributes, LdapSource
 from retention.errors import SourceError
 from retention.sources import ldap as ldap_source
 from retention.testing.host import HOST, free_ports
 from retention.testing.slapd import Slapd, make_users
 from tests.integration.sources_support import (  # noqa: F401 - fixtures
     USERS,
-    LdapAttributes,
-    LdapSettings,
+    ldap_settings,
+    replace,
     slapd_fixture,
 )
 
@@ -25,10 +25,10 @@ ENV = "RETENTION_TEST_BIND_PASSWORD"
 
 
 @pytest.fixture
-def settings(slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> LdapSettings:
+def settings(slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> LdapSource:
     """The reader bound over ldaps://, verified against the rig's CA, small pages."""
     monkeypatch.setenv(ENV, slapd.reader_password)
-    return LdapSettings(
+    return ldap_settings(
         url=slapd.ldaps_url, base=slapd.people, bind_dn=slapd.reader_dn,
         bind_password_env=ENV, ca_file=slapd.ca_file, filter="(objectClass=inetOrgPerson)",
         attributes=LdapAttributes(username="mail", policy="departmentNumber"),
@@ -36,7 +36,7 @@ def settings(slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> LdapSettings:
     )
 
 
-def test_reads_every_entry_across_pages(settings: LdapSettings) -> None:
+def test_reads_every_entry_across_pages(settings: LdapSource) -> None:
     got = list(ldap_source.entries(settings))
     assert len(got) == USERS  # 300 entries in pages of 50
     by_mail = {e["mail"]: e for e in got}
@@ -47,20 +47,20 @@ def test_reads_every_entry_across_pages(settings: LdapSettings) -> None:
     assert set(e) == {"dn", "mail", "departmentNumber"}  # only what was asked for
 
 
-def test_probe_counts_only_a_single_page(settings: LdapSettings) -> None:
+def test_probe_counts_only_a_single_page(settings: LdapSource) -> None:
     assert ldap_source.probe(settings) is None  # more than one page: no cheap count
-    assert ldap_source.probe(dataclasses.replace(settings, page_size=1000)) == USERS
+    assert ldap_source.probe(replace(settings, page_size=1000)) == USERS
 
 
-def test_page_size_one_still_reads_everything(settings: LdapSettings) -> None:
-    narrow = dataclasses.replace(settings, filter="(uid=user000*)", page_size=1)
+def test_page_size_one_still_reads_everything(settings: LdapSource) -> None:
+    narrow = replace(settings, filter="(uid=user000*)", page_size=1)
     assert sorted(e["mail"] for e in ldap_source.entries(narrow)) == [
         f"user000{i}@example.org" for i in range(10)]
 
 
-def test_filter_and_attribute_mapping(settings: LdapSettings) -> None:
+def test_filter_and_attribute_mapping(settings: LdapSource) -> None:
     # Attribute names as the policy spells them, whatever case the server answers in.
-    mapped = dataclasses.replace(
+    mapped = replace(
         settings, filter="(&(objectClass=inetOrgPerson)(departmentNumber=vip))",
         attributes=LdapAttributes(username="uid", name="cn", policy="departmentnumber"),
         extra=("MAIL",),
@@ -75,19 +75,19 @@ def test_filter_and_attribute_mapping(settings: LdapSettings) -> None:
     assert got["twomail"]["MAIL"] == ("first@example.org", "second@example.org")
 
 
-def test_multi_valued_username_is_its_first_value(settings: LdapSettings) -> None:
-    one = dataclasses.replace(settings, filter="(uid=twomail)")
+def test_multi_valued_username_is_its_first_value(settings: LdapSource) -> None:
+    one = replace(settings, filter="(uid=twomail)")
     (entry,) = ldap_source.entries(one)
     assert entry["mail"] == "first@example.org"
 
 
-def test_starttls_on_ldap_url(settings: LdapSettings, slapd: Slapd) -> None:
-    tls = dataclasses.replace(settings, url=slapd.url, starttls=True, page_size=500)
+def test_starttls_on_ldap_url(settings: LdapSource, slapd: Slapd) -> None:
+    tls = replace(settings, url=slapd.url, starttls=True, page_size=500)
     assert ldap_source.probe(tls) == USERS
 
 
 def test_wrong_bind_password_is_an_auth_error_without_the_password(
-    settings: LdapSettings, monkeypatch: pytest.MonkeyPatch
+    settings: LdapSource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV, "Wr0ng-Secret-xyz")
     with pytest.raises(SourceError) as info:
@@ -101,7 +101,7 @@ def test_wrong_bind_password_is_an_auth_error_without_the_password(
 
 
 def test_unset_bind_password_variable_is_a_config_error(
-    settings: LdapSettings, monkeypatch: pytest.MonkeyPatch
+    settings: LdapSource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(ENV)
     with pytest.raises(SourceError) as info:
@@ -110,15 +110,15 @@ def test_unset_bind_password_variable_is_a_config_error(
     assert ENV in str(info.value)
 
 
-def test_unknown_ca_fails_by_default(settings: LdapSettings, slapd: Slapd) -> None:
+def test_unknown_ca_fails_by_default(settings: LdapSource, slapd: Slapd) -> None:
     for url, starttls in ((slapd.ldaps_url, False), (slapd.url, True)):
-        untrusted = dataclasses.replace(settings, url=url, starttls=starttls, ca_file=None)
+        untrusted = replace(settings, url=url, starttls=starttls, ca_file=None)
         with pytest.raises(SourceError) as info:
             ldap_source.probe(untrusted)
         assert info.value.kind == "tls", str(info.value)
 
 
-def test_ca_of_another_authority_fails(settings: LdapSettings, tmp_path) -> None:
+def test_ca_of_another_authority_fails(settings: LdapSource, tmp_path) -> None:
     from retention.testing.host import which
     from retention.testing.pki import make_certificates
 
@@ -126,63 +126,63 @@ def test_ca_of_another_authority_fails(settings: LdapSettings, tmp_path) -> None
     assert openssl is not None
     other = make_certificates(tmp_path, openssl)
     with pytest.raises(SourceError) as info:
-        ldap_source.probe(dataclasses.replace(settings, ca_file=other.ca_file))
+        ldap_source.probe(replace(settings, ca_file=other.ca_file))
     assert info.value.kind == "tls"
 
 
-def test_certificate_for_another_host_name_fails(settings: LdapSettings) -> None:
+def test_certificate_for_another_host_name_fails(settings: LdapSource) -> None:
     with Slapd(make_users(3), san="DNS:ldap.example.org") as elsewhere:
-        mismatch = dataclasses.replace(settings, url=elsewhere.ldaps_url,
+        mismatch = replace(settings, url=elsewhere.ldaps_url,
                                        ca_file=elsewhere.ca_file)
         with pytest.raises(SourceError) as info:
             ldap_source.probe(mismatch)
         assert info.value.kind == "tls"
         # Same CA, same server: only the name was wrong.
-        assert ldap_source.probe(dataclasses.replace(mismatch, tls_verify=False)) == 3
+        assert ldap_source.probe(replace(mismatch, tls_verify=False)) == 3
 
 
-def test_tls_verify_false_is_the_only_way_around_verification(settings: LdapSettings) -> None:
-    unverified = dataclasses.replace(settings, ca_file=None, tls_verify=False, page_size=1000)
+def test_tls_verify_false_is_the_only_way_around_verification(settings: LdapSource) -> None:
+    unverified = replace(settings, ca_file=None, tls_verify=False, page_size=1000)
     assert ldap_source.probe(unverified) == USERS
 
 
-def test_plaintext_bind_needs_allow_plaintext(settings: LdapSettings, slapd: Slapd) -> None:
-    plain = dataclasses.replace(settings, url=slapd.url, ca_file=None, page_size=1000)
+def test_plaintext_bind_needs_allow_plaintext(settings: LdapSource, slapd: Slapd) -> None:
+    plain = replace(settings, url=slapd.url, ca_file=None, page_size=1000)
     with pytest.raises(SourceError) as info:
         ldap_source.probe(plain)
     assert info.value.kind == "config"
     assert "allow_plaintext" in str(info.value)
-    assert ldap_source.probe(dataclasses.replace(plain, allow_plaintext=True)) == USERS
+    assert ldap_source.probe(replace(plain, allow_plaintext=True)) == USERS
 
 
 def test_anonymous_bind_reads_over_plain_ldap(slapd: Slapd) -> None:
-    anonymous = LdapSettings(url=slapd.url, base=slapd.people, filter="(uid=user01*)")
+    anonymous = ldap_settings(url=slapd.url, base=slapd.people, filter="(uid=user01*)")
     assert len(list(ldap_source.entries(anonymous))) == 100
 
 
-def test_bad_filter_and_missing_base_are_config_errors(settings: LdapSettings) -> None:
+def test_bad_filter_and_missing_base_are_config_errors(settings: LdapSource) -> None:
     with pytest.raises(SourceError) as info:
-        ldap_source.probe(dataclasses.replace(settings, filter="(uid=user"))
+        ldap_source.probe(replace(settings, filter="(uid=user"))
     assert info.value.kind == "config"
     with pytest.raises(SourceError) as info:
-        ldap_source.probe(dataclasses.replace(settings, base="ou=nowhere,dc=example,dc=org"))
+        ldap_source.probe(replace(settings, base="ou=nowhere,dc=example,dc=org"))
     assert info.value.kind == "config"
     assert "ou=nowhere" in str(info.value)
 
 
-def test_nothing_listening_is_a_connect_error(settings: LdapSettings) -> None:
+def test_nothing_listening_is_a_connect_error(settings: LdapSource) -> None:
     (port,) = free_ports(1)
-    down = dataclasses.replace(settings, url=f"ldaps://{HOST}:{port}")
+    down = replace(settings, url=f"ldaps://{HOST}:{port}")
     with pytest.raises(SourceError) as info:
         ldap_source.probe(down)
     assert info.value.kind == "connect"
     assert info.value.retryable
 
 
-def test_server_size_limit_is_a_clear_error(settings: LdapSettings) -> None:
+def test_server_size_limit_is_a_clear_error(settings: LdapSource) -> None:
     """A default slapd caps a paged search at 500 entries for non-admin binds: say so."""
     with Slapd(make_users(120), sizelimit=100) as limited:
-        capped = dataclasses.replace(settings, url=limited.ldaps_url, ca_file=limited.ca_file)
+        capped = replace(settings, url=limited.ldaps_url, ca_file=limited.ca_file)
         with pytest.raises(SourceError) as info:
             list(ldap_source.entries(capped))
     assert info.value.kind == "query"
@@ -190,9 +190,9 @@ def test_server_size_limit_is_a_clear_error(settings: LdapSettings) -> None:
     assert "size.prtotal" in str(info.value)
 
 
-def test_a_server_that_stops_answering_mid_search_is_a_timeout(settings: LdapSettings) -> None:
+def test_a_server_that_stops_answering_mid_search_is_a_timeout(settings: LdapSource) -> None:
     with Slapd(make_users(120)) as frozen:
-        stuck = dataclasses.replace(settings, url=frozen.ldaps_url, ca_file=frozen.ca_file,
+        stuck = replace(settings, url=frozen.ldaps_url, ca_file=frozen.ca_file,
                                     timeout=timedelta(seconds=1))
         rows = ldap_source.entries(stuck)
         next(rows)  # bound, first page read
@@ -207,7 +207,7 @@ def test_a_server_that_stops_answering_mid_search_is_a_timeout(settings: LdapSet
     assert "no answer" in str(info.value)
 
 
-def test_missing_extra_names_it(settings: LdapSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_extra_names_it(settings: LdapSource, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ldap", None)  # import ldap -> ImportError
     with pytest.raises(SourceError) as info:
         ldap_source.probe(settings)

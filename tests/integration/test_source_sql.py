@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import sys
 import threading
@@ -11,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from retention.config.sources import SqlSource
 from retention.errors import SourceError
 from retention.sources import sql as sql_source
 from retention.testing.host import HOST, free_ports
 from retention.testing.postgres import Postgres
 from tests.integration.sources_support import (  # noqa: F401 - fixture
-    SqlSettings,
     postgres_fixture,
+    replace,
+    sql_settings,
 )
 
 ENV = "RETENTION_TEST_DB_PASSWORD"
@@ -42,7 +43,7 @@ def sqlite_db(tmp_path: Path) -> Path:
 
 
 def test_sqlite_rows_in_batches(sqlite_db: Path) -> None:
-    settings = SqlSettings(url=f"sqlite:///{sqlite_db}", query=QUERY, batch_size=100)
+    settings = sql_settings(url=f"sqlite:///{sqlite_db}", query=QUERY, batch_size=100)
     got = list(sql_source.entries(settings))
     assert len(got) == ROWS
     assert got[0] == {"username": "u00000@example.org", "host": "imap.example.org",
@@ -51,22 +52,22 @@ def test_sqlite_rows_in_batches(sqlite_db: Path) -> None:
 
 
 def test_sqlite_values_are_text_and_columns_lower_case(sqlite_db: Path) -> None:
-    settings = SqlSettings(url=f"sqlite:///{sqlite_db}",
+    settings = sql_settings(url=f"sqlite:///{sqlite_db}",
                            query="SELECT username AS USERNAME, port AS Port FROM users LIMIT 1;")
     assert list(sql_source.entries(settings)) == [{"username": "u00000@example.org",
                                                    "port": "993"}]
 
 
 def test_sqlite_probe_counts(sqlite_db: Path) -> None:
-    settings = SqlSettings(url=f"sqlite:///{sqlite_db}", query=QUERY, batch_size=100)
+    settings = sql_settings(url=f"sqlite:///{sqlite_db}", query=QUERY, batch_size=100)
     assert sql_source.probe(settings) == ROWS  # via count(*) around the query
-    small = dataclasses.replace(settings, query="SELECT username FROM users LIMIT 7")
+    small = replace(settings, query="SELECT username FROM users LIMIT 7")
     assert sql_source.probe(small) == 7  # all of it in the first batch
 
 
 def test_sqlite_bad_query_is_a_clear_error(sqlite_db: Path) -> None:
     for query in ("SELEC username FROM users", "SELECT username FROM nowhere"):
-        settings = SqlSettings(url=f"sqlite:///{sqlite_db}", query=query)
+        settings = sql_settings(url=f"sqlite:///{sqlite_db}", query=query)
         with pytest.raises(SourceError) as info:
             list(sql_source.entries(settings))
         message = str(info.value)
@@ -77,7 +78,7 @@ def test_sqlite_bad_query_is_a_clear_error(sqlite_db: Path) -> None:
 
 
 def test_query_without_username_column(sqlite_db: Path) -> None:
-    settings = SqlSettings(url=f"sqlite:///{sqlite_db}", query="SELECT host FROM users")
+    settings = sql_settings(url=f"sqlite:///{sqlite_db}", query="SELECT host FROM users")
     with pytest.raises(SourceError) as info:
         sql_source.probe(settings)
     assert info.value.kind == "config"
@@ -85,7 +86,7 @@ def test_query_without_username_column(sqlite_db: Path) -> None:
 
 
 def test_not_a_url_is_a_config_error_that_does_not_echo_it() -> None:
-    settings = SqlSettings(url="user:S3cret-url@nowhere", query=QUERY)
+    settings = sql_settings(url="user:S3cret-url@nowhere", query=QUERY)
     with pytest.raises(SourceError) as info:
         sql_source.probe(settings)
     assert info.value.kind == "config"
@@ -93,7 +94,7 @@ def test_not_a_url_is_a_config_error_that_does_not_echo_it() -> None:
 
 
 def test_missing_driver_is_named() -> None:
-    settings = SqlSettings(url="mysql+nosuchdriver://u@localhost/db", query=QUERY)
+    settings = sql_settings(url="mysql+nosuchdriver://u@localhost/db", query=QUERY)
     with pytest.raises(SourceError) as info:
         sql_source.probe(settings)
     assert info.value.kind == "config"
@@ -102,7 +103,7 @@ def test_missing_driver_is_named() -> None:
 def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch, sqlite_db: Path) -> None:
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)
     with pytest.raises(SourceError) as info:
-        sql_source.probe(SqlSettings(url=f"sqlite:///{sqlite_db}", query=QUERY))
+        sql_source.probe(sql_settings(url=f"sqlite:///{sqlite_db}", query=QUERY))
     assert info.value.kind == "config"
     assert "retention[sql]" in str(info.value)
 
@@ -127,14 +128,14 @@ def pg_table(postgres: Postgres) -> Postgres:
 
 
 @pytest.fixture
-def pg_settings(pg_table: Postgres, monkeypatch: pytest.MonkeyPatch) -> SqlSettings:
+def pg_settings(pg_table: Postgres, monkeypatch: pytest.MonkeyPatch) -> SqlSource:
     monkeypatch.setenv(ENV, pg_table.reader_password)
     # A plain postgresql:// URL: the reader picks psycopg 3.
     url = pg_table.url().replace("postgresql+psycopg://", "postgresql://")
-    return SqlSettings(url=url, query=QUERY, password_env=ENV, batch_size=100)
+    return sql_settings(url=url, query=QUERY, password_env=ENV, batch_size=100)
 
 
-def test_postgres_rows(pg_settings: SqlSettings) -> None:
+def test_postgres_rows(pg_settings: SqlSource) -> None:
     got = list(sql_source.entries(pg_settings))
     assert len(got) == PG_ROWS
     assert got[0] == {"username": "u00000@example.org", "host": "imap.example.org",
@@ -144,7 +145,7 @@ def test_postgres_rows(pg_settings: SqlSettings) -> None:
 
 
 def test_postgres_streams_through_a_server_side_cursor(
-    pg_settings: SqlSettings, pg_table: Postgres
+    pg_settings: SqlSource, pg_table: Postgres
 ) -> None:
     """Mid-iteration the reader's session is FETCHing batches from a declared cursor."""
     rows = sql_source.entries(pg_settings)
@@ -163,7 +164,7 @@ def test_postgres_streams_through_a_server_side_cursor(
 
 
 def test_postgres_abandoned_iteration_closes_the_session(
-    pg_settings: SqlSettings, pg_table: Postgres
+    pg_settings: SqlSource, pg_table: Postgres
 ) -> None:
     rows = sql_source.entries(pg_settings)
     next(rows)
@@ -184,12 +185,12 @@ def test_postgres_abandoned_iteration_closes_the_session(
     assert done.is_set()
 
 
-def test_postgres_probe(pg_settings: SqlSettings) -> None:
+def test_postgres_probe(pg_settings: SqlSource) -> None:
     assert sql_source.probe(pg_settings) == PG_ROWS
 
 
 def test_postgres_wrong_password_is_an_auth_error_without_it(
-    pg_settings: SqlSettings, monkeypatch: pytest.MonkeyPatch
+    pg_settings: SqlSource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV, "Wr0ng-Db-Secret")
     with pytest.raises(SourceError) as info:
@@ -202,32 +203,32 @@ def test_postgres_wrong_password_is_an_auth_error_without_it(
 def test_postgres_password_in_the_url_is_never_shown(pg_table: Postgres) -> None:
     url = pg_table.url(password=True).replace(pg_table.reader_password, "Url-Secret-99")
     with pytest.raises(SourceError) as info:
-        sql_source.probe(SqlSettings(url=url, query=QUERY))
+        sql_source.probe(sql_settings(url=url, query=QUERY))
     assert info.value.kind == "auth"
     assert "Url-Secret-99" not in str(info.value)
     assert "***" in str(info.value)
 
 
-def test_postgres_bad_query(pg_settings: SqlSettings) -> None:
+def test_postgres_bad_query(pg_settings: SqlSource) -> None:
     for query, what in (("SELEC username FROM users", "syntax error"),
                         ("SELECT username FROM nowhere", 'relation "nowhere" does not exist')):
         with pytest.raises(SourceError) as info:
-            list(sql_source.entries(dataclasses.replace(pg_settings, query=query)))
+            list(sql_source.entries(replace(pg_settings, query=query)))
         assert info.value.kind == "config"
         assert what in str(info.value)
         assert "[SQL:" not in str(info.value)
 
 
-def test_postgres_permission_denied(pg_table: Postgres, pg_settings: SqlSettings) -> None:
+def test_postgres_permission_denied(pg_table: Postgres, pg_settings: SqlSource) -> None:
     pg_table.execute("CREATE TABLE IF NOT EXISTS secrets (username text)")
     with pytest.raises(SourceError) as info:
-        sql_source.probe(dataclasses.replace(pg_settings, query="SELECT username FROM secrets"))
+        sql_source.probe(replace(pg_settings, query="SELECT username FROM secrets"))
     assert "permission denied" in str(info.value)
 
 
-def test_postgres_nothing_listening_is_a_connect_error(pg_settings: SqlSettings) -> None:
+def test_postgres_nothing_listening_is_a_connect_error(pg_settings: SqlSource) -> None:
     (port,) = free_ports(1)
-    down = dataclasses.replace(
+    down = replace(
         pg_settings, url=f"postgresql://reader@{HOST}:{port}/postgres")
     with pytest.raises(SourceError) as info:
         sql_source.probe(down)
@@ -236,14 +237,14 @@ def test_postgres_nothing_listening_is_a_connect_error(pg_settings: SqlSettings)
 
 
 def test_postgres_locked_table_is_a_timeout_not_a_hang(
-    pg_settings: SqlSettings, pg_table: Postgres
+    pg_settings: SqlSource, pg_table: Postgres
 ) -> None:
     with pg_table.connect() as locker:
         locker.autocommit = False
         locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # as a migration would
         try:
             with pytest.raises(SourceError) as info:
-                sql_source.probe(dataclasses.replace(pg_settings, timeout=timedelta(seconds=1)))
+                sql_source.probe(replace(pg_settings, timeout=timedelta(seconds=1)))
         finally:
             locker.rollback()
     assert info.value.kind == "query"

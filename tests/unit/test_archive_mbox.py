@@ -120,7 +120,53 @@ def test_writer_appends_members_and_verifies(tmp_path, codec):
     w.close()
 
 
-def test_torn_append_is_truncated_by_repair(tmp_path):
+class Died(BaseException):
+    """The process is killed here: no except, no finally of ours runs after it."""
+
+
+def _die_mid_write(monkeypatch, batch, keep: int):
+    """Run ``write`` until ``keep`` bytes of the member are on disk, then "die": the fds
+    close (the kernel drops flock/lockf) but the dotlock and the sidecar stay behind."""
+    import retention.archive.mbox as mbox_mod
+
+    real = mbox_mod.write_all
+    fds = {o.fd for o in batch.state}
+
+    def partial(fd, data):
+        if fd in fds:
+            os.write(fd, bytes(data[:keep]))
+            raise Died
+        real(fd, data)
+
+    monkeypatch.setattr(mbox_mod, "write_all", partial)
+    return mbox_mod, real
+
+
+def _killed(mbox_mod, real, monkeypatch, writer, batch):
+    import retention.archive.mboxlock as mboxlock
+
+    monkeypatch.setattr(mbox_mod, "write_all", real)
+    for o in batch.state:
+        os.close(o.fd)
+    writer._held = []
+    mboxlock._HELD.clear()  # a new process: the dead one's dotlocks are not held here
+
+
+def _crash_in_write(monkeypatch, writer, journal, items, keep, run_id="r1", account="alice"):
+    batch = writer.place(items)
+    with journal.transaction("planned"):
+        iids = {p: journal.add_intent(account, run_id, "cold", p, off)
+                for p, off in batch.intents}
+        rows = journal.add_planned(run_id, account, [
+            NewRow(p.item.action, intent_id=iids[p.intent_path]) for p in batch.placed])
+    mbox_mod, real = _die_mid_write(monkeypatch, batch, keep)
+    with pytest.raises(Died):
+        writer.write(batch)
+    _killed(mbox_mod, real, monkeypatch, writer, batch)
+    return batch, rows
+
+
+def test_torn_append_is_truncated_by_repair(tmp_path, monkeypatch):
     journal = Journal.open(tmp_path / "j.sqlite3")
     target = MboxTarget(type="mbox", path=str(tmp_path / "{folder}.mbox"), compress="gzip")
     w = MboxWriter("cold", target, account="alice", journal=journal, run_id="r1")
@@ -129,16 +175,11 @@ def test_torn_append_is_truncated_by_repair(tmp_path):
     assert res.error is None
     w.release(batch)
     size = (tmp_path / "INBOX.mbox.gz").stat().st_size
-    # A second append dies half-way: intent + planned rows journalled, half a member written.
-    batch = w.place([_item(2, b"Subject: b\r\n\r\n" + os.urandom(5000))])
-    path, offset = batch.intents[0]
-    assert offset == size
-    with journal.transaction("planned"):
-        iid = journal.add_intent("alice", "r1", "cold", path, offset)
-        [row] = journal.add_planned("r1", "alice", [NewRow(batch.placed[0].item.action,
-                                                           intent_id=iid)])
-    os.write(batch.state[0].fd, batch.state[0].member[:100])
-    w.close()  # the process died: its lock is gone
+    # A second append dies half-way: intent + planned rows journalled, 100 bytes written.
+    batch, [row] = _crash_in_write(monkeypatch, w, journal,
+                                   [_item(2, b"Subject: b\r\n\r\n" + os.urandom(5000))], 100)
+    assert batch.intents[0][1] == size
+    assert (tmp_path / "INBOX.mbox.gz").stat().st_size == size + 100
     [intent] = journal.intents(account="alice")
     repair_intent(journal, intent)
     assert (tmp_path / "INBOX.mbox.gz").stat().st_size == size
@@ -146,17 +187,16 @@ def test_torn_append_is_truncated_by_repair(tmp_path):
     assert journal.row(row).state == DROPPED
     text = gzip.decompress((tmp_path / "INBOX.mbox.gz").read_bytes())
     assert len(text.split(b"From MAILER")) == 2
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob("*.retention-intent"))
 
 
-def test_next_writer_repairs_a_dead_writers_intent(tmp_path):
+def test_next_writer_repairs_a_dead_writers_intent(tmp_path, monkeypatch):
     """Another account appending to the same file first rolls back the torn append."""
     journal = Journal.open(tmp_path / "j.sqlite3")
     target = MboxTarget(type="mbox", path=str(tmp_path / "shared.mbox"))
     w = MboxWriter("cold", target, account="alice", journal=journal, run_id="r1")
-    batch = w.place([_item(1, b"Subject: a\r\n\r\nbody\r\n")])
-    journal.add_intent("alice", "r1", "cold", *batch.intents[0])
-    os.write(batch.state[0].fd, b"From MAILER-DAEMON torn")
-    w.close()
+    _crash_in_write(monkeypatch, w, journal, [_item(1, b"Subject: a\r\n\r\nbody\r\n")], 23)
+    assert (tmp_path / "shared.mbox").stat().st_size == 23
     w2 = MboxWriter("cold", target, account="bob", journal=journal, run_id="r2")
     batch = w2.place([_item(5, b"Subject: b\r\n\r\nbody\r\n")])
     assert batch.intents[0][1] == 0
@@ -185,3 +225,41 @@ def test_write_error_truncates(tmp_path, monkeypatch):
     assert res.stored == {} and not res.unresolved
     assert "no space left" in str(res.error)
     assert (tmp_path / "x.mbox").read_bytes() == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(messages, min_size=1, max_size=4), st.sampled_from(["none", "gzip", "zstd"]),
+       st.booleans())
+def test_streamed_entries_equal_the_format_and_verify(tmp_path_factory, msgs, codec, spool):
+    """F11: the streamed encoder/verifier (tiny reads, long lines cut) writes exactly
+    ``encode_entry`` and verifies every copy, from memory or from a spool file."""
+    import retention.archive.mboxstream as mboxstream
+    from retention.adapters.spool import Spooled
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(mboxstream, "_READ", 7)
+    mp.setattr(mboxstream, "_LONG_LINE", 16)
+    try:
+        d = tmp_path_factory.mktemp("stream")
+        journal = Journal.open(d / "j.sqlite3")
+        target = MboxTarget(type="mbox", path=str(d / "x.mbox"), compress=codec)
+        w = MboxWriter("cold", target, account="a", journal=journal, run_id="r")
+        items = []
+        for i, m in enumerate(msgs):
+            data: bytes | Spooled = m
+            if spool:
+                data = Spooled(d)
+                for k in range(0, len(m), 5):
+                    data.write(m[k : k + 5])
+            items.append(Item(_action(i), data, sha256(m)))
+        batch = w.place(items)
+        res = w.write(batch)
+        w.release(batch)
+        assert res.error is None
+        copies = [Copy(res.stored[k][1], batch.placed[k].copy_sha256) for k in sorted(res.stored)]
+        assert w.verify(copies) == [True] * len(msgs)
+        assert read_all(w.path_for(items[0])) == b"".join(encode_entry(m, WHEN) for m in msgs)
+        assert [p.copy_sha256 for p in batch.placed] == [sha256(normalise(m)) for m in msgs]
+        journal.close()
+    finally:
+        mp.undo()

@@ -78,3 +78,31 @@ def test_history_since_far_past_is_a_clear_error(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "--since" in err and "before year 1" in err and "Traceback" not in err
     assert main(["history", "-c", str(path), "--since", "30d"]) == 0
+
+
+def test_alias_bomb_is_refused_far_below_the_pod_memory(tmp_path: Path):
+    """M7: a few hundred bytes of aliases, expanding to 10**7 values, are refused at the
+    default caps with the line, and the loader's peak memory stays far below 512 MiB."""
+    import subprocess
+    import sys
+
+    levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i, name in enumerate("bcdefg"):
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{'abcdefg'[i]}"] * 10) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(levels) + "\n")
+    script = (
+        "import resource, sys\n"
+        "from retention.config.yamlsource import load_yaml, YamlError\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        f"    load_yaml(__import__('pathlib').Path({str(path)!r}))\n"
+        "    print('loaded')\n"
+        "except YamlError as e:\n"
+        "    print(e)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600, check=True).stdout.splitlines()
+    assert "too many values after expanding aliases" in out[0], out
+    assert out[0].startswith(f"{path}:"), out
+    assert int(out[1]) < 200, f"peak RSS grew by {out[1]} MiB"

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import stat
 from datetime import UTC, datetime, timedelta
 
@@ -147,9 +148,31 @@ def test_crash_after_env_kills_the_process(tmp_path):
     )
     env = {"RETENTION_TEST_CRASH_AFTER": "3", "RETENTION_TEST_STEP_LOG": str(tmp_path / "log"),
            "PATH": "/usr/bin:/bin"}
+    # Without the explicit test-only switch a stray variable does nothing (review M16).
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "survived" in proc.stdout, proc.stderr
+    assert "event=test_hooks_ignored" in proc.stderr and not (tmp_path / "log").exists()
+    env["RETENTION_TEST_HOOKS"] = "1"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == -9 and "survived" not in proc.stdout
     assert (tmp_path / "log").read_text().splitlines() == ["1 s", "2 s", "3 s"]
+
+
+def test_state_folder_open_to_everyone_and_symlinked_journal_are_refused(tmp_path):
+    """M16: another local user must not be able to swap or redirect the journal."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(JournalError, match="writable by every user"):
+        Journal.open(shared / "journal.sqlite3")
+    os.chmod(shared, 0o1777)  # sticky (like /tmp): others cannot replace our files
+    Journal.open(shared / "journal.sqlite3").close()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "journal.sqlite3").symlink_to(tmp_path / "elsewhere.sqlite3")
+    with pytest.raises(JournalError, match="cannot open journal"):
+        Journal.open(private / "journal.sqlite3")
+    assert not (tmp_path / "elsewhere.sqlite3").exists()
 
 
 def test_latest_by_key_and_intents(journal):

@@ -141,7 +141,7 @@ def test_a_reload_that_fails_with_any_error_keeps_the_old_policy(tmp_path, monke
             assert [a.name for a in svc.loaded.config.accounts] == ["a"]
         # Any other error from the loader: kept old policy too, never raised.
         monkeypatch.setattr(serve_module, "load_policy",
-                            lambda path: (_ for _ in ()).throw(MemoryError("boom")))
+                            lambda *a, **kw: (_ for _ in ()).throw(MemoryError("boom")))
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="retention.service"):
             assert svc.reload() is False

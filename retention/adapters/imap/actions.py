@@ -128,7 +128,6 @@ class ImapActions(ImapConnection):
         by_uid = {ref_uid(r): r for r in refs}
         moved: set[int] = set()
         in_trash: dict[int, list[int]] = {}  # Trash UIDVALIDITY -> UIDs of our copies
-        untagged = self._untagged()
         why: dict[int, str] = {}
         self.select(folder, readonly=False, expect=validity)
         try:
@@ -136,6 +135,7 @@ class ImapActions(ImapConnection):
                 present, _modseq = self._recheck(batch, protect, why)
                 if not present:
                     continue
+                untagged = self._untagged()  # imaplib's SELECT replaces the dict
                 untagged.pop("COPYUID", None)
                 with self.guard("UID MOVE"):
                     self._client.move(compress_uids(present), self.server(trash))

@@ -32,6 +32,7 @@ The IMAP archive target (``retention.archive.imap``) also uses ``append``,
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from retention.adapters import SaslLogin
     from retention.config.schema import Connection
 
+_STATUS_MESSAGES = re.compile(rb"\(MESSAGES (\d+)\)\s*$")
 log = logging.getLogger("retention.imap")
 
 # Messages per metadata UID FETCH (~150 bytes of reply each). Bigger batches save little
@@ -118,8 +120,13 @@ class ImapSession(ImapActions):
                 if quota.messages is None:
                     # No MESSAGE resource: count them (the cap's percentage and the
                     # messages gauge are about the whole account, not the scanned folders).
-                    infos = list(folders) if folders is not None else self.folders()
-                    quota = replace(quota, messages=self._message_count(infos))
+                    # Unlisted folders and LIST-STATUS (RFC 5819): one command for all, the
+                    # difference between a fleet's usage sweep at the protocol's pace or not.
+                    count = self._list_status_count() if folders is None else None
+                    if count is None:
+                        infos = list(folders) if folders is not None else self.folders()
+                        count = self._message_count(infos)
+                    quota = replace(quota, messages=count)
                 return quota
         infos = list(folders) if folders is not None else self.folders()
         total = count = 0
@@ -150,6 +157,36 @@ class ImapSession(ImapActions):
             if best is None or ratio > best[0]:
                 best = (ratio, usage)
         return best[1] if best else None
+
+    def _list_status_count(self) -> int | None:
+        """Messages in all folders from ``LIST "" "*" RETURN (STATUS (MESSAGES))``.
+
+        None when the server lacks LIST-STATUS or refuses it (then STATUS per folder).
+        Only selectable folders get a STATUS reply (RFC 5819 section 2).
+        """
+        if not self.has("LIST-STATUS"):
+            return None
+        imap = self._client._imap
+        try:
+            with self.guard("LIST-STATUS"):
+                typ, _ = imap._simple_command("LIST", '""', '"*"', "RETURN",
+                                              "(STATUS (MESSAGES))")
+                _, data = imap._untagged_response(typ, [None], "STATUS")
+        except ProtocolError as exc:
+            log.debug("%s: LIST-STATUS: %s", self.label, exc)
+            return None
+        finally:
+            self._drain()
+        if typ != "OK":
+            return None
+        total = 0
+        for item in data:
+            # A name sent as a literal arrives as (prefix, name) then the rest of the line.
+            if isinstance(item, bytes):
+                m = _STATUS_MESSAGES.search(item)
+                if m is not None:
+                    total += int(m.group(1))
+        return total
 
     def _message_count(self, infos: Sequence[FolderInfo]) -> int | None:
         """Messages in all selectable folders (``STATUS (MESSAGES)``); None if refused."""
@@ -200,8 +237,9 @@ class ImapSession(ImapActions):
         for the few messages that are acted on. Where QRESYNC is offered the snapshot
         carries the folder's HIGHESTMODSEQ (``scan_changes`` starts from it).
         """
-        if with_sent:
-            return self._scan_with_headers(folder)
+        if with_sent or self.global_id_item() is not None:
+            # Label folders (Gmail) also need each message's global id: the general path.
+            return self._scan_with_headers(folder, with_sent=with_sent)
         savedate = self.has("SAVEDATE")
         qresync = self.enable_qresync()
         validity, exists = self.select(folder.name, readonly=True)
@@ -260,10 +298,11 @@ class ImapSession(ImapActions):
                    + modifiers, lines.feed)
         self._drain()
 
-    def _scan_with_headers(self, folder: FolderInfo) -> FolderSnapshot:
+    def _scan_with_headers(self, folder: FolderInfo, *, with_sent: bool = True) -> FolderSnapshot:
         savedate = self.has("SAVEDATE")
-        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE",
-                 "BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]"]
+        items = ["FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+        if with_sent:
+            items.append("BODY.PEEK[HEADER.FIELDS (DATE MESSAGE-ID)]")
         if savedate:
             items.append("SAVEDATE")
         gid = self.global_id_item()
@@ -281,7 +320,7 @@ class ImapSession(ImapActions):
                     if data is None:  # expunged by someone else meanwhile
                         continue
                     ref = MessageRef(folder.name, validity, uid)
-                    message = _message(ref, data, with_sent=True)
+                    message = _message(ref, data, with_sent=with_sent)
                     if isinstance(message, str):
                         left_out.append(f"UID {uid}: {message}")
                     else:
