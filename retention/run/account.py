@@ -30,6 +30,7 @@ from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Us
 from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult
+from retention.run.lease import account_lease
 from retention.run.logins import LOGINS
 from retention.run.scanning import cached_message_ids, scan_folder
 from retention.state.observations import Ledger
@@ -376,12 +377,19 @@ def run_account(
         stop=stop,
     )
     try:
-        with account_lock(config.state_dir, account.name):
+        with account_lock(config.state_dir, account.name), account_lease(
+            config, account.name, dry_run=dry_run, stop=stop
+        ) as lease:
+            if lease is not None:
+                p.stop = stop = lease.stop  # also set when the lease is lost mid-pass
             ledger = _open_ledger(config)
             try:
                 for attempt in range(RETRIES + 1):
                     try:
-                        return p.once(ledger)
+                        result = p.once(ledger)
+                        if lease is not None:
+                            lease.succeeded = result.status == "ok"
+                        return result
                     except AccountError as e:
                         if not e.retryable or attempt == RETRIES:
                             raise
