@@ -5,6 +5,12 @@ process and state location (``state_url`` when set, else ``state_dir``), one own
 process, and the translation of a refusal into ``AccountLocked`` (the pass is *skipped*,
 not failed: another agent holds the mailbox, or finished it within ``leases.once_within``).
 Dry runs take no lease: they change nothing, so two at once are harmless.
+
+A pass takes a lease only with ``state_url``: agents sharing one ``state_dir`` are already
+kept apart by its per-account ``flock``, which, unlike a lease, the kernel releases the
+moment a process dies, so a run killed mid-pass is recovered by the very next run. With a
+shared PostgreSQL, a killed agent's leases block its accounts until they expire
+(``leases.ttl``, default 5 minutes); the journal then lets the next pass finish the work.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ def account_lease(
             ``leases.once_within``.
         LeaseError: the store cannot be reached (the account fails; nothing is done).
     """
-    if dry_run:
+    if dry_run or not config.state_url:
         yield None
         return
     once = config.leases.once_within

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -153,8 +154,22 @@ def _config(tmp_path: Path, **extra: object) -> Config:
     })
 
 
-def test_account_lease_refusal_is_account_locked(tmp_path: Path) -> None:
+def test_account_lease_refusal_is_account_locked(tmp_path: Path, monkeypatch) -> None:
+    import retention.run.lease as lease_module
+
     config = _config(tmp_path, leases={"once_within": "1h"})
+    with account_lease(config, "a", dry_run=False, stop=None, owner="A") as h:
+        assert h is None  # no state_url: the flock in state_dir is enough
+    # The same logic as with PostgreSQL, on the SQLite store.
+    config = config.model_copy(update={"state_url": "sqlite:///unused"})
+
+    @contextlib.contextmanager
+    def sqlite_store(config: Config):
+        store = LeaseStore.open(tmp_path)
+        yield store
+        store.close()
+
+    monkeypatch.setattr(lease_module, "lease_store", sqlite_store)
     with account_lease(config, "a", dry_run=False, stop=None, owner="A") as h:
         assert h is not None
         with pytest.raises(AccountLocked, match="holds this account's lease"), \
