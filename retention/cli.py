@@ -268,7 +268,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     from retention import report
     from retention.result import RunResult
-    from retention.run.account import run_account
+    from retention.run.account import retry_throttled, run_account
     from retention.service.batch import Progress, run_ordered
 
     accounts = _sharded(_select(config, args.account), args)
@@ -280,6 +280,8 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
         jobs=jobs, per_host=per_host, progress=progress, is_error=lambda r: r.status == "error",
     ))
     progress.finish()
+    results = retry_throttled(  # later in the sweep: the provider asked us to slow down
+        accounts, results, lambda a: run_account(config, a, dry_run=args.dry_run, now=now))
     result = RunResult(dry_run=args.dry_run, generated_at=now, accounts=results)
     text = report.to_json(result) if args.format == "json" else report.to_text(result)
     _emit(text, args.output)
@@ -337,7 +339,8 @@ def _print_usage(
             )
             print(
                 f"{r.account:20} {report.human_size(r.usage_bytes):>10} of {limit:>10} "
-                f"{ratio:>7}  ({r.usage_source})"
+                f"{ratio:>7}  ({r.usage_source}"
+                f"{', limit from Graph' if r.limit_source == 'graph' else ''})"
             )
         progress.finish()
     return EXIT_FAILED if any(r.status == "error" for r in results) else EXIT_OK

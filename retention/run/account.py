@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 
 from retention.adapters import MailSession, Secret
 from retention.config.schema import Account, Config, Policy, effective_clock
-from retention.errors import AccountError, AccountLocked, FolderSkipped, RetentionError
+from retention.errors import (
+    AccountError,
+    AccountLocked,
+    FolderSkipped,
+    RetentionError,
+    Throttled,
+)
 from retention.folders import folders_to_scan
 from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Usage
 from retention.plan import Action, Clock, Plan
@@ -163,6 +169,7 @@ class _Pass:
         self.connect = connect
         self.stop = stop
         self.warnings: list[str] = []
+        self.limit_source: str | None = None
         if not account.tls_verify and account.security != "none":
             self.warnings.append("TLS certificate verification is off (tls_verify: false)")
         # The last attempt's plan and results, reported even when the account fails.
@@ -182,7 +189,20 @@ class _Pass:
                          f"{a.name}\x00{a.protocol}\x00{a.host}\x00{a.port}\x00{a.username}")
 
     def limit(self, usage: Usage) -> int | None:
-        return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
+        """The server's limit, else Graph's (Exchange Online), else the policy's."""
+        if usage.limit_bytes:
+            self.limit_source = "server"
+            return usage.limit_bytes
+        try:
+            graph = LOGINS.mailbox_limit(self.account, self.config.state_dir)
+        except AccountError as e:  # the report is a help, not a need: say so, go on
+            self.warnings.append(f"mailbox quota from Microsoft Graph not read: {e}")
+            graph = None
+        if graph is not None:
+            self.limit_source = "graph"
+            return graph
+        self.limit_source = "policy" if self.policy.quota.limit else None
+        return self.policy.quota.limit
 
     def scan(self, session: MailSession, ledger: Ledger) -> tuple[Snapshot, list[FolderInfo]]:
         protocol = self.account.protocol
@@ -348,6 +368,7 @@ class _Pass:
             limit_bytes=usage.limit_bytes if isinstance(usage, Usage) else None,
             usage_after_bytes=after if isinstance(after, int) else None,
             usage_source=usage.source if isinstance(usage, Usage) else None,
+            limit_source=self.limit_source if isinstance(usage, Usage) else None,
             warnings=tuple(self.warnings),
             **kw,  # type: ignore[arg-type]
         )
@@ -406,7 +427,7 @@ def run_account(
     except AccountError as e:
         return p._result(
             "error", error=str(e) or type(e).__name__, error_kind=e.kind,
-            plan=p.plan, results=p.results, usage=p.usage,
+            plan=p.plan, results=p.results, usage=p.usage, retry_later=isinstance(e, Throttled),
         )
     except RetentionError as e:
         return p._result("error", error=str(e), error_kind="other", plan=p.plan,
@@ -458,6 +479,31 @@ def measure_account(
         return p._result("error", error=str(e), error_kind="other")
 
 
+#: Wait before the end-of-sweep retry of throttled accounts (Exchange suggests seconds to
+#: minutes; the other accounts of the sweep ran meanwhile).
+THROTTLE_BACKOFF = 30.0
+
+
+def retry_throttled(
+    accounts: Sequence[Account], results: Sequence[AccountResult],
+    again: Callable[[Account], AccountResult], *, sleep: Callable[[float], None] = time.sleep,
+    backoff: float = THROTTLE_BACKOFF,
+) -> tuple[AccountResult, ...]:
+    """Once every account had its turn, run the throttled ones once more (in order)."""
+    todo = [i for i, r in enumerate(results) if r.retry_later]
+    if not todo:
+        return tuple(results)
+    out = list(results)
+    log.info("retrying %d throttled account(s) in %gs", len(todo), backoff)
+    sleep(backoff)
+    by_name = {a.name: a for a in accounts}
+    for i in todo:
+        account = by_name.get(out[i].account)
+        if account is not None:
+            out[i] = again(account)
+    return tuple(out)
+
+
 def run_all(
     config: Config,
     names: Sequence[str] = (),
@@ -465,11 +511,13 @@ def run_all(
     dry_run: bool,
     now: datetime | None = None,
     connect: Connector = default_connect,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RunResult:
     """One pass over the selected accounts (all when ``names`` is empty), one after another."""
     now = now or datetime.now(UTC)
     accounts = [a for a in config.accounts if not names or a.name in names]
-    results = tuple(
-        run_account(config, a, dry_run=dry_run, now=now, connect=connect) for a in accounts
-    )
+    def one(a: Account) -> AccountResult:
+        return run_account(config, a, dry_run=dry_run, now=now, connect=connect, sleep=sleep)
+
+    results = retry_throttled(accounts, [one(a) for a in accounts], one, sleep=sleep)
     return RunResult(dry_run=dry_run, generated_at=now, accounts=results)
