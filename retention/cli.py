@@ -250,6 +250,13 @@ def _cmd_check(config: Config) -> int:
     return EXIT_OK
 
 
+def _host_limits(config: Config) -> dict[str, int]:
+    """Big providers' hosts take more connections, unless the file set the limit itself."""
+    from retention.config.providers import host_limits
+
+    return host_limits("max_connections_per_host" in config.service.model_fields_set)
+
+
 def _jobs(config: Config, args: argparse.Namespace) -> tuple[int, int]:
     jobs = args.jobs if args.jobs is not None else config.service.concurrency
     return jobs, config.service.max_connections_per_host
@@ -277,7 +284,8 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     progress = Progress(len(accounts))
     results = tuple(run_ordered(
         accounts, lambda a: run_account(config, a, dry_run=args.dry_run, now=now),
-        jobs=jobs, per_host=per_host, progress=progress, is_error=lambda r: r.status == "error",
+        jobs=jobs, per_host=per_host, host_limits=_host_limits(config), progress=progress,
+        is_error=lambda r: r.status == "error",
     ))
     progress.finish()
     results = retry_throttled(  # later in the sweep: the provider asked us to slow down
@@ -311,7 +319,8 @@ def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
     with shared as ledger:
         return _print_usage(args, run_ordered(
             accounts, lambda a: measure_account(config, a, ledger=ledger), jobs=jobs,
-            per_host=per_host, progress=progress, is_error=lambda r: r.status == "error",
+            per_host=per_host, host_limits=_host_limits(config), progress=progress,
+            is_error=lambda r: r.status == "error",
         ), progress)
 
 

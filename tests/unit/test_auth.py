@@ -90,3 +90,13 @@ def test_log_redaction_covers_bearer_tokens() -> None:
         out = redact(line)
         assert jwt not in out and "rt-secret-value" not in out and "ya29" not in out
         assert "dXNlcj1hbGljZQFhdXRo" not in out
+
+
+def test_provider_hosts_get_more_connections_unless_set_explicitly() -> None:
+    from retention.config.providers import host_limits
+    from retention.service.pool import HostPool
+
+    assert host_limits(False)["outlook.office365.com"] > 2
+    assert host_limits(True) == {}
+    pool = HostPool(4, 2, host_limits=host_limits(False))
+    assert pool.host_limits["imap.gmail.com"] == 8
