@@ -25,6 +25,7 @@ from retention.config.units import (
     format_duration,
     format_percent,
     format_size,
+    parse_duration,
 )
 from retention.errors import ConfigError, SourceError
 
@@ -80,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--output", type=Path, help="write the report here instead of stdout")
     with_jobs(sp)
     _with_shard(sp)
+    sp.add_argument(
+        "--once-within",
+        default=None,
+        metavar="DURATION",
+        help="skip accounts another agent sharing state_url finished this recently "
+        "(e.g. 12h; overrides leases.once_within)",
+    )
     sp = sub.add_parser("usage", help="measure usage against the limit, change nothing")
     with_config(sp)
     sp.add_argument("--account", action="append", default=[], metavar="NAME")
@@ -141,6 +149,17 @@ def _shard(arg: str | None) -> Shard | None:
 def _sharded(accounts: Sequence[Account], args: argparse.Namespace) -> Sequence[Account]:
     shard = _shard(args.shard)
     return accounts if shard is None else list(shard.select(accounts, lambda a: a.name))
+
+
+def _with_once_within(config: Config, text: str | None) -> Config:
+    if text is None:
+        return config
+    try:
+        once = parse_duration(text)
+    except ValueError as e:
+        raise ConfigError(f"--once-within: {e}") from None
+    leases = config.leases.model_copy(update={"once_within": once})
+    return config.model_copy(update={"leases": leases})
 
 
 def _config_path(arg: Path | None) -> Path:
@@ -278,6 +297,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     from retention.run.account import retry_throttled, run_account
     from retention.service.batch import Progress, run_ordered
 
+    config = _with_once_within(config, args.once_within)
     accounts = _sharded(_select(config, args.account), args)
     now = datetime.now(UTC)
     jobs, per_host = _jobs(config, args)

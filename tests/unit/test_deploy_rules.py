@@ -29,7 +29,7 @@ RULE_TESTS = PROM / "retention-rules.test.yaml"
 PROM_CONFIG = PROM / "prometheus.example.yml"
 DASHBOARD = DEPLOY / "grafana" / "retention-dashboard.json"
 K8S = DEPLOY / "kubernetes"
-PROMETHEUSRULE = K8S / "prometheusrule.yaml"
+PROMETHEUSRULE = K8S / "base" / "prometheusrule.yaml"
 SYSTEMD = DEPLOY / "systemd"
 
 # The metric names the agent exports (its metrics module owns them).
@@ -215,7 +215,7 @@ def test_prometheusrule_carries_the_same_groups() -> None:
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
     assert doc["kind"] == "PrometheusRule"
     assert doc["spec"]["groups"] == _load(RULES)["groups"], (
-        "deploy/kubernetes/prometheusrule.yaml differs from "
+        "deploy/kubernetes/base/prometheusrule.yaml differs from "
         "deploy/prometheus/retention-rules.yaml: run "
         "`python3 deploy/kubernetes/sync_prometheusrule.py`"
     )
@@ -299,10 +299,12 @@ def test_grafana_dashboard() -> None:
 
 
 def _k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
-    kustomization = _load(K8S / "kustomization.yaml")
+    assert _load(K8S / "kustomization.yaml")["resources"] == ["base"]
+    base = K8S / "base"
+    kustomization = _load(base / "kustomization.yaml")
     objects = {}
     for resource in kustomization["resources"]:
-        for doc in yaml.safe_load_all((K8S / resource).read_text(encoding="utf-8")):
+        for doc in yaml.safe_load_all((base / resource).read_text(encoding="utf-8")):
             if doc:
                 assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"]["name"]
                 objects[(doc["kind"], doc["metadata"]["name"])] = doc
