@@ -25,6 +25,7 @@ from retention.config.units import (
     format_duration,
     format_percent,
     format_size,
+    parse_duration,
 )
 from retention.errors import ConfigError, ExitCode, SourceError
 
@@ -78,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--output", type=Path, help="write the report here instead of stdout")
     with_jobs(sp)
     _with_shard(sp)
+    sp.add_argument(
+        "--once-within",
+        default=None,
+        metavar="DURATION",
+        help="skip accounts another agent sharing state_url finished this recently "
+        "(e.g. 12h; overrides leases.once_within)",
+    )
     sp = sub.add_parser("usage", help="measure usage against the limit, change nothing")
     with_config(sp)
     sp.add_argument("--account", action="append", default=[], metavar="NAME")
@@ -139,6 +147,17 @@ def _shard(arg: str | None) -> Shard | None:
 def _sharded(accounts: Sequence[Account], args: argparse.Namespace) -> Sequence[Account]:
     shard = _shard(args.shard)
     return accounts if shard is None else list(shard.select(accounts, lambda a: a.name))
+
+
+def _with_once_within(config: Config, text: str | None) -> Config:
+    if text is None:
+        return config
+    try:
+        once = parse_duration(text)
+    except ValueError as e:
+        raise ConfigError(f"--once-within: {e}") from None
+    leases = config.leases.model_copy(update={"once_within": once})
+    return config.model_copy(update={"leases": leases})
 
 
 def _config_path(arg: Path | None) -> Path:
@@ -248,6 +267,13 @@ def _cmd_check(config: Config) -> int:
     return ExitCode.OK
 
 
+def _host_limits(config: Config) -> dict[str, int]:
+    """Big providers' hosts take more connections, unless the file set the limit itself."""
+    from retention.config.providers import host_limits
+
+    return host_limits("max_connections_per_host" in config.service.model_fields_set)
+
+
 def _jobs(config: Config, args: argparse.Namespace) -> tuple[int, int]:
     jobs = args.jobs if args.jobs is not None else config.service.concurrency
     return jobs, config.service.max_connections_per_host
@@ -266,18 +292,22 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     from retention import report
     from retention.result import RunResult
-    from retention.run.account import run_account
+    from retention.run.account import retry_throttled, run_account
     from retention.service.batch import Progress, run_ordered
 
+    config = _with_once_within(config, args.once_within)
     accounts = _sharded(_select(config, args.account), args)
     now = datetime.now(UTC)
     jobs, per_host = _jobs(config, args)
     progress = Progress(len(accounts))
     results = tuple(run_ordered(
         accounts, lambda a: run_account(config, a, dry_run=args.dry_run, now=now),
-        jobs=jobs, per_host=per_host, progress=progress, is_error=lambda r: r.status == "error",
+        jobs=jobs, per_host=per_host, host_limits=_host_limits(config), progress=progress,
+        is_error=lambda r: r.status == "error",
     ))
     progress.finish()
+    results = retry_throttled(  # later in the sweep: the provider asked us to slow down
+        accounts, results, lambda a: run_account(config, a, dry_run=args.dry_run, now=now))
     result = RunResult(dry_run=args.dry_run, generated_at=now, accounts=results)
     text = report.to_json(result) if args.format == "json" else report.to_text(result)
     _emit(text, args.output)
@@ -306,8 +336,9 @@ def _cmd_usage(config: Config, args: argparse.Namespace) -> int:
         shared = nullcontext()  # each account then reports why it cannot record
     with shared as observations:
         return _print_usage(args, run_ordered(
-            accounts, lambda a: measure_account(config, a, observations=observations), jobs=jobs,
-            per_host=per_host, progress=progress, is_error=lambda r: r.status == "error",
+            accounts, lambda a: measure_account(config, a, observations=observations),
+            jobs=jobs, per_host=per_host, host_limits=_host_limits(config), progress=progress,
+            is_error=lambda r: r.status == "error",
         ), progress)
 
 
@@ -335,7 +366,8 @@ def _print_usage(
             )
             print(
                 f"{r.account:20} {report.human_size(r.usage_bytes):>10} of {limit:>10} "
-                f"{ratio:>7}  ({r.usage_source})"
+                f"{ratio:>7}  ({r.usage_source}"
+                f"{', limit from Graph' if r.limit_source == 'graph' else ''})"
             )
         progress.finish()
     return ExitCode.FAILED if any(r.status == "error" for r in results) else ExitCode.OK

@@ -4,6 +4,8 @@
   * ConfigError            exit 2: the policy file or the command line is wrong
   * AccountError           the account fails this run (status error, exit 1); others go on
     * ConnectError         retried within the run (twice, with backoff)
+      * Throttled          the provider said "slow down": retried, then once more at the
+                           end of the sweep (``retry_later`` in the result)
     * TlsError             not retried: a certificate does not fix itself
     * AuthError            never retried in the same run: retries could lock the account
       * TokenError         an OAuth2 token endpoint refused or failed (its error code named)
@@ -84,6 +86,11 @@ class ConnectError(AccountError):
 
     kind = "connect"
     retryable = True
+
+
+class Throttled(ConnectError):
+    """The server asks us to slow down (Exchange Online's throttling, Gmail's bandwidth and
+    connection limits, RFC 5530 ``[UNAVAILABLE]``): not the account's fault."""
 
 
 class TlsError(AccountError):

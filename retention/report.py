@@ -59,6 +59,7 @@ def account_dict(acct: AccountResult) -> dict[str, Any]:
         "hold": plan.hold if plan else False,
         "usage_bytes": acct.usage_bytes,
         "limit_bytes": acct.limit_bytes,
+        "limit_source": acct.limit_source,
         # Unrounded, as in ``usage_json``: exactly usage_bytes / limit_bytes.
         "ratio": ratio,
         "usage_after_bytes": acct.usage_after_bytes,
@@ -204,6 +205,7 @@ def usage_json(results: Sequence[AccountResult]) -> str:
             else None,
             "messages": a.messages,
             "source": a.usage_source,
+            "limit_source": a.limit_source,
         }
         for a in results
     ]

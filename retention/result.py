@@ -48,6 +48,11 @@ class AccountResult:
     usage_after_bytes: int | None = None
     messages: int | None = None
     usage_source: str | None = None  # quota (server-reported) | sum (summed sizes)
+    # Where limit_bytes came from: server (QUOTA) | policy (quota.limit) | graph (Microsoft
+    # Graph's mailbox usage report, for Exchange Online, which has no IMAP QUOTA).
+    limit_source: str | None = None
+    # Failed because the provider throttled us: worth one more try later in the sweep.
+    retry_later: bool = False
     warnings: tuple[str, ...] = field(default=())
 
     @property

@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RULES = HERE.parent / "prometheus" / "retention-rules.yaml"
-TARGET = HERE / "prometheusrule.yaml"
+TARGET = HERE / "base" / "prometheusrule.yaml"
 
 HEADER = """\
 # GENERATED from deploy/prometheus/retention-rules.yaml by

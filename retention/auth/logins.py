@@ -145,6 +145,21 @@ class Logins:
         fresh = self.secret(account, state_dir, force=True, stale=secret)
         return open_session(fresh)
 
+    def mailbox_limit(self, account: Account, state_dir: Path | None) -> int | None:
+        """Exchange Online's limit of the mailbox from Graph (``graph_usage: true``), or None.
+
+        Raises ``TokenError`` when the report cannot be read.
+        """
+        found = oauth_of(account)
+        if found is None or not isinstance(found[1], Microsoft365Credential):
+            return None
+        if not found[1].graph_usage:
+            return None
+        source = self.source(account, state_dir)
+        assert isinstance(source, MicrosoftSource)
+        row = source.mailbox_usage(found[1].username or account.username)
+        return row[1] if row is not None else None
+
     def source(self, account: Account, state_dir: Path | None) -> TokenSource | None:
         cache = self.cache(account, state_dir)
         return cache.source if cache is not None else None

@@ -362,6 +362,7 @@ def _resolve(
     resolved = config.model_copy(
         update={
             "state_dir": state_dir,
+            "state_url": env.get("RETENTION_STATE_URL") or config.state_url,
             "accounts": accounts,
             "credentials": credentials,
             "sources": sources,

@@ -356,12 +356,25 @@ class Service(ServiceFields):
     """The policy file's ``service:`` block (each key also from ``RETENTION_<KEY>``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+class Leases(_Strict):
+    """Per-account leases (``retention.state.leases``): one agent per mailbox at a time."""
+
+    # How long a lease lasts unless renewed (renewed every third of it while working).
+    ttl: ServiceDuration = timedelta(minutes=5)
+    # Skip an account whose last successful pass, by any agent, finished less than this
+    # ago (e.g. 12h for a daily sweep run by agents with overlapping shards). None: never.
+    once_within: ServiceDuration | None = None
 
 
 class Config(_Strict):
     """A whole policy file."""
 
     state_dir: Path = Path("./state")
+    # postgresql://user@host/db (password from PGPASSWORD or ~/.pgpass, not the file):
+    # leases shared by agents on several machines; also RETENTION_STATE_URL. None: SQLite
+    # in state_dir.
+    state_url: StrictStr | None = None
+    leases: Leases = Field(default_factory=Leases)
     policies: dict[StrictStr, Policy]
     # Sequence: after sources are read (retention.sources), a lazy list of every account.
     accounts: Sequence[Account] = Field(default_factory=list)

@@ -66,6 +66,12 @@ def read_secret(
 REDACTED = "***"
 _MIN_SECRET = 3  # shorter "secrets" would shred every line; such passwords fail anyway
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # OAuth2 (retention.auth): bearer tokens, JWTs, SASL XOAUTH2/OAUTHBEARER responses.
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), rf"\1{REDACTED}"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),
+    (re.compile(r"(?i)\b((?:XOAUTH2|OAUTHBEARER)\s+)[A-Za-z0-9+/=]{16,}"), rf"\1{REDACTED}"),
+    (re.compile(r"(?i)\b(refresh_token|access_token|client_secret|assertion)(\W{1,4})"
+                r"[A-Za-z0-9._~+/=-]+"), rf"\1\2{REDACTED}"),
     (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|authorization)(\s*[=:]\s*)"
                 r"(\"[^\"]*\"|'[^']*'|\S+)"), rf"\1\2{REDACTED}"),
     (re.compile(r"\b(LOGIN\s+(?:\"[^\"]*\"|\S+)\s+)(\"[^\"]*\"|\S+)"), rf"\1{REDACTED}"),

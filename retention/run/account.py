@@ -24,13 +24,21 @@ from datetime import UTC, datetime
 from retention.adapters import MailSession, Secret
 from retention.archive import ArchiveSet
 from retention.config.schema import Account, Config, Policy, effective_clock
-from retention.errors import AccountError, AccountLocked, ErrorKind, FolderSkipped, RetentionError
+from retention.errors import (
+    AccountError,
+    AccountLocked,
+    ErrorKind,
+    FolderSkipped,
+    RetentionError,
+    Throttled,
+)
 from retention.folders import folders_to_scan
 from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Usage
 from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult, Status
 from retention.run.executor import Executor
+from retention.run.lease import account_lease
 from retention.run.logins import LOGINS
 from retention.run.recovery import RecoveryReport, row_action
 from retention.run.scanning import cached_message_ids, scan_folder
@@ -145,6 +153,7 @@ class AccountPass:
         self.connect = connect
         self.stop = stop
         self.warnings: list[str] = []
+        self.limit_source: str | None = None
         if not account.tls_verify and account.security != "none":
             self.warnings.append("TLS certificate verification is off (tls_verify: false)")
         # The last attempt's plan and results, reported even when the account fails.
@@ -164,7 +173,20 @@ class AccountPass:
                          f"{a.name}\x00{a.protocol}\x00{a.host}\x00{a.port}\x00{a.username}")
 
     def limit(self, usage: Usage) -> int | None:
-        return usage.limit_bytes if usage.limit_bytes else self.policy.quota.limit
+        """The server's limit, else Graph's (Exchange Online), else the policy's."""
+        if usage.limit_bytes:
+            self.limit_source = "server"
+            return usage.limit_bytes
+        try:
+            graph = LOGINS.mailbox_limit(self.account, self.config.state_dir)
+        except AccountError as e:  # the report is a help, not a need: say so, go on
+            self.warnings.append(f"mailbox quota from Microsoft Graph not read: {e}")
+            graph = None
+        if graph is not None:
+            self.limit_source = "graph"
+            return graph
+        self.limit_source = "policy" if self.policy.quota.limit else None
+        return self.policy.quota.limit
 
     def scan(
         self, session: MailSession, observations: Observations
@@ -331,6 +353,7 @@ class AccountPass:
         usage: Usage | None = None,
         after: int | None = None,
         messages: int | None = None,
+        retry_later: bool = False,
     ) -> AccountResult:
         """This pass's ``AccountResult`` (the report's and the metrics' input)."""
         return AccountResult(
@@ -350,6 +373,8 @@ class AccountPass:
             usage_after_bytes=after,
             messages=messages,
             usage_source=usage.source if usage is not None else None,
+            limit_source=self.limit_source if usage is not None else None,
+            retry_later=retry_later,
             warnings=tuple(self.warnings),
         )
 
@@ -379,10 +404,17 @@ def run_account(
     )
     try:
         state = StateDir(config.state_dir)
-        with state.lock(account.name), state.observations() as observations:
+        with state.lock(account.name), account_lease(
+            config, account.name, dry_run=dry_run, stop=stop
+        ) as lease, state.observations() as observations:
+            if lease is not None:
+                p.stop = stop = lease.stop  # also set when the lease is lost mid-pass
             for attempt in range(RETRIES + 1):
                 try:
-                    return p.once(observations)
+                    result = p.once(observations)
+                    if lease is not None:
+                        lease.succeeded = result.status == "ok"
+                    return result
                 except AccountError as e:
                     if not e.retryable or attempt == RETRIES:
                         raise
@@ -397,7 +429,7 @@ def run_account(
     except AccountError as e:
         return p.result(
             "error", error=str(e) or type(e).__name__, error_kind=e.kind,
-            plan=p.plan, results=p.results, usage=p.usage,
+            plan=p.plan, results=p.results, usage=p.usage, retry_later=isinstance(e, Throttled),
         )
     except RetentionError as e:
         return p.result("error", error=str(e), error_kind="other", plan=p.plan,
@@ -446,6 +478,31 @@ def measure_account(
         return p.result("error", error=str(e), error_kind="other")
 
 
+#: Wait before the end-of-sweep retry of throttled accounts (Exchange suggests seconds to
+#: minutes; the other accounts of the sweep ran meanwhile).
+THROTTLE_BACKOFF = 30.0
+
+
+def retry_throttled(
+    accounts: Sequence[Account], results: Sequence[AccountResult],
+    again: Callable[[Account], AccountResult], *, sleep: Callable[[float], None] = time.sleep,
+    backoff: float = THROTTLE_BACKOFF,
+) -> tuple[AccountResult, ...]:
+    """Once every account had its turn, run the throttled ones once more (in order)."""
+    todo = [i for i, r in enumerate(results) if r.retry_later]
+    if not todo:
+        return tuple(results)
+    out = list(results)
+    log.info("retrying %d throttled account(s) in %gs", len(todo), backoff)
+    sleep(backoff)
+    by_name = {a.name: a for a in accounts}
+    for i in todo:
+        account = by_name.get(out[i].account)
+        if account is not None:
+            out[i] = again(account)
+    return tuple(out)
+
+
 def run_all(
     config: Config,
     names: Sequence[str] = (),
@@ -453,11 +510,13 @@ def run_all(
     dry_run: bool,
     now: datetime | None = None,
     connect: Connector = default_connect,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RunResult:
     """One pass over the selected accounts (all when ``names`` is empty), one after another."""
     now = now or datetime.now(UTC)
     accounts = [a for a in config.accounts if not names or a.name in names]
-    results = tuple(
-        run_account(config, a, dry_run=dry_run, now=now, connect=connect) for a in accounts
-    )
+    def one(a: Account) -> AccountResult:
+        return run_account(config, a, dry_run=dry_run, now=now, connect=connect, sleep=sleep)
+
+    results = retry_throttled(accounts, [one(a) for a in accounts], one, sleep=sleep)
     return RunResult(dry_run=dry_run, generated_at=now, accounts=results)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Generic, TextIO, TypeVar
 
 from retention.config.schema import Account
@@ -81,6 +81,7 @@ def run_ordered(
     *,
     jobs: int,
     per_host: int,
+    host_limits: Mapping[str, int] | None = None,
     progress: Progress | None = None,
     is_error: Callable[[R], bool] = lambda r: False,
 ) -> Iterator[R]:
@@ -98,7 +99,7 @@ def run_ordered(
             yield result
         return
     slots: _Slots[R] = _Slots()
-    pool = HostPool(jobs, per_host, name="retention-job")
+    pool = HostPool(jobs, per_host, name="retention-job", host_limits=host_limits)
     pool.start()
     window = jobs * WINDOW_PER_JOB
 

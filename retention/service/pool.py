@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -56,11 +56,14 @@ class _Job:
 class HostPool:
     """``workers`` threads taking jobs round-robin over hosts with room (see module doc)."""
 
-    def __init__(self, workers: int, per_host: int, *, name: str = "retention-worker") -> None:
+    def __init__(self, workers: int, per_host: int, *, name: str = "retention-worker",
+                 host_limits: Mapping[str, int] | None = None) -> None:
         if workers < 1 or per_host < 1:
             raise ValueError("workers and per_host must be at least 1")
         self.workers = workers
         self.per_host = per_host
+        #: Per-host exceptions to ``per_host`` (big providers: ``config.providers``).
+        self.host_limits = {h.lower(): n for h, n in (host_limits or {}).items()}
         self._name = name
         self._cond = threading.Condition()
         self._queues: OrderedDict[str, deque[_Job]] = OrderedDict()
@@ -165,7 +168,7 @@ class HostPool:
         """The next job whose host has room; hosts take turns (called with the lock held)."""
         found: str | None = None
         for host in self._queues:
-            if self._active[host] < self.per_host:
+            if self._active[host] < self.host_limits.get(host.lower(), self.per_host):
                 found = host
                 break
         if found is None:

@@ -208,7 +208,14 @@ class RetentionService:
         self.watch.register(self.registry)
         self.metrics = Metrics(self.registry, account_label=settings.account_label,
                                account_metrics=settings.account_metrics)
-        self.pool = HostPool(settings.concurrency, settings.max_connections_per_host)
+        # Gmail's and Exchange Online's hosts take more connections (config.providers),
+        # unless the policy file or the environment set the limit explicitly.
+        from retention.config.providers import host_limits
+
+        explicit = ("max_connections_per_host" in self.loaded.config.service.model_fields_set
+                    or settings.max_connections_per_host != 2)
+        self.pool = HostPool(settings.concurrency, settings.max_connections_per_host,
+                             host_limits=host_limits(explicit))
         self.stop = threading.Event()  # passed to every run: stop at the next batch
         self._run = run_account
         self._measure = measure_account

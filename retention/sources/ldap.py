@@ -269,7 +269,8 @@ def _error(settings: LdapSettings, exc: BaseException, *, during: str) -> Source
     if isinstance(exc, ldap.SIZELIMIT_EXCEEDED):
         return SourceError(settings.name, "query", (
             f"{where}: the server's size limit stopped the search: {text}; raise it for "
-            f"{settings.bind_dn or 'anonymous'} (OpenLDAP: limits ... size.prtotal=unlimited)"))
+            f"{settings.bind_dn or 'anonymous'} (OpenLDAP, in the database section: limits "
+            f"dn.exact=\"{settings.bind_dn or ''}\" size.prtotal=unlimited)"))
     if isinstance(exc, ldap.UNAVAILABLE_CRITICAL_EXTENSION):
         return SourceError(settings.name, "config", (
             f"{where}: the server does not support paged searches (simple paged results "

@@ -125,3 +125,37 @@ def test_retention_login_device_code_then_runs_use_the_stored_token(
     assert tokens.grants()[-1].form["grant_type"] == "refresh_token"
     assert pf.cli("login", "nobody").code == 2
     _no_token_anywhere(tokens, pf, login.stdout, login.stderr, after.stdout, after.stderr)
+
+
+def test_exchange_like_server_takes_its_limit_from_graph(
+        dovecot_factory, oauth_dovecot: Dovecot, tokens: TokenServer, tmp_path: Path) -> None:
+    from tests.integration.oauth_rig import KEY
+
+    exo = dovecot_factory(quota=False, oauth2_key=KEY)  # like Exchange Online: no QUOTA
+    user = exo.add_user("e_exo")
+    user.seed("INBOX", [SeedMessage(received=ago(days=9), flags=SEEN, size=5000)])
+    tokens.add_client("app-id", "app-secret", user.name)
+    tokens.usage_csv = ("User Principal Name,Storage Used (Byte),"
+                        "Prohibit Send/Receive Quota (Byte)\n"
+                        f"{user.name},4000,107374182400\nother@x,1,2\n")
+    pf = PolicyFile(tmp_path, POLICY, extra={"credentials": {"m365": {
+        "type": "microsoft365", "tenant": "contoso", "client_id": "app-id",
+        "client_secret_env": "RT_M365", "graph_usage": True, "authority_host": tokens.url,
+        "graph_url": tokens.url, "ca_file": str(oauth_dovecot.ca_file)}}})  # the token CA
+    pf.env["RT_M365"] = "app-secret"
+    pf.add_imap(user, name="exo", credentials="m365", password_env=None,
+                ca_file=str(exo.ca_file))
+    result = pf.usage()
+    assert result.code == 0, result
+    row = result.account("exo")
+    assert row["limit_bytes"] == 107374182400 and row["limit_source"] == "graph"
+    assert row["source"] == "sum"  # usage itself is measured over IMAP (the report lags)
+    scopes = [g.form["scope"] for g in tokens.grants()]
+    assert scopes == ["https://outlook.office365.com/.default",
+                      "https://graph.microsoft.com/.default"]
+    # Without graph_usage the policy's limit is used, and the report says so.
+    pf.extra["credentials"]["m365"]["graph_usage"] = False  # type: ignore[index]
+    pf.policies["p"]["quota"] = {"limit": "1GiB"}  # type: ignore[index]
+    pf.write()
+    again = pf.usage().account("exo")
+    assert again["limit_bytes"] == 1024**3 and again["limit_source"] == "policy"

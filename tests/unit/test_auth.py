@@ -77,3 +77,26 @@ def test_cache_refreshes_inside_the_margin_only() -> None:
     assert cache.token("a") == first
     src.now += timedelta(minutes=2)  # 4 minutes left: inside the margin
     assert cache.token("a") != first and cache.fetches == 2
+
+
+def test_log_redaction_covers_bearer_tokens() -> None:
+    from retention.service.logs import redact
+
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    for line in (f"Authorization: Bearer {jwt}", f"token {jwt} refused",
+                 "AUTHENTICATE XOAUTH2 dXNlcj1hbGljZQFhdXRoPUJlYXJlciB4",
+                 '{"refresh_token": "rt-secret-value"}', "refresh_token=rt-secret-value&x=1",
+                 "Bearer ya29.a0AfH6SM-opaque"):
+        out = redact(line)
+        assert jwt not in out and "rt-secret-value" not in out and "ya29" not in out
+        assert "dXNlcj1hbGljZQFhdXRo" not in out
+
+
+def test_provider_hosts_get_more_connections_unless_set_explicitly() -> None:
+    from retention.config.providers import host_limits
+    from retention.service.pool import HostPool
+
+    assert host_limits(False)["outlook.office365.com"] > 2
+    assert host_limits(True) == {}
+    pool = HostPool(4, 2, host_limits=host_limits(False))
+    assert pool.host_limits["imap.gmail.com"] == 8

@@ -29,7 +29,7 @@ RULE_TESTS = PROM / "retention-rules.test.yaml"
 PROM_CONFIG = PROM / "prometheus.example.yml"
 DASHBOARD = DEPLOY / "grafana" / "retention-dashboard.json"
 K8S = DEPLOY / "kubernetes"
-PROMETHEUSRULE = K8S / "prometheusrule.yaml"
+PROMETHEUSRULE = K8S / "base" / "prometheusrule.yaml"
 SYSTEMD = DEPLOY / "systemd"
 
 # The metric names the agent exports (its metrics module owns them).
@@ -50,9 +50,20 @@ METRICS = frozenset(
         "retention_freed_bytes_total",
         "retention_account_errors_total",
         "retention_run_duration_seconds",
+        # Fleet series (retention.service.fleet): their number never grows with accounts.
+        "retention_accounts",
+        "retention_mailbox_usage_ratio",
+        "retention_accounts_above_warn",
+        "retention_accounts_above_clean",
+        "retention_accounts_in_error",
+        "retention_sweep_accounts_due",
+        "retention_sweep_accounts_done",
+        "retention_sweep_started_timestamp_seconds",
+        "retention_sweep_period_seconds",
+        "retention_oldest_success_age_seconds",
     }
 )
-HISTOGRAMS = frozenset({"retention_run_duration_seconds"})
+HISTOGRAMS = frozenset({"retention_run_duration_seconds", "retention_mailbox_usage_ratio"})
 RECORDED = frozenset({"retention:mailbox_usage_ratio"})
 
 ALERTS = frozenset(
@@ -64,8 +75,19 @@ ALERTS = frozenset(
         "RetentionAgentStale",
         "RetentionAgentAbsent",
         "RetentionConfigReloadFailed",
+        "RetentionFleetNearlyFull",
+        "RetentionFleetOverClean",
+        "RetentionFleetAccountsFailing",
+        "RetentionFleetSweepBehind",
+        "RetentionFleetStale",
     }
 )
+
+FLEET_ALERTS = frozenset(a for a in ALERTS if a.startswith("RetentionFleet"))
+FLEET_METRICS = frozenset(m for m in METRICS if m.startswith(("retention_accounts",
+                                                              "retention_sweep_",
+                                                              "retention_oldest_",
+                                                              "retention_mailbox_usage_ratio")))
 
 _METRIC_RE = re.compile(r"\bretention_[a-z0-9_]+\b")
 
@@ -74,7 +96,7 @@ def _metric_names(expr: str) -> set[str]:
     """retention_* names in a PromQL expression, histogram series folded to the base name."""
     names = set()
     for name in _METRIC_RE.findall(expr):
-        for suffix in ("_bucket", "_sum", "_count"):
+        for suffix in ("_bucket", "_sum", "_count", "_gsum", "_gcount"):
             base = name.removesuffix(suffix)
             if base != name and base in HISTOGRAMS:
                 name = base
@@ -174,7 +196,7 @@ def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> No
 
 def test_rules_define_the_expected_alerts() -> None:
     groups = _load(RULES)["groups"]
-    assert [g["name"] for g in groups] == ["retention"]
+    assert [g["name"] for g in groups] == ["retention", "retention-fleet"]
     assert set(_alerts()) == ALERTS
     assert {r["record"] for r in _rules() if "record" in r} == RECORDED
 
@@ -189,7 +211,11 @@ def test_alert_has_severity_and_annotations(name: str) -> None:
     assert (PROM / "RUNBOOK.md").read_text(encoding="utf-8").count(f"## {name}\n") == 1
     text = ann["summary"] + ann["description"]
     assert "$value" in text or "$labels" in text, "annotations should say which/how much"
-    if "account" in alert["expr"] or "mailbox" in alert["expr"]:
+    if name in FLEET_ALERTS:
+        # Fleet alerts stand on fleet series only: they work under account_metrics: none.
+        assert _metric_names(alert["expr"]) <= FLEET_METRICS, name
+        assert "$labels.instance" in text
+    elif "account" in alert["expr"] or "mailbox" in alert["expr"]:
         assert "$labels.account" in text
 
 
@@ -215,7 +241,7 @@ def test_prometheusrule_carries_the_same_groups() -> None:
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
     assert doc["kind"] == "PrometheusRule"
     assert doc["spec"]["groups"] == _load(RULES)["groups"], (
-        "deploy/kubernetes/prometheusrule.yaml differs from "
+        "deploy/kubernetes/base/prometheusrule.yaml differs from "
         "deploy/prometheus/retention-rules.yaml: run "
         "`python3 deploy/kubernetes/sync_prometheusrule.py`"
     )
@@ -299,10 +325,12 @@ def test_grafana_dashboard() -> None:
 
 
 def _k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
-    kustomization = _load(K8S / "kustomization.yaml")
+    assert _load(K8S / "kustomization.yaml")["resources"] == ["base"]
+    base = K8S / "base"
+    kustomization = _load(base / "kustomization.yaml")
     objects = {}
     for resource in kustomization["resources"]:
-        for doc in yaml.safe_load_all((K8S / resource).read_text(encoding="utf-8")):
+        for doc in yaml.safe_load_all((base / resource).read_text(encoding="utf-8")):
             if doc:
                 assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"]["name"]
                 objects[(doc["kind"], doc["metadata"]["name"])] = doc

@@ -145,3 +145,10 @@ def test_top_k_scrape_stays_small_at_many_accounts() -> None:
     text = generate_latest(reg)
     assert len(per_account(reg)) == 100
     assert len(text) < 200_000
+
+
+def test_the_alerts_and_dashboard_use_names_the_agent_exports() -> None:
+    from tests.unit.test_deploy_rules import FLEET_METRICS
+
+    reg, _ = make(1, "none")
+    assert {fam.name for fam in reg.collect()} >= FLEET_METRICS

@@ -47,6 +47,7 @@ from retention.errors import (
     ConnectError,
     FolderSkipped,
     ProtocolError,
+    Throttled,
     TlsError,
     UidValidityChanged,
 )
@@ -246,7 +247,7 @@ def sasl_login(client: Any, login: SaslLogin, label: str, host: str, port: int) 
         status = next((s for s in statuses[1:] if s), None)
         why = f"{text} (status {status})" if status else text
         if throttled(text):
-            raise ConnectError(f"{label}: login throttled by the server: {why}") from None
+            raise Throttled(f"{label}: login throttled by the server: {why}") from None
         raise AuthError(
             f"{label}: {login.describe()} login as {login.username} ({mech}) rejected: {why}"
         ) from None
@@ -335,9 +336,15 @@ class ImapConnection:
             raise ProtocolError(f"{where}{what} refused: read-only ({reply_text(exc)})") from exc
         except imaplib.IMAP4.abort as exc:
             self._broken = True
-            raise ConnectError(f"{where}connection lost during {what}: {reply_text(exc)}") from exc
+            text = reply_text(exc)
+            if throttled(text):  # Exchange: "BYE ... throttled"; Gmail: bandwidth limits
+                raise Throttled(f"{where}{what}: throttled by the server: {text}") from exc
+            raise ConnectError(f"{where}connection lost during {what}: {text}") from exc
         except imaplib.IMAP4.error as exc:  # NO / BAD, and imapclient's own errors
-            raise ProtocolError(f"{where}{what} failed: {reply_text(exc)}") from exc
+            text = reply_text(exc)
+            if throttled(text):
+                raise Throttled(f"{where}{what}: throttled by the server: {text}") from exc
+            raise ProtocolError(f"{where}{what} failed: {text}") from exc
         except ssl.SSLError as exc:
             self._broken = True
             raise ConnectError(f"{where}TLS error during {what}: {exc.reason or exc}") from exc
