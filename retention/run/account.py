@@ -38,6 +38,7 @@ from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult
 from retention.run.lease import account_lease
 from retention.run.logins import LOGINS
+from retention.run.owner import after_pass, exemptions
 from retention.run.scanning import cached_message_ids, scan_folder
 from retention.state.observations import Ledger
 from retention.state.scancache import ScanCache
@@ -266,6 +267,9 @@ class _Pass:
             ledger.record_usage(
                 self.account.name, self.now, snapshot.usage.usage_bytes, snapshot.usage.limit_bytes
             )
+            snapshot = dataclasses.replace(
+                snapshot, exempt=exemptions(self.config, self.account, self.now)
+            )
             plan = make_plan(self.policy, snapshot, self.now)
             if not _needs_sent(self.policy, self.account.protocol):
                 # The scan read no header; with the Date it read the Message-ID too.
@@ -407,7 +411,7 @@ def run_account(
             try:
                 for attempt in range(RETRIES + 1):
                     try:
-                        result = p.once(ledger)
+                        result = after_pass(config, account, p.once(ledger), now)
                         if lease is not None:
                             lease.succeeded = result.status == "ok"
                         return result
