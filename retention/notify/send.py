@@ -9,8 +9,9 @@ and returns it with ``notices`` filled in. Events:
 * ``archived``: the run archived, deleted or trashed mail (the same ``ActionResult`` rows
   the report lists, so the summary and the report always agree).
 
-A dry-run journals nothing, connects nowhere and returns the notices it would send
-(``would_send``). A failing notice never fails the account: it is reported.
+A dry-run (and a pass over a held account: report only) journals nothing, connects
+nowhere and returns the notices it would send (``would_send``). A failing notice never
+fails the account: it is reported.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def _notify(
 ) -> AccountResult:
     sender, to = _addresses(account, notify)
     channel = notify.delivery
-    if result.dry_run:
+    # A held account is report-only: its notices are shown, like a dry-run's, not sent.
+    if result.dry_run or (result.plan is not None and result.plan.hold):
         level = (False, 0)
         if (Path(config.state_dir) / FILE).exists():
             with NoticeStore.open(config.state_dir) as store:
@@ -148,10 +150,8 @@ def _notify(
         for n in notices:
             row = NoticeRow(n.event, account.name, n.kind, "pending", channel, n.message_id,
                             sender, to, n.to_bytes(sender=sender, to=to, now=now), None)
-            fresh = store.add_pending(
-                row, level=new_level if not level_written else None
-            )
-            level_written = True
+            fresh = store.add_pending(row, level=None if level_written else new_level)
+            level_written = level_written or fresh
             if not fresh:
                 outcomes.append(NoticeOutcome(n.kind, n.event, "already_sent", channel,
                                               n.subject, n.body, n.language))

@@ -158,8 +158,6 @@ class NoticeStore:
         False when the event is already journalled: it is never delivered again.
         """
         with self._tx():
-            if level is not None:
-                self._set_level(row.account, *level)
             cur = self._conn.execute(
                 "INSERT OR IGNORE INTO notices (event, account, kind, state, channel,"
                 " message_id, sender, recipient, message, detail, created, updated)"
@@ -167,7 +165,10 @@ class NoticeStore:
                 (row.event, row.account, row.kind, PENDING, row.channel, row.message_id,
                  row.sender, row.recipient, row.message, row.detail, _now(), _now()),
             )
-        return cur.rowcount == 1
+            fresh = cur.rowcount == 1
+            if fresh and level is not None:
+                self._set_level(row.account, *level)
+        return fresh
 
     def mark(self, event: str, state: str, *, channel: str | None = None,
              detail: str | None = None) -> None:
