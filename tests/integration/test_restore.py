@@ -72,6 +72,8 @@ def test_restore_is_exact_idempotent_and_survives_the_next_run(
     assert Counter(m["status"] for m in json.loads(first.stdout)["messages"]) == {
         "restored": 12}
     assert content(user.folder_state()) == before  # bytes, flags, INTERNALDATE, folder
+    hist = json.loads(pf.cli("history", "--format", "json").stdout)["entries"]
+    assert Counter(e["action"] for e in hist) == {"archive": 12, "restore": 12}
 
     again = pf.cli("restore", "--account", name, "--format", "json")
     assert again.code == 0, again
