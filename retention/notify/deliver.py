@@ -77,7 +77,11 @@ class Delivery:
     def _smtp(self, row: NoticeRow) -> str:
         smtp = self.notify.smtp
         assert smtp is not None
-        password = self.password(smtp) if smtp.username else None
+        password = None
+        if smtp.username:
+            from retention.config.secrets import read_secret
+
+            password = read_secret(smtp.password_env, smtp.password_file)
         to = [addr for _name, addr in getaddresses([row.recipient]) if addr]
         sender = next((a for _n, a in getaddresses([row.sender]) if a), "")
         where = self.smtp_submit(smtp, password, sender, to, row.message)

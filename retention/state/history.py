@@ -10,7 +10,8 @@ each removal exactly once, plus the messages ``retention restore`` put back, wit
 
 ENTRY keys: ``when`` (completion time, UTC ISO 8601), ``account``, ``folder``,
 ``message_id``, ``date`` (the message's received time), ``size``, ``rule``, ``action``
-(``delete`` | ``trash`` | ``move`` | ``archive`` | ``restore``), ``to_folder``, ``archive`` (target name),
+(``delete`` | ``trash`` | ``move`` | ``archive`` | ``restore``), ``to_folder``,
+``archive`` (target name),
 ``archive_location``, ``sha256`` (of the source bytes, archive only), ``uid``,
 ``uidvalidity``, ``uidl``, ``reason``, ``run_id``. Absent values are ``null`` (empty in CSV).
 It reads the journal only; it never connects to a server.
