@@ -270,6 +270,14 @@ def describe(config: Config) -> str:
             f"clean_above={format_percent(q.clean_above)} clean_to={format_percent(q.clean_to)} "
             f"max_delete_per_run={format_count_or_percent(q.max_delete_per_run)}"
         )
+        if pol.notify is not None:
+            n = pol.notify
+            what = [w for w, on in (("warn", n.warn), ("archived", n.archived)) if on]
+            relay = f" smtp={n.smtp.host}:{n.smtp.effective_port()}" if n.smtp else ""
+            out.append(
+                f"  notify: {', '.join(what) or 'nothing'} in {acct.language or n.language} "
+                f"by {n.delivery}{relay}; restore_grace: {format_duration(pol.restore_grace)}"
+            )
         for i, rule in enumerate(pol.rules, 1):
             conds = [f"folders={rule.folders}"]
             if rule.exclude_folders:

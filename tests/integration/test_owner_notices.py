@@ -171,3 +171,39 @@ def test_archive_summary_lists_what_the_report_lists(tmp_path: Any, mail_user: M
         assert where in body
     assert acct["run_id"] in body and "help@example.org" in body
     assert "retention restore" in body
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing of the agent catches it."""
+
+
+@pytest.mark.parametrize("mail_user", [200 * KiB], indirect=True)
+def test_a_crash_after_the_append_never_sends_the_notice_twice(
+    tmp_path: Any, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retention.adapters.imap.session import ImapSession
+    from retention.run.account import run_account
+    from tests.integration.helpers import patched_env
+
+    pf = PolicyFile(tmp_path, policy())
+    name = pf.add_imap(mail_user)
+    fill(mail_user, "fill-a", 10, 17 * KiB)
+    real_append = ImapSession.append
+
+    def append_then_die(self: Any, *args: Any, **kw: Any) -> Any:
+        real_append(self, *args, **kw)
+        raise Crash
+
+    monkeypatch.setattr(ImapSession, "append", append_then_die)
+    config = pf.load()
+    with patched_env(pf.env), pytest.raises(Crash):
+        run_account(config, config.account(name), dry_run=False)
+    monkeypatch.setattr(ImapSession, "append", real_append)
+    assert len(notices_in_inbox(mail_user)) == 1  # appended, but never journalled as sent
+
+    after = pf.run()
+    assert after.code == 0, after
+    (finished,) = after.account(name)["notices"]
+    assert finished["status"] == "sent" and "already in INBOX" in finished["detail"], finished
+    assert len(notices_in_inbox(mail_user)) == 1
+    assert pf.run().account(name)["notices"] == []
