@@ -368,7 +368,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
         accounts, results, lambda a: run_account(config, a, dry_run=args.dry_run, now=now))
     result = RunResult(dry_run=args.dry_run, generated_at=now, accounts=results)
     if args.format == "html":
-        from retention.report_html import levels_of, to_html
+        from retention.page.html import levels_of, to_html
 
         text = to_html(result, levels_of(config))
     elif args.format == "json":

@@ -14,8 +14,8 @@ from retention.archive import sha256
 from retention.archive.mbox import decode_entry, encode_entry
 from retention.archive.read import original
 from retention.model import exempt_key
+from retention.page.html import to_html
 from retention.planner import explain, plan
-from retention.report_html import to_html
 from retention.result import AccountResult, ActionResult, RunResult
 from tests.strategies import DAY, NOW, by_folder, msg, policy, rule, snapshot
 
