@@ -197,12 +197,19 @@ def _one(session: Any, log: RestoreLog, account: Account, config: Config,
          report: RestoreReport, row: JournalRow, data: bytes, folder: str,
          now: datetime) -> Item:
     try:
+        grace = config.policy_of(account).restore_grace
         uid = _present(session, folder, row, data)
         if uid is not None:
             if not report.dry_run:
+                # Also the landing of a restore that crashed before it was journalled:
+                # exempt it like any restored message (keeping mail is the safe side).
+                validity = session.folder_uidvalidity(folder)
                 rid = log.plan(report.restore_id, account.name, row.id, folder,
                                row.message_id, row.sha256, row.size)
-                log.finish(rid, PRESENT, uid=uid, detail="already in the folder")
+                log.finish(rid, PRESENT, uidvalidity=validity, uid=uid,
+                           detail="already in the folder",
+                           hold=Hold(account.name, folder, validity, uid, row.message_id, now,
+                                     now + grace))
             return Item(row, "present", folder, "already in the folder", uid)
         if report.dry_run:
             return Item(row, "would_restore", folder)
@@ -213,7 +220,6 @@ def _one(session: Any, log: RestoreLog, account: Account, config: Config,
         validity = session.folder_uidvalidity(folder)
         if uid is None:  # no APPENDUID: find it to know which UID to exempt
             uid = _present(session, folder, row, data)
-        grace = config.policy_of(account).restore_grace
         hold = Hold(account.name, folder, validity, uid, row.message_id, now,
                     now + grace) if uid is not None else None
         log.finish(rid, RESTORED, uidvalidity=validity, uid=uid, hold=hold)

@@ -140,3 +140,43 @@ def test_pop3_restore_refuses_and_exports_mbox(tmp_path: Path, make_user: Any) -
         assert {m["Message-ID"] for m in box} == originals
     finally:
         box.close()
+
+
+class Crash(BaseException):
+    """Stands for the process dying between the APPEND and its journal entry."""
+
+
+def test_a_restore_cut_after_the_append_is_never_appended_twice(
+    tmp_path: Path, make_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retention.run.restore import Selection, restore
+    from retention.state.restores import RESTORED, RestoreLog
+    from tests.integration.helpers import patched_env
+
+    user = make_user()
+    seed_old(user)
+    before = content(user.folder_state())
+    pf = PolicyFile(tmp_path, POLICY)
+    pf.extra = {"archives": {"vault": target_for("maildir", pf, None)}}
+    name = pf.add_imap(user)
+    assert pf.run().code == 0
+    real_finish = RestoreLog.finish
+
+    def die_on_third(self: Any, row_id: int, state: str, **kw: Any) -> None:
+        if state == RESTORED and row_id == 3:
+            raise Crash
+        real_finish(self, row_id, state, **kw)
+
+    monkeypatch.setattr(RestoreLog, "finish", die_on_third)
+    config = pf.load()
+    with patched_env(pf.env), pytest.raises(Crash):
+        restore(config, config.account(name), Selection())
+    monkeypatch.setattr(RestoreLog, "finish", real_finish)
+
+    again = pf.cli("restore", "--account", name, "--format", "json")
+    assert again.code == 0, again
+    assert Counter(m["status"] for m in json.loads(again.stdout)["messages"]) == {
+        "already_restored": 2, "present": 1, "restored": 9}
+    assert content(user.folder_state()) == before  # nothing twice
+    nxt = pf.run()
+    assert nxt.account(name)["actions"] == [] and len(nxt.account(name)["exempted"]) == 12
