@@ -370,7 +370,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     if args.format == "html":
         from retention.page.html import levels_of, to_html
 
-        text = to_html(result, levels_of(config))
+        text = to_html(result, levels_of(config, [a.account for a in result.accounts]))
     elif args.format == "json":
         text = report.to_json(result)
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from retention.report import human_size
@@ -69,11 +69,12 @@ _JS = """
 """
 
 
-def levels_of(config: Config) -> dict[str, tuple[float, float, float]]:
+def levels_of(config: Config, names: Iterable[str]) -> dict[str, tuple[float, float, float]]:
+    """The quota levels of the accounts named (looked up one by one: a fleet's list is lazy)."""
     out = {}
-    for a in config.accounts:
-        q = config.policy_of(a).quota
-        out[a.name] = (q.warn_above, q.clean_above, q.clean_to)
+    for name in names:
+        q = config.policy_of(config.account(name)).quota
+        out[name] = (q.warn_above, q.clean_above, q.clean_to)
     return out
 
 
