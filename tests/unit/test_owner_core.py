@@ -70,3 +70,23 @@ def test_html_page_is_self_contained_and_escaped() -> None:
     assert 'data-now="90.0"' in page and 'data-after="50.0"' in page
     assert 'class="level-warn"' in page and "default-src 'none'" in page
     assert "http" not in page.replace('http-equiv', '')
+
+
+def test_notify_settings_validate() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from retention.config.schema import Notify, Policy
+
+    assert Policy().restore_grace == timedelta(days=30) and Policy().notify is None
+    n = Notify.model_validate({"smtp": {"host": "relay", "from": "A <a@x>"}})
+    assert n.smtp is not None and n.smtp.sender == "A <a@x>"
+    assert (n.smtp.security, n.smtp.effective_port(), n.smtp.tls_verify) == ("starttls", 587, True)
+    with pytest.raises(ValidationError, match="delivery: smtp needs"):
+        Notify.model_validate({"delivery": "smtp"})
+    with pytest.raises(ValidationError, match="clear text"):
+        Notify.model_validate({"smtp": {"host": "relay", "security": "none"}})
+    with pytest.raises(ValidationError, match="password_env"):
+        Notify.model_validate({"smtp": {"host": "relay", "username": "u"}})
+    with pytest.raises(ValidationError):
+        Notify.model_validate({"language": "fr"})
