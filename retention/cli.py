@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="only this account (repeatable)",
     )
-    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sp.add_argument("--format", choices=["text", "json", "html"], default="text",
+                    help="html: one self-contained page (use with --output)")
     sp.add_argument("--output", type=Path, help="write the report here instead of stdout")
     with_jobs(sp)
     _with_shard(sp)
@@ -108,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_config(sp)
     sp.add_argument("account", metavar="ACCOUNT")
+    _restore_parser(sub, with_config)
     sp = sub.add_parser("serve", help="run as a service: scheduler + Prometheus metrics")
     with_config(sp)
     return p
@@ -158,6 +161,51 @@ def _with_once_within(config: Config, text: str | None) -> Config:
         raise ConfigError(f"--once-within: {e}") from None
     leases = config.leases.model_copy(update={"once_within": once})
     return config.model_copy(update={"leases": leases})
+def _restore_parser(sub: Any, with_config: Any) -> None:
+    sp = sub.add_parser("restore", help="put archived messages back into the mailbox")
+    with_config(sp)
+    sp.add_argument("--account", required=True, metavar="NAME")
+    sp.add_argument("--run", default=None, metavar="RUN_ID", help="only what this run removed")
+    sp.add_argument("--since", default=None, help="removed at or after (30d, or a date)")
+    sp.add_argument("--until", default=None, help="removed before (30d, or a date)")
+    sp.add_argument("--message-id", action="append", default=[], metavar="ID")
+    sp.add_argument("--folder", default=None, help="only messages removed from this folder")
+    sp.add_argument("--to-folder", default=None, help="restore here instead of the original")
+    sp.add_argument("--export-mbox", type=Path, default=None, metavar="PATH",
+                    help="write the selection to an mbox instead (the only way for POP3)")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be restored")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def _when(text: str | None, flag: str) -> datetime | None:
+    """A moment from ``30d`` (that long ago) or an ISO date/time (UTC when naive)."""
+    if text is None:
+        return None
+    from retention.config.units import parse_duration
+
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is neither a duration (30d) nor a date") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    from retention.run.restore import Selection, render, restore
+
+    (account,) = _select(config, [args.account])
+    selection = Selection(
+        run_id=args.run, since=_when(args.since, "--since"), until=_when(args.until, "--until"),
+        message_ids=tuple(args.message_id), folder=args.folder,
+    )
+    report = restore(config, account, selection, to_folder=args.to_folder,
+                     dry_run=args.dry_run, export_mbox=args.export_mbox)
+    sys.stdout.write(render(report, args.format))
+    return ExitCode.FAILED if report.failed else ExitCode.OK
 
 
 def _config_path(arg: Path | None) -> Path:
@@ -220,6 +268,14 @@ def describe(config: Config) -> str:
             f"clean_above={format_percent(q.clean_above)} clean_to={format_percent(q.clean_to)} "
             f"max_delete_per_run={format_count_or_percent(q.max_delete_per_run)}"
         )
+        if pol.notify is not None:
+            n = pol.notify
+            what = [w for w, on in (("warn", n.warn), ("archived", n.archived)) if on]
+            relay = f" smtp={n.smtp.host}:{n.smtp.effective_port()}" if n.smtp else ""
+            out.append(
+                f"  notify: {', '.join(what) or 'nothing'} in {acct.language or n.language} "
+                f"by {n.delivery}{relay}; restore_grace: {format_duration(pol.restore_grace)}"
+            )
         for i, rule in enumerate(pol.rules, 1):
             conds = [f"folders={rule.folders}"]
             if rule.exclude_folders:
@@ -309,7 +365,14 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     results = retry_throttled(  # later in the sweep: the provider asked us to slow down
         accounts, results, lambda a: run_account(config, a, dry_run=args.dry_run, now=now))
     result = RunResult(dry_run=args.dry_run, generated_at=now, accounts=results)
-    text = report.to_json(result) if args.format == "json" else report.to_text(result)
+    if args.format == "html":
+        from retention.page.html import levels_of, to_html
+
+        text = to_html(result, levels_of(config, [a.account for a in result.accounts]))
+    elif args.format == "json":
+        text = report.to_json(result)
+    else:
+        text = report.to_text(result)
     _emit(text, args.output)
     for a in result.accounts:
         if a.status == "error":
@@ -416,6 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from retention.run.logins import device_login
 
             return device_login(config, args.account, sys.stdout)
+        if args.command == "restore":
+            return _cmd_restore(config, args)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)

@@ -57,6 +57,11 @@ class MessageRef:
         return f"{self.folder}\x00{self.uidvalidity}\x00{self.uid}"
 
 
+def exempt_key(folder: str, uidvalidity: int, uid: int | None) -> str:
+    """The key of ``Snapshot.exempt`` for one IMAP message."""
+    return f"ref:{folder}\x00{uidvalidity}\x00{uid}"
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """Metadata of one message; never its body.
@@ -200,6 +205,10 @@ class Snapshot:
     folders: tuple[FolderSnapshot, ...] = ()
     # Every folder the server listed, including those not scanned (for move targets).
     all_folders: tuple[FolderInfo, ...] = field(default=())
+    # Messages no rule may touch, with the reason (restored mail within restore_grace):
+    # (``exempt_key(ref)`` or ``"mid:" + Message-ID``, reason). Passed in by the account
+    # pass from state_dir, so the planner stays pure.
+    exempt: tuple[tuple[str, str], ...] = field(default=())
 
     def messages(self) -> Iterator[Message]:
         for folder in self.folders:

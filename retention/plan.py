@@ -91,6 +91,8 @@ class Plan:
     # are in failed_actions: reported as failed, never executed.
     failed_rules: tuple[tuple[str, str], ...] = field(default=())
     failed_actions: tuple[Action, ...] = field(default=())
+    # Messages kept because the snapshot exempts them (restored mail), with the reason.
+    exempted: tuple[tuple[Message, str], ...] = field(default=())
 
     @property
     def freed_bytes(self) -> int:

@@ -3,8 +3,10 @@
 This module owns the semantics of rules (README "The policy file"). Per message, in snapshot order:
 
 1. Never planned, by any rule, over quota included: a message already flagged ``\\Deleted``
-   by another client, and one received within ``keep_within`` (always measured on
-   ``Message.received``, whatever the rule's clock).
+   by another client, one received within ``keep_within`` (always measured on
+   ``Message.received``, whatever the rule's clock), and one the snapshot exempts
+   (``Snapshot.exempt``: restored mail within ``restore_grace``; listed in
+   ``Plan.exempted`` with the reason).
 2. Always phase. The ``when: always`` rules are tried in order; the first whose conditions
    all hold (folder, ``older_than``, ``before``, ``larger_than``, ``smaller_than``) decides.
    Protection is part of that decision, not a condition: if the deciding rule's ``protect``
@@ -29,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from fractions import Fraction
@@ -53,6 +55,7 @@ from retention.model import (
     Message,
     Protection,
     Snapshot,
+    exempt_key,
 )
 from retention.plan import Action, ActionKind, Clock, Dropped, Plan
 
@@ -239,6 +242,16 @@ class _State:
     deferred: int = 0
 
 
+def exemption(m: Message, exempt: Mapping[str, str]) -> str | None:
+    """Why ``m`` is exempt from every rule (restored mail), or None."""
+    if not exempt:
+        return None
+    why = exempt.get(exempt_key(m.ref.folder, m.ref.uidvalidity, m.ref.uid))
+    if why is None and m.message_id:
+        why = exempt.get("mid:" + m.message_id)
+    return why
+
+
 # An always-rule's decision before the rails: the Action (and its reason) is built only
 # for the ones that stay in the plan (a 1,000,000-message folder can have 500,000 hits
 # of which the cap keeps 10,000).
@@ -246,7 +259,8 @@ _Hit = tuple[_Rule, Message]
 
 
 def _always_phase(
-    rules: Sequence[_Rule], policy: Policy, snapshot: Snapshot, now: datetime
+    rules: Sequence[_Rule], policy: Policy, snapshot: Snapshot, now: datetime,
+    exempted: list[tuple[Message, str]],
 ) -> tuple[list[_Hit], list[Message], list[Action]]:
     """Decide every message by the always-rules: (hits, open messages, impossible ones)."""
     always = [r for r in rules if r.rule.when == "always"]
@@ -254,9 +268,15 @@ def _always_phase(
     open_: list[Message] = []
     failed: list[Action] = []
     keep_within = policy.keep_within
+    exempt = dict(snapshot.exempt)
     for m in snapshot.messages():
         if DELETED in m.flags or (keep_within and now - m.received < keep_within):
             continue
+        if exempt:
+            why = exemption(m, exempt)
+            if why is not None:
+                exempted.append((m, why))  # never planned, over quota included
+                continue
         r = _hit(always, m, now)
         if r is None:
             open_.append(m)
@@ -468,7 +488,8 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     rules = _prepare(policy, snapshot)
     quota = policy.quota
     counts = {f.name: len(f.messages) for f in snapshot.folders}
-    hits, open_, failed = _always_phase(rules, policy, snapshot, now)
+    exempted: list[tuple[Message, str]] = []
+    hits, open_, failed = _always_phase(rules, policy, snapshot, now, exempted)
     hits, open_, label_notes = _one_per_message(hits, open_, counts)
     hits, dropped = _empty_folder_rail(hits, rules, counts)
     # A percentage is of the account's messages, not only of the folders the rules scan.
@@ -516,6 +537,7 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
         limit_bytes=limit, usage_after_bytes=max(0, projected), short_by_bytes=short_by,
         deferred_by_cap=state.deferred, over_quota=over_quota, dropped=tuple(dropped),
         warnings=tuple(warnings), failed_rules=failed_rules, failed_actions=tuple(failed),
+        exempted=tuple(exempted),
     )
 
 
@@ -530,18 +552,22 @@ def explain(policy: Policy, snapshot: Snapshot, now: datetime) -> list[Decision]
         if a is not None:
             out.append(Decision(m, a.rule, a.kind, a.reason))
         else:
-            out.append(Decision(m, *_why_kept(rules, policy, m, now)))
+            out.append(Decision(m, *_why_kept(rules, policy, m, now, dict(snapshot.exempt))))
     return out
 
 
 def _why_kept(
-    rules: Sequence[_Rule], policy: Policy, m: Message, now: datetime
+    rules: Sequence[_Rule], policy: Policy, m: Message, now: datetime,
+    exempt: Mapping[str, str],
 ) -> tuple[str | None, None, str]:
     if m.deleted:
         return None, None, "flagged \\Deleted by another client"
     if policy.keep_within and now - m.received < policy.keep_within:
         return None, None, (f"received {_day(m.received)}, within keep_within "
                             f"{format_duration(policy.keep_within)}")
+    why = exemption(m, exempt)
+    if why is not None:
+        return None, None, why
     for phase in ("always", "over_quota"):
         hit = _first([r for r in rules if r.rule.when == phase], m, now)
         if hit is None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from retention.plan import totals
-from retention.result import AccountResult, ActionResult, RunResult
+from retention.result import AccountResult, ActionResult, NoticeOutcome, RunResult
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -39,6 +39,11 @@ def action_dict(r: ActionResult) -> dict[str, Any]:
         "result": r.result,
         "detail": r.detail,
     }
+
+
+def notice_dict(n: NoticeOutcome) -> dict[str, Any]:
+    return {"kind": n.kind, "event": n.event, "status": n.status, "channel": n.channel,
+            "language": n.language, "subject": n.subject, "body": n.body, "detail": n.detail}
 
 
 def account_dict(acct: AccountResult) -> dict[str, Any]:
@@ -77,6 +82,13 @@ def account_dict(acct: AccountResult) -> dict[str, Any]:
         ],
         "actions": [action_dict(r) for r in acct.results],
         "totals": totals(r.action for r in done),
+        # Kept although a rule might take them: restored mail within restore_grace.
+        "exempted": [
+            {"folder": m.ref.folder, "uid": m.ref.uid, "message_id": m.message_id,
+             "size": m.size, "reason": why}
+            for m, why in (plan.exempted if plan else ())
+        ],
+        "notices": [notice_dict(n) for n in acct.notices],
         "duration_seconds": round(acct.duration, 3),
     }
 
@@ -176,6 +188,15 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
         lines.append(f"   {verb}: {human_size(acct.freed_bytes)}")
     elif acct.status == "ok":
         lines.append("   nothing to do")
+    for m, why in plan.exempted if plan else ():
+        lines.append(f"   kept {m.ref.folder} UID {m.ref.uid}: {why}")
+    for n in acct.notices:
+        how = f" by {n.channel}" if n.channel else ""
+        lines.append(f"   notice {n.kind}: {n.status.replace('_', ' ')}{how}"
+                     + (f" ({n.detail})" if n.detail else ""))
+        if n.status == "would_send":
+            lines.append(f"      Subject: {n.subject}")
+            lines.extend(f"      | {t}" for t in n.body.rstrip("\n").splitlines())
     return lines
 
 

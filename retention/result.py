@@ -29,6 +29,20 @@ class ActionResult:
 
 
 @dataclass(frozen=True, slots=True)
+class NoticeOutcome:
+    """A notice to the mailbox owner: sent, failed, or (dry-run) what would be sent."""
+
+    kind: str  # warning | archived
+    event: str
+    status: Literal["would_send", "sent", "failed", "unknown", "already_sent"]
+    channel: str | None  # append | smtp | smtp-fallback
+    subject: str
+    body: str
+    language: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AccountResult:
     """One account's outcome in one run (dry or real)."""
 
@@ -54,6 +68,7 @@ class AccountResult:
     # Failed because the provider throttled us: worth one more try later in the sweep.
     retry_later: bool = False
     warnings: tuple[str, ...] = field(default=())
+    notices: tuple[NoticeOutcome, ...] = field(default=())
 
     @property
     def freed_bytes(self) -> int:

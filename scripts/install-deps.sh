@@ -7,6 +7,7 @@
 #   initdb, pg_ctl    (postgresql: the tests' real PostgreSQL for SQL account sources)
 #   libldap/libsasl headers and a C compiler (libldap2-dev libsasl2-dev gcc: pip builds
 #                     python-ldap, the [ldap] extra, from source; it has no wheels)
+#   chromium          (headless: the tests render the HTML report in a real browser)
 # Nothing to do when all are present. Installing needs root (apt-get); without it
 # this prints what to install and fails.
 set -euo pipefail
@@ -37,13 +38,14 @@ then
     missing+=(Python.h)
     extra+=(python3-dev)
 fi
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # INSTALL_DEPS_FORCE=1 goes through the install anyway (to test this script).
 if [ ${#missing[@]} -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
     exit 0
 fi
 
 packages=(dovecot-imapd dovecot-pop3d prometheus openssl slapd ldap-utils postgresql
-          libldap2-dev libsasl2-dev gcc ${extra[@]+"${extra[@]}"})
+          libldap2-dev libsasl2-dev gcc chromium ${extra[@]+"${extra[@]}"})
 echo "install-deps: missing ${missing[*]}; installing ${packages[*]}" >&2
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -73,7 +75,7 @@ apt-get install -y -q --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${packages[@]}" </dev/null
 
-for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc; do
+for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc chromium; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "install-deps: $tool still missing after install" >&2
         exit 1

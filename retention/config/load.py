@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from retention.config.oauth import PATH_KEYS as OAUTH_PATH_KEYS
 from retention.config.oauth import OAuthCredential
-from retention.config.schema import Config, Credential, ImapTarget
+from retention.config.schema import Config, Credential, ImapTarget, Policy
 from retention.config.template import prototype, with_credential
 from retention.config.yamlsource import YamlDoc, YamlError, load_yaml
 from retention.errors import ConfigError, Problem
@@ -359,6 +359,7 @@ def _resolve(
             )
         else:
             archives[name] = t.model_copy(update={"path": fix(t.path, ("archives", name, "path"))})
+    policies = {name: _resolve_notify(pol, name, fix) for name, pol in config.policies.items()}
     resolved = config.model_copy(
         update={
             "state_dir": state_dir,
@@ -367,6 +368,7 @@ def _resolve(
             "credentials": credentials,
             "sources": sources,
             "archives": archives,
+            "policies": policies,
             "source": path,
         }
     )
@@ -407,6 +409,22 @@ def oauth_warnings(who: str, cred: OAuthCredential, env: Mapping[str, str]) -> l
             out.append(f"{who}: type {cred.type} needs {module.split('.')[0]} "
                        "(pip install 'retention[oauth]')")
     return out
+
+
+def _resolve_notify(policy: Policy, name: str, fix: Any) -> Policy:
+    """``notify.templates`` and the SMTP relay's files, relative to the policy file."""
+    n = policy.notify
+    if n is None:
+        return policy
+    loc = ("policies", name, "notify")
+    smtp = n.smtp
+    if smtp is not None:
+        smtp = smtp.model_copy(update={
+            "ca_file": fix(smtp.ca_file, (*loc, "smtp", "ca_file")),
+            "password_file": fix(smtp.password_file, (*loc, "smtp", "password_file"), True),
+        })
+    n = n.model_copy(update={"templates": fix(n.templates, (*loc, "templates")), "smtp": smtp})
+    return policy.model_copy(update={"notify": n})
 
 
 def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[str]:

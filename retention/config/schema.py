@@ -137,6 +137,65 @@ class Quota(_Strict):
         return self
 
 
+class SmtpSettings(_Strict):
+    """Submission relay for notices (``notify.smtp``): STARTTLS/TLS verified by default.
+
+    ``from``/``to`` are ``string.Template`` texts (``$account``, ``$username``, ``$email``);
+    ``to`` defaults to the account's ``email`` (or its username when that is an address).
+    Credentials are optional (a relay that trusts the agent's host): ``username`` with
+    ``password_env`` or ``password_file``, never a password in the file.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    host: StrictStr
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "starttls"
+    ca_file: Path | None = None
+    tls_verify: StrictBool = True
+    allow_plaintext: StrictBool = False
+    username: StrictStr | None = None
+    password_env: StrictStr | None = None
+    password_file: Path | None = None
+    timeout: ServiceDuration = timedelta(seconds=30)
+    sender: StrictStr = Field(default="Mailbox assistant <postmaster@localhost>", alias="from")
+    to: StrictStr = "$email"
+
+    @model_validator(mode="after")
+    def _secure(self) -> SmtpSettings:
+        if self.security == "none" and not self.allow_plaintext:
+            raise ValueError(
+                "security: 'none' sends mail (and any password) in clear text; "
+                "set allow_plaintext: true to allow it"
+            )
+        if self.username and (self.password_env is None) == (self.password_file is None):
+            raise ValueError("password_env: give exactly one of password_env or password_file")
+        return self
+
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {"tls": 465, "starttls": 587, "none": 25}[self.security]
+
+
+class Notify(_Strict):
+    """Notices to the mailbox owner (``retention.notify``)."""
+
+    warn: StrictBool = True  # when usage crosses quota.warn_above (once per crossing)
+    archived: StrictBool = True  # after a run that archived or deleted mail
+    language: Literal["en", "ja"] = "en"
+    delivery: Literal["append", "smtp"] = "append"
+    smtp: SmtpSettings | None = None
+    templates: Path | None = None  # a folder with en/warning.txt etc. overriding the shipped
+    restore_contact: StrictStr = "your mail administrator"
+
+    @model_validator(mode="after")
+    def _needs_smtp(self) -> Notify:
+        if self.delivery == "smtp" and self.smtp is None:
+            raise ValueError("smtp: delivery: smtp needs an smtp: relay")
+        return self
+
+
 def _default_protect() -> list[Protect]:
     return ["flagged", "unread"]
 
@@ -150,6 +209,9 @@ class Policy(_Strict):
     rules: list[Rule] = Field(default_factory=list)
     schedule: StrictStr = "0 3 * * *"
     hold: StrictBool = False
+    notify: Notify | None = None
+    # Restored messages are exempt from every rule for this long (``retention restore``).
+    restore_grace: Duration = timedelta(days=30)
 
 
 Security = Literal["tls", "starttls", "none"]
@@ -265,6 +327,8 @@ class Account(Connection):
     #: ``auto`` detects Gmail (``X-GM-EXT-1``) and Exchange (its greeting); ``gmail`` makes
     #: folders labels of one message (delete = Trash then expunge there).
     provider: Literal["auto", "gmail", "exchange", "generic"] = "auto"
+    language: Literal["en", "ja"] | None = None  # of notices; default: the policy's
+    email: StrictStr | None = None  # the owner's address (notices by SMTP)
     # Set by loading (the ``credentials:`` entry this account names), never by the file.
     credential: AttachedCredential | None = Field(default=None, exclude=True, repr=False)
 

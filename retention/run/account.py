@@ -40,6 +40,7 @@ from retention.result import AccountResult, ActionResult, RunResult, Status
 from retention.run.executor import Executor
 from retention.run.lease import account_lease
 from retention.run.logins import LOGINS
+from retention.run.owner import after_pass, exemptions
 from retention.run.recovery import RecoveryReport, row_action
 from retention.run.scanning import cached_message_ids, scan_folder
 from retention.state import StateDir
@@ -256,6 +257,9 @@ class AccountPass:
                 observations.record_usage(
                     self.account.name, self.now, usage.usage_bytes, usage.limit_bytes
                 )
+                snapshot = dataclasses.replace(
+                    snapshot, exempt=exemptions(self.config, self.account, self.now)
+                )
                 plan = make_plan(self.policy, snapshot, self.now)
                 if not _needs_sent(self.policy, self.account.protocol):
                     # The scan read no header; with the Date it read the Message-ID too.
@@ -411,7 +415,7 @@ def run_account(
                 p.stop = stop = lease.stop  # also set when the lease is lost mid-pass
             for attempt in range(RETRIES + 1):
                 try:
-                    result = p.once(observations)
+                    result = after_pass(config, account, p.once(observations), now)
                     if lease is not None:
                         lease.succeeded = result.status == "ok"
                     return result

@@ -1,7 +1,8 @@
 """``retention history``: the audit log of what the agent removed, from the journal.
 
-This module owns the query (completed removals only: ``deleted`` and ``moved`` journal
-rows, each removal exactly once, oldest first) and its three renderings:
+This module owns the query (completed removals: ``deleted`` and ``moved`` journal rows,
+each removal exactly once, plus the messages ``retention restore`` put back, with
+``action: restore``; oldest first) and its three renderings:
 
 * ``text``: a table, one line per removal, and a count.
 * ``json``: ``{"entries": [ENTRY, ...]}``.
@@ -9,7 +10,8 @@ rows, each removal exactly once, oldest first) and its three renderings:
 
 ENTRY keys: ``when`` (completion time, UTC ISO 8601), ``account``, ``folder``,
 ``message_id``, ``date`` (the message's received time), ``size``, ``rule``, ``action``
-(``delete`` | ``trash`` | ``move`` | ``archive``), ``to_folder``, ``archive`` (target name),
+(``delete`` | ``trash`` | ``move`` | ``archive`` | ``restore``), ``to_folder``,
+``archive`` (target name),
 ``archive_location``, ``sha256`` (of the source bytes, archive only), ``uid``,
 ``uidvalidity``, ``uidl``, ``reason``, ``run_id``. Absent values are ``null`` (empty in CSV).
 It reads the journal only; it never connects to a server.
@@ -22,6 +24,7 @@ import io
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retention.config.units import format_duration, parse_duration
@@ -146,5 +149,49 @@ def history(
     state = StateDir(config.state_dir)
     if not state.journal_path.exists():
         return render([], fmt)
+    path = state.journal_path
     with state.journal() as journal:
-        return render(query(journal, accounts=accounts, since=since, now=now), fmt)
+        entries = query(journal, accounts=accounts, since=since, now=now)
+        entries += restore_entries(journal, path, accounts=accounts, since=since, now=now)
+    entries.sort(key=lambda e: e["when"] or "")
+    return render(entries, fmt)
+
+
+def restore_entries(
+    journal: Journal,
+    path: Path,
+    *,
+    accounts: Sequence[str] = (),
+    since: datetime | timedelta | None = None,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Messages ``retention restore`` put back (``action: restore``; ``to_folder`` is where,
+    ``run_id`` the restore's id, ``rule`` the rule that had removed it)."""
+    from retention.state.restores import RESTORED, RestoreLog
+
+    if isinstance(since, timedelta):
+        since = (now or datetime.now(UTC)) - since
+    out = []
+    with RestoreLog.open(path) as log:
+        for r in log.entries():
+            if r["state"] != RESTORED or (accounts and r["account"] not in accounts):
+                continue
+            when = datetime.fromisoformat(str(r["updated"]))
+            if since is not None and when < since:
+                continue
+            src = journal.row(int(str(r["source_row"])))
+            e = dict.fromkeys(FIELDS)
+            e.update({
+                "when": when.astimezone(UTC).isoformat(), "account": r["account"],
+                "folder": src.folder if src else r["folder"], "message_id": r["message_id"],
+                "date": src.internal_date.astimezone(UTC).isoformat()
+                if src and src.internal_date else None,
+                "size": r["size"], "rule": src.rule if src else None, "action": "restore",
+                "to_folder": r["folder"], "archive": src.target if src else None,
+                "archive_location": src.location if src else None, "sha256": r["sha256"],
+                "uid": r["uid"], "uidvalidity": r["uidvalidity"],
+                "reason": f"restored from run {src.run_id}" if src else "restored",
+                "run_id": r["restore_id"],
+            })
+            out.append(e)
+    return out
