@@ -343,6 +343,13 @@ def _cmd_accounts(config: Config, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _limits(config: Config) -> None:
+    """Body memory bound and spool folder (review F11) for this process's account passes."""
+    from retention.adapters.spool import Limits
+
+    Limits.configure(config.message_memory, Path(config.state_dir) / "tmp")
+
+
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -352,6 +359,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     from retention.service.batch import Progress, run_ordered
 
     config = _with_once_within(config, args.once_within)
+    _limits(config)
     accounts = _sharded(_select(config, args.account), args)
     now = datetime.now(UTC)
     jobs, per_host = _jobs(config, args)

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
+from retention.adapters.spool import Body
 from retention.model import FolderInfo, FolderSnapshot, MailProtocol, MessageRef, Protection, Usage
 
 
@@ -116,8 +117,11 @@ class MailSession(Protocol):
 
     def fetch(
         self, refs: Sequence[MessageRef], *, skipped: dict[MessageRef, str] | None = None
-    ) -> Iterator[tuple[MessageRef, bytes]]:
+    ) -> Iterator[tuple[MessageRef, Body]]:
         """The exact bytes of each message (``BODY.PEEK[]``; POP3 ``RETR``), in batches.
+
+        A body larger than the spool threshold may come as a ``spool.Spooled`` file
+        instead of ``bytes`` (review F11); consumers use ``spool.body_chunks``/``body_sha256``.
 
         All refs are in one folder. Raises ``UidValidityChanged`` when it moved on; a ref
         that no longer exists is simply not yielded. Only whole messages are yielded: a

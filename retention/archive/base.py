@@ -6,7 +6,6 @@ in words). See the package docstring for the batch protocol.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import signal
 import threading
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from retention.adapters.spool import Body, body_sha256
 from retention.errors import ArchiveError
 from retention.plan import Action
 
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from retention.state.journal import JournalRow
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def sha256(data: Body) -> str:
+    """SHA-256 of a body in memory or spooled (``adapters.spool``), never read whole."""
+    return body_sha256(data)
 
 
 def ignore_sigxfsz() -> bool:
@@ -99,7 +100,7 @@ class Item:
     """One message to archive: the action and the exact bytes fetched from the source."""
 
     action: Action
-    data: bytes
+    data: Body  # bytes, or a Spooled file for a body larger than the spool threshold
     sha256: str
 
 

@@ -191,7 +191,7 @@ class ImapWriter:
         by_folder: dict[str, list[int]] = {}
         for c in copies:
             by_folder.setdefault(c.locator["folder"], []).append(int(c.locator["uid"]))
-        bodies: dict[tuple[str, int], bytes] = {}
+        digests: dict[tuple[str, int], str] = {}
         for folder, uids in by_folder.items():
             try:
                 got = self.session().fetch_uids(folder, uids)
@@ -199,11 +199,13 @@ class ImapWriter:
                 got = {}
             except AccountError as e:
                 raise ArchiveError(f"archive {self.name}: reading back {folder}: {e}") from None
-            bodies.update({(folder, uid): data for uid, data in got.items()})
+            # Digests only: a read-back body may be a spool file (large messages).
+            digests.update({(folder, uid): sha256(data) for uid, data in got.items()})
+            del got
         out = []
         for c in copies:
-            data = bodies.get((c.locator["folder"], int(c.locator["uid"])))
-            out.append(data is not None and sha256(data) == c.copy_sha256)
+            digest = digests.get((c.locator["folder"], int(c.locator["uid"])))
+            out.append(digest is not None and digest == c.copy_sha256)
         return out
 
     def find(self, row: JournalRow) -> tuple[str, dict[str, Any]] | None:

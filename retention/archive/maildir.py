@@ -19,6 +19,7 @@ Flags: ``\\Draft`` D, ``\\Flagged`` F, ``\\Answered`` R, ``\\Seen`` S; ``\\Delet
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import secrets
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retention.adapters.spool import CHUNK, body_chunks
 from retention.archive.base import (
     Batch,
     Copy,
@@ -37,7 +39,6 @@ from retention.archive.base import (
     describe_os_error,
     fsync_dir,
     make_dirs,
-    sha256,
     write_all,
 )
 from retention.archive.paths import expand, fs_folder
@@ -135,7 +136,8 @@ class MaildirWriter:
         tmp = p.locator["tmp"]
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            write_all(fd, p.item.data)
+            for piece in body_chunks(p.item.data):  # a spooled body is copied piece by piece
+                write_all(fd, piece)
             os.fsync(fd)
             stamp = p.item.action.message.received.timestamp()
             os.utime(fd, (stamp, stamp))
@@ -190,10 +192,13 @@ def current_path(locator: dict[str, Any]) -> Path | None:
 def matches(path: Path | None, digest: str) -> bool:
     if path is None:
         return False
+    digest_of = hashlib.sha256()
     try:
-        data = path.read_bytes()
+        with path.open("rb") as fh:  # streamed: a copy may be larger than memory
+            for piece in iter(lambda: fh.read(CHUNK), b""):
+                digest_of.update(piece)
     except FileNotFoundError:
         return False
     except OSError as e:
         raise ArchiveError(f"maildir {path}: cannot read back: {describe_os_error(e)}") from None
-    return sha256(data) == digest
+    return digest_of.hexdigest() == digest

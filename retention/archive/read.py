@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from retention.archive import sha256
+from retention.archive.base import sha256
 from retention.errors import AccountError, ArchiveError, FolderSkipped
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def _mbox_entry(loc: dict[str, Any]) -> bytes:
     """The message of one mbox entry (its member decompressed as a stream)."""
     import os
 
-    from retention.archive import describe_os_error
+    from retention.archive.base import describe_os_error
     from retention.archive.mbox import decode_entry
     from retention.archive.mboxstream import payload_chunks, slices
 

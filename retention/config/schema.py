@@ -448,6 +448,9 @@ class Config(_Strict):
     sources: list[SourceSpec] = Field(default_factory=list)
     archives: dict[StrictStr, ArchiveTarget] = Field(default_factory=dict)
     service: Service = Field(default_factory=Service)
+    # The most memory one account pass may spend on message bodies beyond its baseline:
+    # larger bodies are streamed through private temporary files (review F11).
+    message_memory: Size = 64 * 1024 * 1024
     # Set by load_config, not by the file.
     source: Path | None = Field(default=None, exclude=True)
 

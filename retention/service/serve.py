@@ -248,6 +248,7 @@ class RetentionService:
 
     def start(self, *, http: bool = True) -> None:
         """Bind the metrics port, start the workers and the scheduler."""
+        _limits(self.loaded.config)
         if http:
             self._server = MetricsServer(
                 self.registry, self.settings.metrics_address, self.settings.metrics_port,
@@ -482,6 +483,7 @@ class RetentionService:
             log.warning("event=reload_settings_ignored settings=%s note=%r", ",".join(changed),
                         "service settings take effect after a restart")
         previous, self.loaded = self.loaded, loaded
+        _limits(loaded.config)
         self._schedule(loaded, previous)
         self._schedule_sources(loaded)
         self.metrics.set_accounts(loaded.config, loaded.periods, loaded.accounts)
@@ -550,6 +552,13 @@ class RetentionService:
         self.begin_shutdown()
         wait = self.settings.shutdown_timeout.total_seconds() if timeout is None else timeout
         return self.finish_shutdown(self.pool.join(wait))
+
+
+def _limits(config: Config) -> None:
+    """Body memory bound and spool folder (review F11) for the account passes."""
+    from retention.adapters.spool import Limits
+
+    Limits.configure(config.message_memory, Path(config.state_dir) / "tmp")
 
 
 def _job_id(schedule: str) -> str:

@@ -16,6 +16,7 @@ import imaplib
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from retention.adapters.imap.connection import ImapConnection
 from retention.adapters.imap.wire import (
@@ -27,6 +28,7 @@ from retention.adapters.imap.wire import (
     parse_copyuid,
     uid_batches,
 )
+from retention.adapters.spool import Body, Spooled
 from retention.errors import FolderSkipped, ProtocolError
 from retention.model import DELETED, RECENT, MessageRef, Protection
 
@@ -355,7 +357,7 @@ class ImapActions(ImapConnection):
         return int(status[b"UIDVALIDITY"])
 
     def append(
-        self, folder: str, message: bytes, flags: Iterable[str], internal_date: datetime
+        self, folder: str, message: Body, flags: Iterable[str], internal_date: datetime
     ) -> int | None:
         """APPEND with the flags (minus ``\\Deleted``/``\\Recent``) and INTERNALDATE.
 
@@ -371,7 +373,7 @@ class ImapActions(ImapConnection):
         real = self.ensure_folder(folder)
         try:
             with self.guard("APPEND"):
-                text = self._client.append(real, message, flags=keep, msg_time=when)
+                text = self._append(real, message, keep, when)
         except ProtocolError as exc:
             if "TRYCREATE" not in str(exc).upper():
                 raise
@@ -379,12 +381,59 @@ class ImapActions(ImapConnection):
             self._existing.discard(real)
             real = self.ensure_folder(folder)
             with self.guard("APPEND"):
-                text = self._client.append(real, message, flags=keep, msg_time=when)
+                text = self._append(real, message, keep, when)
         codes = untagged.pop("APPENDUID", [])
         parsed = parse_appenduid(text)
         if parsed is None and codes:
             parsed = parse_appenduid(b"[APPENDUID " + bytes(codes[-1]) + b"]")
         return parsed[1] if parsed else None
+
+    def _append(self, folder: str, message: Body, flags: list[str], when: datetime) -> Any:
+        if not isinstance(message, Spooled):
+            return self._client.append(folder, message, flags=flags, msg_time=when)
+        # A spooled body (review F11) goes out as a literal read from its file piece by
+        # piece: imaplib's append would build the whole message (and a CRLF-mapped copy)
+        # in memory. imaplib sends a literal with ``self.send(literal)`` after the
+        # server's continuation; that one call is redirected to stream the file.
+        from imapclient.datetime_util import datetime_to_INTERNALDATE
+        from imapclient.imapclient import seq_to_parenstr
+        from imapclient.util import to_unicode
+
+        imap = self._client._imap
+        literal = _Literal(message)
+        real_send = imap.send
+
+        def send(data: Any) -> None:
+            if data is literal:
+                for piece in message.chunks():
+                    real_send(piece)
+            else:
+                real_send(data)
+
+        date = f'"{datetime_to_INTERNALDATE(when)}"'
+        imap.send = send
+        imap.literal = literal
+        try:
+            typ, data = imap._simple_command(
+                "APPEND", self._client._normalise_folder(folder), seq_to_parenstr(flags), date)
+        finally:
+            imap.literal = None
+            del imap.send  # back to the class's method
+        if typ != "OK":
+            from imapclient.exceptions import IMAPClientError
+
+            raise IMAPClientError(f"append failed: {to_unicode(data[0])}")
+        return data[0]
+
+
+class _Literal:
+    """Stands for a spooled body in imaplib's command: only its length is read there."""
+
+    def __init__(self, body: Spooled) -> None:
+        self.body = body
+
+    def __len__(self) -> int:
+        return len(self.body)
 
 
 # -- helpers ------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from retention.adapters.imap.wire import (
     uid_batches,
     uid_ranges,
 )
+from retention.adapters.spool import Body, Limits, Spooled
 from retention.errors import ProtocolError
 from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef, Usage
 
@@ -377,7 +378,7 @@ class ImapSession(ImapActions):
 
     def fetch(
         self, refs: Sequence[MessageRef], *, skipped: dict[MessageRef, str] | None = None
-    ) -> Iterator[tuple[MessageRef, bytes]]:
+    ) -> Iterator[tuple[MessageRef, Body]]:
         """The exact bytes of each ref (BODY.PEEK[]), in batches; missing refs not yielded.
 
         A generator: the folder is examined (and UIDVALIDITY checked, raising
@@ -391,7 +392,7 @@ class ImapSession(ImapActions):
         by_uid = {ref_uid(r): r for r in refs}
         why: dict[int, str] = {}
 
-        def bodies() -> Iterator[tuple[MessageRef, bytes]]:
+        def bodies() -> Iterator[tuple[MessageRef, Body]]:
             try:
                 for uid, body in self._bodies(folder, validity, list(by_uid), why):
                     yield by_uid[uid], body
@@ -401,7 +402,7 @@ class ImapSession(ImapActions):
 
         return bodies()
 
-    def fetch_uids(self, folder: str, uids: Iterable[int]) -> dict[int, bytes]:
+    def fetch_uids(self, folder: str, uids: Iterable[int]) -> dict[int, Body]:
         """``{uid: bytes}`` of the given UIDs that exist (read back for verification)."""
         wanted = sorted(set(uids))
         if not wanted:
@@ -411,9 +412,10 @@ class ImapSession(ImapActions):
     def _bodies(
         self, folder: str, validity: int | None, uids: list[int],
         why: dict[int, str] | None = None,
-    ) -> Iterator[tuple[int, bytes]]:
+    ) -> Iterator[tuple[int, Body]]:
         """``(uid, body)`` of the UIDs that exist and whose body is whole (its length is
-        RFC822.SIZE); the others go into ``why`` with the reason."""
+        RFC822.SIZE); the others go into ``why`` with the reason. Bodies larger than the
+        spool threshold come as ``Spooled`` files (see ``adapters.spool``)."""
         why = {} if why is None else why
         current, _exists = self.select(folder, readonly=True, expect=validity)
         try:
@@ -425,6 +427,12 @@ class ImapSession(ImapActions):
                         why[uid] = "no RFC822.SIZE (NIL): the body cannot be checked whole"
                     else:
                         sizes[uid] = size
+            big = sorted(u for u, n in sizes.items() if n > Limits.spool_above())
+            for uid in big:  # review F11: streamed to a spool file, never whole in memory
+                self.ensure_selected(folder, True, current)
+                spooled = self._spool_body(uid, sizes.pop(uid), why)
+                if spooled is not None:
+                    yield uid, spooled
             for batch in _by_size(sorted(sizes), sizes):
                 # The caller may have used this session between two yields.
                 self.ensure_selected(folder, True, current)
@@ -443,6 +451,33 @@ class ImapSession(ImapActions):
             self.leave(quiet=True)
             raise
         self.leave()
+
+    def _spool_body(self, uid: int, size: int, why: dict[int, str]) -> Spooled | None:
+        """Fetch one big body in ``BODY.PEEK[]<offset.length>`` pieces into a spool file."""
+        piece = Limits.spool_above()
+        spooled = Spooled()
+        try:
+            while len(spooled) < size:
+                offset = len(spooled)
+                got = self._fetch([uid], [f"BODY.PEEK[]<{offset}.{piece}>"]).get(uid, {})
+                data = got.get(f"BODY[]<{offset}>".encode())
+                if data is None and offset == 0 and not got:
+                    spooled.close()
+                    return None  # gone since RFC822.SIZE was read
+                if not data:
+                    break
+                spooled.write(data)
+                del data, got
+        except BaseException:
+            spooled.close()
+            raise
+        if len(spooled) != size:
+            why[uid] = (f"the server sent {len(spooled)} bytes of a {size}-byte message "
+                        "(RFC822.SIZE): not whole")
+            log.warning("%s: UID %d: %s", self.label, uid, why[uid])
+            spooled.close()
+            return None
+        return spooled
 
     def find_by_message_id(self, folder: str, message_id: str) -> list[int]:
         """UIDs whose Message-ID header is exactly ``message_id`` ([] if no such folder)."""
