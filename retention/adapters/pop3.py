@@ -37,6 +37,7 @@ from email.utils import parsedate_to_datetime
 from typing import IO, NoReturn
 
 from retention.adapters import SaslLogin
+from retention.adapters.spool import Body, Limits, Spooled
 from retention.adapters.tls import classify_ssl_error, make_context
 from retention.auth.sasl import challenge_status
 from retention.config.schema import Connection
@@ -73,10 +74,18 @@ _BATCH_BYTES = 16 * 1024 * 1024  # message bytes held per pipelined batch of RET
 
 
 def read_multiline(file: IO[bytes]) -> bytes:
+    """Read a multi-line response body up to its ``.`` line: the exact bytes, unstuffed."""
+    body = read_multiline_into(file, None)
+    assert isinstance(body, bytes)
+    return body
+
+
+def read_multiline_into(file: IO[bytes], spool: Spooled | None) -> Body:
     """Read a multi-line response body up to its ``.`` line: the exact bytes, unstuffed.
 
     Line endings are kept as sent; one leading dot is removed from dot-stuffed lines
-    (RFC 1939 section 3). Lines of any length are read in bounded pieces.
+    (RFC 1939 section 3). Lines of any length are read in bounded pieces. With ``spool``
+    the bytes go into that file instead of memory (a big message, review F11).
     """
     out = bytearray()
     at_line_start = True
@@ -86,14 +95,20 @@ def read_multiline(file: IO[bytes]) -> bytes:
             raise EOFError("connection closed in the middle of a response")
         if at_line_start:
             if piece in (b".\r\n", b".\n"):
+                if spool is not None:
+                    spool.write(out)
+                    return spool
                 return bytes(out)
             if piece.startswith(b"."):
                 piece = piece[1:]
         out += piece
         at_line_start = piece.endswith(b"\n")
+        if spool is not None and len(out) >= _CHUNK:
+            spool.write(out)
+            out.clear()
 
 
-def _not_whole(data: bytes, size: int | None) -> str | None:
+def _not_whole(data: Body, size: int | None) -> str | None:
     """Why a retrieved message is not the whole message LIST announced (None: it is).
 
     RFC 1939 ends a multi-line reply with CRLF "." CRLF, so a message that does not end
@@ -101,7 +116,8 @@ def _not_whole(data: bytes, size: int | None) -> str | None:
     """
     if size is None:
         return "no LIST size for this message: it cannot be checked whole"
-    if len(data) == size or (len(data) == size + 2 and data.endswith(b"\r\n")):
+    tail = data.tail(2) if isinstance(data, Spooled) else data[-2:]
+    if len(data) == size or (len(data) == size + 2 and tail == b"\r\n"):
         return None
     return f"the server sent {len(data)} bytes of a {size}-byte message (LIST): not whole"
 
@@ -408,7 +424,7 @@ class Pop3Session:
 
     def _pipelined(
         self, commands: Sequence[str], *, multiline: bool, sizes: Sequence[int] = ()
-    ) -> Iterator[tuple[int, bool, bytes, str]]:
+    ) -> Iterator[tuple[int, bool, Body, str]]:
         """(index, ok, body, status text) per command, several in flight if PIPELINING.
 
         ``sizes`` (expected reply sizes) bound the bytes held per batch to ``_BATCH_BYTES``.
@@ -427,10 +443,13 @@ class Pop3Session:
                 self._send(*chunk)
                 # Read every reply of the batch before yielding, so that a caller that
                 # stops early never leaves the stream out of step.
-                replies: list[tuple[int, bool, bytes, str]] = []
+                replies: list[tuple[int, bool, Body, str]] = []
                 for i, command in enumerate(chunk, start):
                     ok, text = self._status(command.split()[0])
-                    body = read_multiline(self._client.file) if ok and multiline else b""
+                    big = bool(sizes) and sizes[i] > Limits.spool_above()
+                    body: Body = (read_multiline_into(self._client.file,
+                                                      Spooled() if big else None)
+                                  if ok and multiline else b"")
                     replies.append((i, ok, body, text))
             yield from replies
             start = end
@@ -523,7 +542,8 @@ class Pop3Session:
         commands = [f"TOP {n} 0" for n in numbers]
         for i, ok, body, text in self._pipelined(commands, multiline=True):
             if ok:
-                out[numbers[i]] = parse_headers(body)
+                out[numbers[i]] = parse_headers(body if isinstance(body, bytes)
+                                                else body.head(64 * 1024))
             else:
                 refused.append(text)
         if refused:
@@ -550,7 +570,7 @@ class Pop3Session:
 
     def fetch(
         self, refs: Sequence[MessageRef], *, skipped: dict[MessageRef, str] | None = None
-    ) -> Iterator[tuple[MessageRef, bytes]]:
+    ) -> Iterator[tuple[MessageRef, Body]]:
         """The exact bytes of each message (``RETR``; ``TOP n <all>`` when read-only).
 
         A ref whose UIDL is not in this session's listing, or that was DELE'd in it, or that

@@ -266,6 +266,13 @@ class RetentionService:
             next_run_time=datetime.now(UTC), misfire_grace_time=_grace(max(interval, 2)),
         )
         self._scheduler.start()
+        if self._server is not None and self.settings.account_label == "name" and \
+                not _loopback(self.settings.metrics_address):
+            # Review M12: the default stays 0.0.0.0 (a scrape target, and every shipped
+            # deployment needs it), but say what that exposes.
+            log.warning("event=metrics_exposed address=%s note=%r", self.settings.metrics_address,
+                        "account names and usage are readable by anyone who can reach this "
+                        "port; set service.metrics_address: 127.0.0.1 or account_label: hash")
         log.info(
             "event=started accounts=%d schedules=%d metrics=%s:%s concurrency=%d per_host=%d",
             len(self.loaded.accounts), len(self.loaded.groups),
@@ -552,6 +559,15 @@ class RetentionService:
         self.begin_shutdown()
         wait = self.settings.shutdown_timeout.total_seconds() if timeout is None else timeout
         return self.finish_shutdown(self.pool.join(wait))
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def _limits(config: Config) -> None:

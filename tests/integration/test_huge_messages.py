@@ -35,7 +35,7 @@ def _policy() -> dict:
 def _huge(size: int, tag: str) -> SeedMessage:
     # Long base64 lines, lines starting with "From " (escaped in mbox) and CRLF.
     lines = base64.encodebytes(os.urandom(size * 3 // 4)).replace(b"\n", b"\r\n")
-    body = b"From the start\r\n>From quoted\r\n" + lines + b"no final newline"
+    body = b"From the start\r\n>From quoted\r\n.dot-stuffed on POP3\r\n" + lines + b"no final newline"
     return SeedMessage(received=ago(days=400), subject=f"huge {tag}", body=body,
                        flags=frozenset({"\\Seen"}))
 
@@ -122,3 +122,21 @@ def test_peak_memory_stays_bounded_whatever_the_message_size(tmp_path, make_user
     print(f"peak RSS: small {rss['small'] / MiB:.1f} MiB, 48 MiB message "
           f"{rss['big'] / MiB:.1f} MiB, growth {growth / MiB:.1f} MiB")
     assert growth < 64 * MiB, f"peak RSS grew by {growth / MiB:.1f} MiB for a 48 MiB message"
+
+
+def test_huge_pop3_message_archived_byte_identical(tmp_path, make_user):
+    """POP3: a RETR reply above the threshold is read into a spool file, dot-unstuffed."""
+    user = make_user(200 * MiB)
+    originals = user.seed("INBOX", [_huge(1_500_000, "p"),
+                                    SeedMessage(received=ago(days=500), size=3000)])
+    policy = _policy()
+    policy["standard"]["rules"][0]["age_by"] = "sent"
+    pf = PolicyFile(tmp_path, policy)
+    pf.extra = {"archives": {"vault": {"type": "mbox", "path": "./archive/{account}.mbox",
+                                       "compress": "zstd"}},
+                "message_memory": "2MiB"}
+    name = pf.add_pop3(user)
+    result = pf.run()
+    assert result.code == 0, result
+    assert result.account(name)["status"] == "ok"
+    assert sorted(mbox_entries(tmp_path / "archive")) == sorted(normalise(o) for o in originals)

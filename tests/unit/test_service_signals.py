@@ -165,3 +165,23 @@ def test_serve_ignores_sigxfsz_in_the_main_thread(tmp_path, monkeypatch):
         assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.parametrize(("address", "label", "warned"), [
+    ("0.0.0.0", "name", True), ("127.0.0.1", "name", False), ("0.0.0.0", "hash", False)])
+def test_metrics_on_every_address_warn_about_account_names(tmp_path, monkeypatch, caplog,
+                                                           address, label, warned):
+    """M12: the default address stays 0.0.0.0 (documented); start-up says what it exposes."""
+    from retention.config.settings import ServiceSettings
+
+    policy = _policy(tmp_path, monkeypatch, ["a"])
+    svc = RetentionService(policy, ServiceSettings(jitter=0, measure_every="1h",
+                                                   metrics_address=address, metrics_port=0,
+                                                   account_label=label),
+                           run_account=Fake().run, measure_account=Fake().measure)
+    try:
+        with caplog.at_level(logging.WARNING, logger="retention.service"):
+            svc.start()
+    finally:
+        svc.shutdown(timeout=2)
+    assert ("event=metrics_exposed" in caplog.text) is warned
