@@ -35,7 +35,8 @@ def _policy() -> dict:
 def _huge(size: int, tag: str) -> SeedMessage:
     # Long base64 lines, lines starting with "From " (escaped in mbox) and CRLF.
     lines = base64.encodebytes(os.urandom(size * 3 // 4)).replace(b"\n", b"\r\n")
-    body = b"From the start\r\n>From quoted\r\n.dot-stuffed on POP3\r\n" + lines + b"no final newline"
+    body = (b"From the start\r\n>From quoted\r\n.dot-stuffed on POP3\r\n" + lines
+            + b"no final newline")
     return SeedMessage(received=ago(days=400), subject=f"huge {tag}", body=body,
                        flags=frozenset({"\\Seen"}))
 
