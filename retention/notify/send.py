@@ -27,7 +27,8 @@ from retention.notify import render
 from retention.notify.deliver import Delivery
 from retention.notify.templates import load
 from retention.result import AccountResult, NoticeOutcome
-from retention.state.notices import FILE, NoticeRow, NoticeStore
+from retention.state import StateDir
+from retention.state.notices import NoticeRow
 
 if TYPE_CHECKING:
     from retention.config.schema import Account, Config, Notify
@@ -127,8 +128,9 @@ def _notify(
     # A held account is report-only: its notices are shown, like a dry-run's, not sent.
     if result.dry_run or (result.plan is not None and result.plan.hold):
         level = (False, 0)
-        if (Path(config.state_dir) / FILE).exists():
-            with NoticeStore.open(config.state_dir) as store:
+        state_dir = StateDir(config.state_dir)
+        if state_dir.notices_path.exists():
+            with state_dir.notices() as store:
                 level = store.level(account.name)
         notices, _ = due(config, account, result, level=level, now=now)
         shown = tuple(
@@ -138,7 +140,7 @@ def _notify(
         )
         return dataclasses.replace(result, notices=shown)
     outcomes: list[NoticeOutcome] = []
-    with NoticeStore.open(config.state_dir) as store:
+    with StateDir(config.state_dir).notices() as store:
         d = Delivery(account, notify, store, password, **delivery)
         for row in store.pending(account.name):
             state, ch, detail = d.finish_interrupted(row)

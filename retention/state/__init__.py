@@ -2,7 +2,8 @@
 
 ``StateDir`` is the one owner of the folder's layout and modes: ``journal.sqlite3`` (the
 journal and audit history, ``state.journal``), ``observations.sqlite3`` (first-seen times
-and usage samples, ``state.observations``) and ``locks/<account>.lock`` (one agent per
+and usage samples, ``state.observations``), ``notices.sqlite3`` (notices to the owners
+and their warning levels, ``state.notices``) and ``locks/<account>.lock`` (one agent per
 account at a time). Folders are created 0700 and files 0600; nothing else in the package
 spells these names. ``history`` queries the journal for ``retention history``.
 """
@@ -17,10 +18,12 @@ from pathlib import Path
 
 from retention.errors import AccountLocked
 from retention.state.journal import Journal
+from retention.state.notices import NoticeStore
 from retention.state.observations import Observations
 
 JOURNAL_FILE = "journal.sqlite3"
 OBSERVATIONS_FILE = "observations.sqlite3"
+NOTICES_FILE = "notices.sqlite3"
 LOCKS_DIR = "locks"
 
 
@@ -37,6 +40,14 @@ class StateDir:
     @property
     def observations_path(self) -> Path:
         return self.path / OBSERVATIONS_FILE
+
+    @property
+    def notices_path(self) -> Path:
+        return self.path / NOTICES_FILE
+
+    def notices(self) -> NoticeStore:
+        """Open (creating when missing) the notice journal (``state.notices``)."""
+        return NoticeStore.open(self.notices_path)
 
     def journal(self) -> Journal:
         """Open (creating when missing) the journal."""
@@ -66,4 +77,4 @@ class StateDir:
             os.close(fd)  # closing releases the flock
 
 
-__all__ = ["JOURNAL_FILE", "OBSERVATIONS_FILE", "StateDir"]
+__all__ = ["JOURNAL_FILE", "NOTICES_FILE", "OBSERVATIONS_FILE", "StateDir"]

@@ -1,4 +1,4 @@
-"""The notice journal and the warning-level state, in ``state_dir/notices.sqlite3``.
+"""The notice journal and the warning-level state (``StateDir.notices_path``).
 
 This module owns two records:
 
@@ -28,7 +28,6 @@ from pathlib import Path
 
 from retention.errors import JournalError
 
-FILE = "notices.sqlite3"
 PENDING, SENT, FAILED, UNKNOWN = "pending", "sent", "failed", "unknown"
 
 _SCHEMA = """
@@ -80,8 +79,8 @@ class NoticeStore:
         self.path = path
 
     @classmethod
-    def open(cls, state_dir: Path) -> NoticeStore:
-        path = Path(state_dir) / FILE
+    def open(cls, path: Path) -> NoticeStore:
+        """Open (creating when missing) the store at ``path`` (``StateDir.notices_path``)."""
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))

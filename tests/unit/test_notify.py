@@ -168,12 +168,13 @@ def delivery(tmp_path: Path, imap: FakeImap, sent: list[bytes], **notify: Any) -
         sent.append(data)
         return "smtp://relay:587"
 
-    return Delivery(ACCOUNT, Notify(**notify), NoticeStore.open(tmp_path), lambda c: "pw",
+    store = NoticeStore.open(tmp_path / "notices.sqlite3")
+    return Delivery(ACCOUNT, Notify(**notify), store, lambda c: "pw",
                     imap_connect=imap.connect, smtp_submit=smtp)
 
 
 def test_an_event_is_journalled_once(tmp_path: Path) -> None:
-    with NoticeStore.open(tmp_path) as store:
+    with NoticeStore.open(tmp_path / "notices.sqlite3") as store:
         assert store.add_pending(row(), level=(True, 1))
         assert not store.add_pending(row(), level=(True, 2))  # the same event: never again
         assert store.level("alice") == (True, 1)
