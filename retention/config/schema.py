@@ -354,6 +354,14 @@ class Account(Connection):
     def effective_port(self) -> int:
         return self.port_for(self.protocol)
 
+    def mailbox_identity(self) -> str:
+        """Which mailbox this entry reaches: protocol, username, host and port (review F4).
+
+        Journal rows and the per-mailbox lock are keyed by it (with the account name), so
+        an entry edited to point at another mailbox never inherits the old one's state.
+        """
+        return f"{self.protocol}://{self.username}@{self.host.lower()}:{self.effective_port()}"
+
 
 class MboxTarget(_Strict):
     type: Literal["mbox"]

@@ -23,7 +23,13 @@ from datetime import UTC, datetime
 
 from retention.adapters import MailSession, Secret
 from retention.archive import ArchiveSet
-from retention.config.schema import Account, Config, Policy, effective_clock
+from retention.config.schema import (
+    Account,
+    Config,
+    Policy,
+    effective_clock,
+    effective_protect,
+)
 from retention.errors import (
     AccountError,
     AccountLocked,
@@ -33,7 +39,7 @@ from retention.errors import (
     Throttled,
 )
 from retention.folders import folders_to_scan
-from retention.model import FolderInfo, FolderSnapshot, MessageRef, Snapshot, Usage
+from retention.model import FolderInfo, FolderSnapshot, MessageRef, Protection, Snapshot, Usage
 from retention.plan import Action, Clock, Plan
 from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult, Status
@@ -66,6 +72,14 @@ def default_connect(account: Account, password: Secret, readonly: bool) -> MailS
     from retention.adapters.imap.session import ImapSession
 
     return ImapSession.connect(account, password, readonly=readonly)
+
+
+def current_rules(config: Config, account: Account) -> dict[str, Protection]:
+    """Rule name -> what it protects now: recovery re-checks both before finishing a
+    removal an interrupted run left (review F4)."""
+    policy = config.policy_of(account)
+    return {r.name: Protection.of(effective_protect(r, policy, account.protocol))
+            for r in policy.rules}
 
 
 def new_run_id(now: datetime) -> str:
@@ -303,8 +317,10 @@ class AccountPass:
             StateDir(self.config.state_dir).journal() as journal,
             ArchiveSet(self.config.archives, account=self.account.name) as archives,
         ):
+            journal.bind_mailbox(self.account.name, self.account.mailbox_identity())
             yield Executor(session, journal, archives=archives, run_id=self.run_id,
-                           account=self.account.name, stop=self.stop)
+                           account=self.account.name, stop=self.stop,
+                           rules=current_rules(self.config, self.account))
 
     def _note_recovery(self, report: RecoveryReport) -> None:
         self.recovered += report.finished  # kept across retries within this run
@@ -408,7 +424,7 @@ def run_account(
     )
     try:
         state = StateDir(config.state_dir)
-        with state.lock(account.name), account_lease(
+        with state.lock(account.name, account.mailbox_identity()), account_lease(
             config, account.name, dry_run=dry_run, stop=stop
         ) as lease, state.observations() as observations:
             if lease is not None:

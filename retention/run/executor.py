@@ -27,7 +27,7 @@ containers), then ``execute(plan)``; for POP3, ``execute`` ends with ``session.c
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
@@ -83,8 +83,10 @@ class Executor:
         stop: threading.Event | None = None,
         batch_size: int = BATCH_SIZE,
         batch_bytes: int = BATCH_BYTES,
+        rules: Mapping[str, Protection] | None = None,
     ) -> None:
         self.session = session
+        self.rules = rules  # the current policy, for recovery's re-check (None: no check)
         self.journal = journal
         self.archives = archives
         self.run_id = run_id
@@ -112,6 +114,7 @@ class Executor:
             self._recovery = Recovery(
                 self.session, self.journal, archives=self.archives, run_id=self.run_id,
                 account=self.account, pending=self._pending, handled=self._handled,
+                rules=self.rules,
             )
         return self._recovery.run()
 

@@ -26,14 +26,14 @@ same executor; execute's commit journals the pending rows ``deleted``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item
 from retention.archive.mbox import repair_intent, verify_copies
 from retention.errors import ArchiveError, FolderSkipped
-from retention.model import FolderInfo, Message, MessageRef
+from retention.model import FolderInfo, Message, MessageRef, Protection
 from retention.plan import Action, ActionKind, Clock
 from retention.state.journal import (
     ARCHIVED,
@@ -84,8 +84,10 @@ class Recovery:
         account: str,
         pending: list[int],
         handled: dict[str, str],
+        rules: Mapping[str, Protection] | None = None,
     ) -> None:
         self.session = session
+        self.rules = rules
         self.journal = journal
         self.archives = archives
         self.run_id = run_id
@@ -118,6 +120,16 @@ class Recovery:
         report = RecoveryReport()
         for intent in self.journal.intents(account=self.account):
             repair_intent(self.journal, intent)
+        foreign = self.journal.foreign_rows(self.account)
+        if foreign:
+            # Review F4: the entry now reaches another mailbox; the same folder, UIDVALIDITY
+            # and UID there are another message. Nothing is done to either mailbox.
+            self.journal.mark([r.id for r in foreign], SKIPPED, detail=(
+                "interrupted in another mailbox (the account entry now points elsewhere); "
+                "nothing done"))
+            report.failed += len(foreign)
+            report.notes.append(f"{len(foreign)} interrupted action(s) of the mailbox this "
+                                "account used to reach were left alone")
         rows = self.journal.open_rows(self.account)
         if not rows:
             return report
@@ -196,13 +208,24 @@ class Recovery:
             report.finished.append(row)
 
     def _recover_deletes(self, rows: list[JournalRow], report: RecoveryReport) -> None:
-        refs = [r.ref for r in rows]
+        rows = self._still_chosen(rows, report)
+        removed: set[MessageRef] = set()
+        kept: dict[MessageRef, str] = {}
         try:
-            removed = self.session.delete(refs)
+            for protect, group in _by_protection(rows, self.rules):
+                removed |= self.session.delete([r.ref for r in group], protect=protect,
+                                               skipped=kept)
         except FolderSkipped as e:
             self.journal.mark([r.id for r in rows if r.state != DELETING], SKIPPED,
                               detail=e.reason)
             return
+        spared = [r for r in rows if r.ref in kept and r.ref not in removed]
+        if spared:
+            self.journal.mark([r.id for r in spared], DROPPED, detail=(
+                "not finished: the message is protected now "
+                f"({kept[spared[0].ref]}); left in place"))
+            report.dropped += len(spared)
+            rows = [r for r in rows if r not in spared]
         self.journal.step("source-removed")
         gone = [r for r in rows if r.ref in removed]
         vanished = [r for r in rows if r.ref not in removed]
@@ -221,6 +244,18 @@ class Recovery:
             report.finished.extend(gone)
         for r in gone:
             self.handled[r.ref.key()] = f"completed from run {r.run_id}"
+
+    def _still_chosen(self, rows: list[JournalRow], report: RecoveryReport) -> list[JournalRow]:
+        """Rows whose rule is still in the current policy; the others are dropped (F4)."""
+        if self.rules is None:
+            return rows
+        gone = [r for r in rows if r.rule not in self.rules]
+        if gone:
+            self.journal.mark([r.id for r in gone], DROPPED, detail=(
+                f"not finished: rule {gone[0].rule!r} is no longer in the policy; "
+                "left in place"))
+            report.dropped += len(gone)
+        return [r for r in rows if r.rule in self.rules]
 
     def _recovery_writer(self, row: JournalRow) -> ArchiveWriter:
         if self.archives is not None and row.target in self.archives.targets:
@@ -304,6 +339,14 @@ class _LocatorOnly:
 
     def close(self) -> None:
         return None
+
+
+def _by_protection(rows: Sequence[JournalRow], rules: Mapping[str, Protection] | None
+                   ) -> list[tuple[Protection | None, list[JournalRow]]]:
+    groups: dict[Protection | None, list[JournalRow]] = {}
+    for r in rows:
+        groups.setdefault(None if rules is None else rules[r.rule], []).append(r)
+    return list(groups.items())
 
 
 def row_action(row: JournalRow) -> Action:

@@ -11,6 +11,7 @@ spells these names. ``history`` queries the journal for ``retention history``.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,22 +60,33 @@ class StateDir:
         return Observations.open(self.observations_path)
 
     @contextmanager
-    def lock(self, account: str) -> Iterator[None]:
-        """Hold the per-account lock (a timer's ``run`` and a ``serve`` race for it).
+    def lock(self, account: str, mailbox: str | None = None) -> Iterator[None]:
+        """Hold the per-account lock (a timer's ``run`` and a ``serve`` race for it), and
+        with ``mailbox`` (``Account.mailbox_identity``) the per-mailbox lock too, so two
+        entries with different names for one mailbox never run at once (review F4).
 
-        Raises ``AccountLocked`` at once when another agent holds it.
+        Raises ``AccountLocked`` at once when another agent holds either.
         """
         locks = self.path / LOCKS_DIR
         locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(locks / f"{account}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        names = [f"{account}.lock"]
+        if mailbox is not None:
+            digest = hashlib.sha256(mailbox.encode()).hexdigest()[:32]
+            names.append(f"mailbox-{digest}.lock")
+        fds: list[int] = []
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AccountLocked("another agent is processing this account") from None
+            for name in names:
+                fd = os.open(locks / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    what = "account" if name == names[0] else "mailbox"
+                    raise AccountLocked(f"another agent is processing this {what}") from None
             yield
         finally:
-            os.close(fd)  # closing releases the flock
+            for fd in fds:
+                os.close(fd)  # closing releases the flock
 
 
 __all__ = ["JOURNAL_FILE", "NOTICES_FILE", "OBSERVATIONS_FILE", "StateDir"]

@@ -105,7 +105,11 @@ def check_private_dir(path: Path) -> None:
     if st.st_mode & 0o002 and not st.st_mode & 0o1000:
         raise JournalError(f"state folder {path} is writable by every user; "
                            f"make it private (chmod 700 {path})")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 2 (review F4): ``actions.mailbox``, the identity of the mailbox a row is about
+# (``mailbox_identity``). Rows written before it are NULL and are claimed by the first run
+# that binds the account (``bind_mailbox``).
+_MIGRATIONS = {2: "ALTER TABLE actions ADD COLUMN mailbox TEXT"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS actions (
@@ -237,6 +241,7 @@ class Journal:
     ) -> None:
         self._conn = conn
         self.path = path
+        self._mailboxes: dict[str, str] = {}  # account -> bound mailbox identity (F4)
         self.crash_after = crash_after
         self.step_log = step_log
         self.steps = 0
@@ -286,6 +291,10 @@ class Journal:
                     f"journal {path} was written by a newer version (schema {version})"
                 )
             conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(actions)")}
+            for target, sql in sorted(_MIGRATIONS.items()):
+                if version < target and "mailbox" not in columns:
+                    conn.execute(sql)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             for suffix in ("-wal", "-shm"):  # journals created by an earlier version
                 side = path.with_name(path.name + suffix)
@@ -363,9 +372,34 @@ class Journal:
 
     # -- writing -----------------------------------------------------------------------
 
+    def bind_mailbox(self, account: str, mailbox: str) -> None:
+        """This connection's rows of ``account`` are about ``mailbox`` (review F4).
+
+        Rows written by an older version (no mailbox) are claimed for it. From now on
+        ``add_planned`` stamps ``mailbox`` on new rows, ``open_rows`` returns only rows of
+        this mailbox, and ``foreign_rows`` those an account entry pointed elsewhere left.
+        """
+        # One autocommitted statement, not a counted step: binding changes no outcome.
+        self._exec("UPDATE actions SET mailbox=? WHERE account=? AND mailbox IS NULL",
+                   (mailbox, account))
+        self._mailboxes[account] = mailbox
+
+    def foreign_rows(self, account: str) -> list[JournalRow]:
+        """Open rows of ``account`` about another mailbox than the bound one."""
+        mailbox = self._mailboxes.get(account)
+        if mailbox is None:
+            return []
+        cur = self._exec(
+            "SELECT * FROM actions WHERE account=? AND mailbox IS NOT NULL AND mailbox!=?"
+            " AND state IN (?,?,?,?) ORDER BY id",
+            (account, mailbox, *sorted(OPEN_STATES)),
+        )
+        return [_row(r) for r in cur.fetchall()]
+
     def add_planned(self, run_id: str, account: str, rows: Sequence[NewRow]) -> list[int]:
         """Insert one ``planned`` row per action; returns their ids in order."""
         now = _iso(self._now())
+        mailbox = self._mailboxes.get(account)
         ids: list[int] = []
         with self.transaction("planned"):
             for r in rows:
@@ -375,15 +409,15 @@ class Journal:
                     "INSERT INTO actions (run_id, account, msg_key, folder, uidvalidity, uid,"
                     " uidl, message_id, internal_date, size, flags, rule, clock, reason, action,"
                     " to_folder, target, state, sha256, copy_sha256, location, locator,"
-                    " intent_id, created, updated)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " intent_id, created, updated, mailbox)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         run_id, account, m.ref.key(), m.ref.folder, m.ref.uidvalidity,
                         m.ref.uid, m.ref.uidl, m.message_id, _iso(m.received), m.size,
                         " ".join(sorted(m.flags)), a.rule, a.clock.value, a.reason,
                         a.kind.value, a.to_folder, a.archive, PLANNED, r.sha256,
                         r.copy_sha256, r.location, json.dumps(r.locator, sort_keys=True),
-                        r.intent_id, now, now,
+                        r.intent_id, now, now, mailbox,
                     ),
                 )
                 assert cur.lastrowid is not None
@@ -458,10 +492,14 @@ class Journal:
         return [r for r in out if r is not None]
 
     def open_rows(self, account: str) -> list[JournalRow]:
-        """Rows of ``account`` an interrupted run left unfinished, oldest first."""
+        """Rows of ``account`` an interrupted run left unfinished, oldest first (only those
+        of the bound mailbox, once ``bind_mailbox`` was called)."""
+        mailbox = self._mailboxes.get(account)
+        # ``?6 IS NULL``: not bound (every row); else rows of this mailbox or from before it.
         cur = self._exec(
-            "SELECT * FROM actions WHERE account=? AND state IN (?,?,?,?) ORDER BY id",
-            (account, *sorted(OPEN_STATES)),
+            "SELECT * FROM actions WHERE account=?1 AND state IN (?2,?3,?4,?5)"
+            " AND (?6 IS NULL OR mailbox IS NULL OR mailbox=?6) ORDER BY id",
+            (account, *sorted(OPEN_STATES), mailbox),
         )
         return [_row(r) for r in cur.fetchall()]
 
