@@ -166,3 +166,18 @@ class ArchiveWriter(Protocol):
 
 
 PasswordReader = Callable[["Connection"], str]
+
+
+def zstandard_module() -> Any:
+    """python-zstandard, or an ``ArchiveError`` naming the extra that installs it.
+
+    ``check`` reports a zstd target without it already (``config.load``); this covers a
+    package removed after the policy was loaded.
+    """
+    try:
+        import zstandard
+    except ImportError:
+        from retention.config.load import ZSTD_MISSING
+
+        raise ArchiveError(ZSTD_MISSING) from None
+    return zstandard

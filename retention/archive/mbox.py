@@ -56,6 +56,7 @@ from retention.archive.base import (
     fsync_dir,
     make_dirs,
     write_all,
+    zstandard_module,
 )
 from retention.archive.mboxlock import (
     HEAD,
@@ -117,7 +118,7 @@ def compress(codec: str, payload: bytes) -> bytes:
     if codec == "gzip":
         return gzip.compress(payload, compresslevel=6, mtime=0)
     if codec == "zstd":
-        import zstandard
+        zstandard = zstandard_module()
 
         return bytes(zstandard.ZstdCompressor(level=3).compress(payload))
     return payload
@@ -127,7 +128,7 @@ def decompress(codec: str, member: bytes) -> bytes:
     if codec == "gzip":
         return gzip.decompress(member)
     if codec == "zstd":
-        import zstandard
+        zstandard = zstandard_module()
 
         return bytes(zstandard.ZstdDecompressor().decompress(member))
     return member
@@ -144,7 +145,7 @@ def read_all(path: Path | str, codec: str | None = None) -> bytes:
     if codec == "zstd":
         import io
 
-        import zstandard
+        zstandard = zstandard_module()
 
         reader = zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(raw), read_across_frames=True

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retention.adapters.spool import CHUNK, Body, Spooled, body_chunks
-from retention.archive.base import describe_os_error
+from retention.archive.base import describe_os_error, zstandard_module
 from retention.errors import ArchiveError
 
 _ESCAPE_LINE = re.compile(rb">*From ")
@@ -74,7 +74,7 @@ class Sink:
 
             self._c = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: one gzip member
         elif codec == "zstd":
-            import zstandard
+            zstandard = zstandard_module()
 
             self._c = zstandard.ZstdCompressor(level=3).compressobj()
 
@@ -134,7 +134,7 @@ def payload_chunks(fd: int, offset: int, length: int, codec: str) -> Iterator[by
     if codec == "gzip":
         reader = gzip.GzipFile(fileobj=raw, mode="rb")
     elif codec == "zstd":
-        import zstandard
+        zstandard = zstandard_module()
 
         reader = zstandard.ZstdDecompressor().stream_reader(raw)
     while True:

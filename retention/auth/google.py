@@ -8,7 +8,7 @@ the token URI) and exchanges it for an access token: one token per mailbox. The 
 ``unauthorized_client`` means that delegation is missing for the scope.
 
 ``token_uri`` overrides the one in the key file (a test stand-in, a private endpoint).
-google-auth is an optional dependency (``pip install 'retention[oauth]'``).
+google-auth is an optional dependency (``pip install 'mailbox-retention[oauth]'``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from retention.auth.tokens import AccessToken, Clock, utcnow
 from retention.errors import TokenError
 
 GMAIL_SCOPE = "https://mail.google.com/"
-EXTRA = "pip install 'retention[oauth]'"
+EXTRA = "pip install 'mailbox-retention[oauth]'"
 
 
 @dataclass

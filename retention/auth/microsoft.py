@@ -14,7 +14,7 @@
   hour (the report itself lags a day or two); the download link is fetched without the
   bearer token (it is pre-signed and on another host).
 
-MSAL is an optional dependency (``pip install 'retention[oauth]'``); without it these
+MSAL is an optional dependency (``pip install 'mailbox-retention[oauth]'``); without it these
 credentials fail with a message that says so. MSAL's own in-memory cache also reuses
 tokens; a forced refresh removes the refused token from it first.
 """
@@ -43,7 +43,7 @@ EXO_USER_SCOPES = (
     "https://outlook.office.com/POP.AccessAsUser.All",
 )
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
-EXTRA = "pip install 'retention[oauth]'"
+EXTRA = "pip install 'mailbox-retention[oauth]'"
 USAGE_TTL = timedelta(hours=1)
 
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from retention.config.oauth import PATH_KEYS as OAUTH_PATH_KEYS
 from retention.config.oauth import OAuthCredential
-from retention.config.schema import Config, Credential, ImapTarget, Policy
+from retention.config.schema import TRASH_JUNK, Config, Credential, ImapTarget, Policy
 from retention.config.template import prototype, with_credential
 from retention.config.yamlsource import YamlDoc, YamlError, load_yaml
 from retention.errors import ConfigError, Problem
@@ -175,7 +175,20 @@ def _check_values(config: Config) -> list[tuple[tuple[str | int, ...], str]]:
             validate_template(_VAR.sub("v", template))
         except TemplateError as e:
             out.append((("archives", name, key), str(e)))
+        if getattr(target, "compress", None) == "zstd" and not zstd_available():
+            out.append((("archives", name, "compress"), ZSTD_MISSING))
     return out
+
+
+ZSTD_MISSING = ("zstd needs the optional zstandard package: "
+                "pip install 'mailbox-retention[zstd]' (or use compress: gzip)")
+
+
+def zstd_available() -> bool:
+    """Is python-zstandard installed (the ``zstd`` extra)? zstd archives need it."""
+    import importlib.util
+
+    return importlib.util.find_spec("zstandard") is not None
 
 
 def protocol_problems(
@@ -407,7 +420,7 @@ def oauth_warnings(who: str, cred: OAuthCredential, env: Mapping[str, str]) -> l
             found = False
         if not found:
             out.append(f"{who}: type {cred.type} needs {module.split('.')[0]} "
-                       "(pip install 'retention[oauth]')")
+                       "(pip install 'mailbox-retention[oauth]')")
     return out
 
 
@@ -462,6 +475,16 @@ def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[st
                 out.append(
                     f"policy {pname}, rule {rule.name}: older_than is in minutes "
                     "('m' is minutes; months are not a unit: use e.g. 30d)"
+                )
+            # A Trash or Junk rule that protects unread mail: most of what lands there is
+            # never read, so with the default protect: [flagged, unread] it never expires.
+            if (rule.folders and all(f in TRASH_JUNK for f in rule.folders)
+                    and "unread" in (rule.protect if rule.protect is not None
+                                     else policy.protect)):
+                out.append(
+                    f"policy {pname}, rule {rule.name}: protects unread mail in "
+                    f"{'/'.join(rule.folders)}, where most mail is never read, so it never "
+                    "expires (set protect: [flagged] on the rule)"
                 )
         if policy.quota.warn_above >= policy.quota.clean_above:
             out.append(

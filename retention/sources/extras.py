@@ -15,14 +15,14 @@ from retention.errors import SourceError
 
 
 def require(module: str, extra: str, source: str) -> ModuleType:
-    """``import module``, or raise ``SourceError`` naming ``pip install 'retention[extra]'``."""
+    """``import module``, or a ``SourceError`` naming ``pip install 'mailbox-retention[extra]'``."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise SourceError(
             source,
             "config",
-            f"a {extra} source needs the optional dependencies of retention[{extra}] "
+            f"a {extra} source needs the optional dependencies of mailbox-retention[{extra}] "
             f"(missing module {exc.name or module}); install them with "
-            f"pip install 'retention[{extra}]'",
+            f"pip install 'mailbox-retention[{extra}]'",
         ) from None

@@ -157,7 +157,7 @@ def _url(settings: SqlSettings) -> tuple[URL, str | None]:
         raise SourceError(settings.name, "config",
                           "url is not an SQLAlchemy URL (dialect+driver://user@host/db)") from None
     if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")  # the driver retention[sql] installs
+        url = url.set(drivername="postgresql+psycopg")  # the driver mailbox-retention[sql] installs
     secret = url.password if isinstance(url.password, str) else None
     if settings.password_env is not None or settings.password_file is not None:
         try:

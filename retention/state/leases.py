@@ -137,7 +137,7 @@ class _SqlAlchemy:
             import sqlalchemy
         except ImportError:
             raise LeaseError(
-                "state_url needs SQLAlchemy and psycopg: pip install 'retention[sql]'"
+                "state_url needs SQLAlchemy and psycopg: pip install 'mailbox-retention[sql]'"
             ) from None
         self._sa = sqlalchemy
         # pool_pre_ping: a connection the database closed (restart, idle timeout) is

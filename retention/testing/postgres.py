@@ -66,7 +66,7 @@ def postgres_unavailable_reason() -> str | None:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        return "psycopg is not installed (pip install 'retention[sql]')"
+        return "psycopg is not installed (pip install 'mailbox-retention[sql]')"
     return None
 
 

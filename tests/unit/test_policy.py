@@ -355,3 +355,43 @@ def test_check_warns_about_minutes_and_warn_above_clean_above(tmp_path: Path) ->
     found = warnings(load_config(write(tmp_path, text), env={}), env={"ALICE_PASSWORD": "x"})
     assert any("rule trash: older_than is in minutes" in w for w in found), found
     assert any("warn_above is not below clean_above" in w for w in found), found
+
+
+def test_check_warns_about_a_trash_rule_that_protects_unread_mail(tmp_path: Path) -> None:
+    from retention.config.load import warnings
+
+    config = load_config(write(tmp_path, GOOD), env={})
+    trash = [w for w in warnings(config, env={"ALICE_PASSWORD": "x"}) if "protects unread" in w]
+    assert trash and "rule trash" in trash[0] and "protect: [flagged]" in trash[0], trash
+    fixed = GOOD.replace("folders: ['\\Trash']", "folders: ['\\Trash']\n        protect: [flagged]")
+    config = load_config(write(tmp_path, fixed), env={})
+    assert not [w for w in warnings(config, env={"ALICE_PASSWORD": "x"}) if "protects unread" in w]
+
+
+def test_the_shipped_policies_give_no_trash_warning() -> None:
+    from retention.config.load import warnings
+
+    for path in sorted((Path(__file__).parents[2] / "policies").glob("*.yaml")):
+        found = [w for w in warnings(load_config(path, env={}), env={}) if "protects unread" in w]
+        assert found == [], (path, found)
+
+
+def test_zstd_without_its_extra_is_a_file_line_error_and_an_archive_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import retention.config.load as load_mod
+    from retention.archive.base import zstandard_module
+    from retention.errors import ArchiveError
+
+    text = GOOD.replace("policies:\n", "archives:\n  cold: {type: mbox, path: ./a.mbox, "
+                        "compress: zstd}\npolicies:\n", 1)
+    monkeypatch.setattr(load_mod, "zstd_available", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    (problem,) = [p for p in info.value.problems if p.field.endswith("compress")]
+    assert problem.line is not None and "mailbox-retention[zstd]" in problem.message
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # `import zstandard` fails
+    with pytest.raises(ArchiveError, match=r"mailbox-retention\[zstd\]"):
+        zstandard_module()
