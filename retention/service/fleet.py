@@ -41,7 +41,7 @@ class _Sweep:
     started: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Member:
     schedule: str = ""
     warn: float = 1.0
@@ -81,7 +81,10 @@ class FleetIndex:
             if m.last_success is not None:
                 self._push(schedule, m.last_success, name)
         self._rank(name, m)
-        self.sweeps.setdefault(schedule, _Sweep()).period = period
+        sweep = self.sweeps.get(schedule)
+        if sweep is None:
+            sweep = self.sweeps[schedule] = _Sweep()
+        sweep.period = period
 
     def forget(self, name: str) -> None:
         m = self.members.pop(name, None)
