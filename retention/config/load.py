@@ -444,6 +444,9 @@ def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[st
     """Things ``check`` reports without failing: missing secrets, suspicious durations."""
     env = os.environ if env is None else env
     out: list[str] = []
+    if config.state_url and ":" in config.state_url.partition("://")[2].rpartition("@")[0]:
+        out.append("state_url carries a password: anyone who can read the policy file can "
+                   "use it; set PGPASSWORD (or ~/.pgpass) and drop it from the URL")
     for cname, cred in config.credentials.items():
         if not isinstance(cred, Credential):
             out.extend(oauth_warnings(f"credential {cname}", cred, env))

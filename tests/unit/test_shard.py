@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -113,3 +114,50 @@ def test_cli_usage_and_run_take_only_their_shard(tmp_path, capsys, monkeypatch) 
     assert ran == {f"acct{j:02d}" for j in range(30) if owner(f"acct{j:02d}", 3) == 1}
     assert main(["run", "-c", policy, "--shard", "3/3"]) == 2
     assert "--shard" in capsys.readouterr().err
+
+
+def test_accounts_command_lists_the_shard(tmp_path, capsys, monkeypatch) -> None:
+    import json
+
+    from retention.cli import main
+
+    monkeypatch.delenv("RETENTION_SHARD", raising=False)
+    policy = _policy(tmp_path)
+    assert main(["accounts", "-c", policy, "--shard", "2/3", "--format", "json"]) == 0
+    listed = {row["name"] for row in json.loads(capsys.readouterr().out)}
+    assert listed == {f"acct{j:02d}" for j in range(30) if owner(f"acct{j:02d}", 3) == 2}
+
+
+def test_serve_owns_only_its_shard(tmp_path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from retention.config.settings import ServiceSettings
+    from retention.service.serve import RetentionService
+    from tests.unit.test_service_unit import Fake
+
+    fake = Fake()
+    svc = RetentionService(Path(_policy(tmp_path)),
+                           ServiceSettings(jitter=0, measure_every="1h", shard="retention-1/3"),
+                           registry=CollectorRegistry(), run_account=fake.run,
+                           measure_account=fake.measure)
+    try:
+        mine = {f"acct{j:02d}" for j in range(30) if owner(f"acct{j:02d}", 3) == 1}
+        assert {a.name for a in svc.loaded.accounts} == mine
+        assert svc.registry.get_sample_value("retention_accounts") == len(mine)
+        svc.start(http=False)
+        for schedule in svc.loaded.groups:
+            svc.sweep(schedule)
+        assert svc.pool.wait_idle(30)
+        assert {name for name, _, _ in fake.runs} == mine
+        assert svc.reload() is True  # a reload keeps the shard
+        assert {a.name for a in svc.loaded.accounts} == mine
+    finally:
+        svc.shutdown(timeout=5)
+
+
+def test_a_password_in_state_url_is_warned_about(tmp_path) -> None:
+    from retention.config.load import load_config, warnings
+
+    path = Path(_policy(tmp_path, 1))
+    path.write_text(path.read_text() + "state_url: postgresql://u:pw@db/x\n")
+    assert any("state_url carries a password" in w for w in warnings(load_config(path)))
