@@ -17,10 +17,11 @@ Label privacy (``service.account_label``):
 How many accounts get per-account series (``service.account_metrics``):
 
 * ``all``: every account (the default up to ``AUTO_ALL_UP_TO`` = 10,000 accounts);
-* ``top:K``: the K fullest by usage ratio plus every account currently in error (at most
-  ``ERRORS_PER_K`` x K of those, so an outage of the mail server does not turn a scrape of
-  a million accounts into a million series); the default above 10,000 accounts is
-  ``top:100``;
+* ``top:K``: the K fullest by usage ratio plus the accounts currently in error, at most
+  ``ERRORS_PER_K`` x K (= K) of those, first by name: an outage of the mail server must
+  not turn a scrape of a million accounts into a million series, and 2K accounts keep
+  ``/metrics`` near 200 KB (``retention_accounts_in_error`` counts them all); the default
+  above 10,000 accounts is ``top:100``;
 * ``none``: no per-account series.
 
 Whatever the choice, the fleet series of ``service.fleet`` (usage-ratio histogram, accounts
