@@ -240,6 +240,7 @@ class AccountPass:
         if not pop3 and snap.has_savedate:
             return snap
         keys = [(m.ref.uidl if pop3 else str(m.ref.uid)) or "" for m in snap.messages]
+        observations.bind_mailbox(self.account.name, self.account.mailbox_identity())
         seen = observations.first_seen(
             self.account.name, snap.name, snap.uidvalidity, keys, self.now
         )
@@ -424,7 +425,10 @@ def run_account(
     )
     try:
         state = StateDir(config.state_dir)
-        with state.lock(account.name, account.mailbox_identity()), account_lease(
+        # The per-mailbox lock (F4) only for passes that change the mailbox: two read-only
+        # entries for one mailbox may look at it at once.
+        mailbox = None if dry_run else account.mailbox_identity()
+        with state.lock(account.name, mailbox), account_lease(
             config, account.name, dry_run=dry_run, stop=stop
         ) as lease, state.observations() as observations:
             if lease is not None:

@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS first_seen (
     seen        REAL    NOT NULL,          -- UTC epoch seconds
     PRIMARY KEY (account, folder, uidvalidity, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mailboxes (
+    account     TEXT    NOT NULL PRIMARY KEY,
+    mailbox     TEXT    NOT NULL           -- whose first-seen rows these are (review F4)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage_samples (
     account     TEXT    NOT NULL,
     at          REAL    NOT NULL,          -- UTC epoch seconds
@@ -152,6 +156,25 @@ class Observations:
             stored = dict(rows.fetchall())
         return {k: _aware(stored[k]) for k in wanted}
 
+    def bind_mailbox(self, account: str, mailbox: str) -> bool:
+        """The account's first-seen times belong to ``mailbox`` (``Account.mailbox_identity``).
+
+        Rows recorded before (or by an older version) are claimed by the first call; when
+        the entry now reaches another mailbox, the old sightings are forgotten, so a
+        repointed POP3 account never inherits another mailbox's ages (its messages start
+        as first seen now: the safe direction). Returns whether anything was forgotten.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT mailbox FROM mailboxes WHERE account=?",
+                             (account,)).fetchone()
+            if row is not None and row[0] == mailbox:
+                return False
+            forgot = row is not None
+            if forgot:
+                db.execute("DELETE FROM first_seen WHERE account=?", (account,))
+            db.execute("INSERT OR REPLACE INTO mailboxes VALUES (?, ?)", (account, mailbox))
+        return forgot
+
     def prune(
         self, account: str, folder: str, uidvalidity: int, present_keys: Iterable[str]
     ) -> int:
@@ -195,6 +218,7 @@ class Observations:
         """Drop everything recorded for an account (it was removed from the policy file)."""
         with self._tx() as db:
             db.execute("DELETE FROM first_seen WHERE account=?", (account,))
+            db.execute("DELETE FROM mailboxes WHERE account=?", (account,))
             db.execute("DELETE FROM usage_samples WHERE account=?", (account,))
 
     # -- usage samples -----------------------------------------------------------------

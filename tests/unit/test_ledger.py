@@ -154,3 +154,16 @@ def test_two_ledgers_on_one_file(path):
     with Observations.open(path) as a, Observations.open(path) as b:
         a.first_seen("alice", "INBOX", 0, ["x"], T0)
         assert b.first_seen("alice", "INBOX", 0, ["x"], T0 + timedelta(1)) == {"x": T0}
+
+
+def test_first_seen_times_belong_to_a_mailbox(tmp_path):
+    """Review F4: a repointed entry never inherits another mailbox's first-seen ages."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    with Observations.open(tmp_path / "o.sqlite3") as obs:
+        assert obs.first_seen("a", "INBOX", 1, ["k1"], t0) == {"k1": t0}  # before binding
+        assert obs.bind_mailbox("a", "pop3://u1@h:995") is False  # claimed, kept
+        later = t0 + timedelta(days=30)
+        assert obs.first_seen("a", "INBOX", 1, ["k1"], later) == {"k1": t0}
+        assert obs.bind_mailbox("a", "pop3://u1@h:995") is False
+        assert obs.bind_mailbox("a", "pop3://u2@h:995") is True  # repointed: forgotten
+        assert obs.first_seen("a", "INBOX", 1, ["k1"], later) == {"k1": later}
