@@ -428,8 +428,10 @@ def run_account(
         # The per-mailbox lock (F4) only for passes that change the mailbox: two read-only
         # entries for one mailbox may look at it at once.
         mailbox = None if dry_run else account.mailbox_identity()
+        # The lease is the mailbox's too: two entries (or agents) for one mailbox never
+        # act on it at once.
         with state.lock(account.name, mailbox), account_lease(
-            config, account.name, dry_run=dry_run, stop=stop
+            config, mailbox or account.name, dry_run=dry_run, stop=stop
         ) as lease, state.observations() as observations:
             if lease is not None:
                 p.stop = stop = lease.stop  # also set when the lease is lost mid-pass
