@@ -248,3 +248,34 @@ def _with_literals(imap: Any, readline: Callable[[], bytes], line: bytes) -> lis
         m = _LITERAL.search(line)
     chunk.append(line)
     return chunk
+
+
+# -- Message-ID headers ---------------------------------------------------------------
+
+_ID_HEAD = re.compile(
+    rb"\* [0-9]+ FETCH \(UID ([0-9]+) BODY\[HEADER\.FIELDS \(MESSAGE-ID\)\] \{[0-9]+\}")
+_ID_TAIL = re.compile(rb"(?: MODSEQ \([0-9]+\))?\)")
+
+
+class HeaderLines:
+    """Collects ``{uid: header bytes}`` of one ``BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]``
+    FETCH from the responses ``stream`` yields: the usual shape (UID, the section, its
+    literal, ``)``) by one pattern, anything else through ``fetch.parse_fetch`` (the same
+    safety rules as ``ScanLines``: no UID, no data; later responses win)."""
+
+    def __init__(self) -> None:
+        self.headers: dict[int, bytes | None] = {}
+
+    def feed(self, chunk: list[Any]) -> None:
+        first = chunk[0]
+        if len(chunk) == 2 and isinstance(first, tuple) and isinstance(chunk[1], bytes):
+            head = _ID_HEAD.fullmatch(first[0])
+            if head is not None and _ID_TAIL.fullmatch(chunk[1]) is not None:
+                self.headers[int(head.group(1))] = first[1]
+                return
+        lines = ScanLines()
+        lines._slow(chunk)
+        for _position, uid, fields in lines.slow:
+            for key, value in fields.items():
+                if isinstance(key, bytes) and key.upper().startswith(b"BODY[HEADER"):
+                    self.headers[uid] = bytes(value) if value is not None else None

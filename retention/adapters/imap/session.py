@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any
 from retention.adapters.imap.actions import ImapActions, one_folder, ref_uid
 from retention.adapters.imap.connection import default_port, open_client
 from retention.adapters.imap.fetch import parse_imap_datetime
-from retention.adapters.imap.scanread import ScanLines, stream
+from retention.adapters.imap.scanread import HeaderLines, ScanLines, stream
 from retention.adapters.imap.wire import (
     aware_utc,
+    compress_uids,
     normalise_flags,
     parse_date,
     parse_header_fields,
@@ -370,10 +371,17 @@ class ImapSession(ImapActions):
         return found
 
     def _message_id_batch(self, batch: Sequence[int]) -> dict[int, str | None]:
-        """``{uid: Message-ID}`` of one batch of the selected folder (missing UIDs left out)."""
+        """``{uid: Message-ID}`` of one batch of the selected folder (missing UIDs left out,
+        and UIDs not in ``batch``: an unsolicited response is no answer)."""
+        lines = HeaderLines()
+        with self.guard("UID FETCH"):
+            stream(self._client._imap, f"UID FETCH {compress_uids(batch)} ({MESSAGE_ID})"
+                   .encode("ascii"), lines.feed)
+        self._drain()
+        wanted = set(batch)
         return {
-            uid: parse_message_id(parse_header_fields(_header_bytes(data)).get("message-id"))
-            for uid, data in self._fetch(batch, [MESSAGE_ID]).items()
+            uid: parse_message_id(parse_header_fields(raw).get("message-id"))
+            for uid, raw in lines.headers.items() if uid in wanted
         }
 
     def fetch(
