@@ -56,7 +56,8 @@ def test_unsolicited_response_with_uid_merges_in_arrival_order() -> None:
 
 
 def test_unusual_lines_go_to_the_general_parser() -> None:
-    odd = b'* 1 FETCH (FLAGS (\\Seen) UID 3 RFC822.SIZE 10 INTERNALDATE "05-Jan-2020 13:04:05 +0100")'
+    odd = (b'* 1 FETCH (FLAGS (\\Seen) UID 3 RFC822.SIZE 10 '
+           b'INTERNALDATE "05-Jan-2020 13:04:05 +0100")')
     msgs, scan = messages(odd, line(2, 4, size=0))
     assert scan.slow and [m.ref.uid for m in msgs] == [3, 4]
     nil, scan = messages(b'* 1 FETCH (UID 3 FLAGS () INTERNALDATE "05-Jan-2020 13:04:05 +0100" '
