@@ -19,7 +19,7 @@ force-resync``; half were received more than 365 days ago. The mailbox never cha
   untimed warm-up round): the scan cache makes the scan an EXAMINE whose HIGHESTMODSEQ
   has not moved.
 
-The policy: one rule, INBOX, ``older_than: 365d``, delete, ``protect: []``; the default
+The user has a 64 GiB quota (so usage is one GETQUOTAROOT). The policy: one rule, INBOX, ``older_than: 365d``, delete, ``protect: []``; the default
 ``max_delete_per_run`` (10,000), as a real site would run it. Wall time, CPU and peak RSS
 of each command's own process (GNU time, see bench_cleanup.timed), then the medians and
 the ratios to the floor's median.
@@ -141,7 +141,8 @@ def main() -> int:
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp, Dovecot() as dc:
         work = Path(tmp)
-        user = dc.add_user("bench")
+        # A quota-managed mailbox (the agent's case): GETQUOTAROOT answers the usage.
+        user = dc.add_user("bench", quota_bytes=64 * 1024**3)
         started = time.perf_counter()
         seed_fast(dc, user, args.messages, args.size)
         print(f"seeded and indexed in {time.perf_counter() - started:.1f} s", flush=True)

@@ -15,6 +15,20 @@ set -euo pipefail
 # Debian puts dovecot in /usr/sbin, which a non-login or non-root PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# `install-deps.sh --bench`: only the optional benchmark peer, imapfilter (bench/
+# bench_cleanup.py runs it when missing); the tests never need it.
+if [ "${1:-}" = --bench ]; then
+    command -v imapfilter >/dev/null 2>&1 && exit 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: imapfilter missing; as root: apt-get install -y imapfilter" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends imapfilter </dev/null \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends imapfilter </dev/null; }
+    exit 0
+fi
+
 missing=()
 command -v dovecot >/dev/null 2>&1 || missing+=(dovecot)
 command -v doveadm >/dev/null 2>&1 || missing+=(doveadm)

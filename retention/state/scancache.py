@@ -130,11 +130,21 @@ class ScanCache:
         flag_sets = [frozenset(str(f) for f in fs) for fs in head["flags"]]
         name, validity = info.name, int(head["uidvalidity"])
         epoch, us = _EPOCH, _US
-        messages = tuple(
-            Message(MessageRef(name, validity, uid), size, epoch + r * us,
-                    flag_sets[fi], None, None if s == _NONE else epoch + s * us)
-            for uid, size, r, s, fi in zip(uids, sizes, received, saved, flag_index, strict=True)
-        )
+        # Shared objects, as a scan makes them: runs of equal dates, repeated sizes.
+        out: list[Message] = []
+        append = out.append
+        sizes_seen: dict[int, int] = {}
+        last_r, last_rt, last_s, last_st = None, epoch, None, None
+        for uid, size, r, s, fi in zip(uids, sizes, received, saved, flag_index, strict=True):
+            if r != last_r:
+                last_r, last_rt = r, epoch + r * us
+            if s != last_s:
+                last_s, last_st = s, (None if s == _NONE else epoch + s * us)
+            size = sizes_seen.setdefault(size, size)
+            append(Message(MessageRef(name, validity, uid), size, last_rt, flag_sets[fi],
+                           None, last_st))
+        messages = tuple(out)
+        del out
         return FolderSnapshot(info, validity, messages, has_savedate=bool(head["has_savedate"]),
                               modseq=int(head["modseq"]))
 

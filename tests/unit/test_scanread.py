@@ -22,10 +22,10 @@ MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 
 
 def messages(*lines: bytes) -> tuple[list, ScanLines]:  # type: ignore[type-arg]
-    scan = ScanLines()
+    scan = ScanLines("INBOX", 9)
     for line in lines:
         scan.feed([line])
-    return scan.messages("INBOX", 9, _general(False)), scan
+    return scan.messages(_general(False)), scan
 
 
 def line(seq: int, uid: int, flags: str = "\\Seen", size: int = 100,

@@ -38,7 +38,7 @@ from retention.model import Message, MessageRef
 _MONTHS = {m.encode(): i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 _MIDNIGHTS: dict[bytes, datetime] = {}
-_MIDNIGHTS_MAX = 100_000  # distinct (day, zone) pairs: bounded all the same
+_MIDNIGHTS_MAX = 100_000  # distinct days: bounded all the same
 _DATE = rb"[ 0-9][0-9]-[A-Z][a-z]{2}-[0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}"
 _SHAPE = re.compile(_DATE)
 
@@ -53,25 +53,28 @@ def imap_utc(value: bytes) -> datetime | None:
 
 
 def _shaped_utc(value: bytes) -> datetime | None:
-    # value matched _DATE. The midnight of its day in its zone, as UTC, is cached.
-    key = value[:11] + value[20:]
-    midnight = _MIDNIGHTS.get(key)
+    # value matched _DATE. Its local midnight as a naive datetime is cached per day; the
+    # time of day and the zone are added as one timedelta, then the UTC zone put on.
+    day = value[:11]
+    midnight = _MIDNIGHTS.get(day)
     try:
         if midnight is None:
             month = _MONTHS.get(value[3:6])
-            zone_h, zone_m = int(value[22:24]), int(value[24:26])
-            if month is None or zone_h > 23 or zone_m > 59:
+            if month is None:
                 return None
-            offset = zone_h * 3600 + zone_m * 60
-            midnight = datetime(int(value[7:11]), month, int(value[:2]), tzinfo=UTC) - \
-                timedelta(seconds=offset if value[21] == 43 else -offset)  # 43: "+"
+            midnight = datetime(int(value[7:11]), month, int(value[:2]))
             if len(_MIDNIGHTS) < _MIDNIGHTS_MAX:
-                _MIDNIGHTS[key] = midnight
+                _MIDNIGHTS[day] = midnight
         hours, minutes, seconds = int(value[12:14]), int(value[15:17]), int(value[18:20])
-        if hours > 23 or minutes > 59 or seconds > 59:
+        zone_h, zone_m = int(value[22:24]), int(value[24:26])
+        if hours > 23 or minutes > 59 or seconds > 59 or zone_h > 23 or zone_m > 59:
             return None
-        return midnight + timedelta(seconds=hours * 3600 + minutes * 60 + seconds)
-    except (ValueError, OverflowError):  # day 31 of February, year 0, past year 9999
+        offset = zone_h * 3600 + zone_m * 60
+        if value[21] == 45:  # "-": west of UTC, so UTC is later
+            offset = -offset
+        local = hours * 3600 + minutes * 60 + seconds
+        return (midnight + timedelta(seconds=local - offset)).replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # day 31 of February, year 0, out of range in UTC
         return None
 
 
@@ -90,27 +93,29 @@ _LITERAL = re.compile(rb"\{([0-9]+)\}\Z")
 _UNTAGGED_NUMBER = re.compile(rb"\* ([0-9]+) ([A-Za-z]+)")
 _FETCH_HEAD = re.compile(rb"\* ([0-9]+) FETCH ", re.IGNORECASE)
 
-#: One scan row: (uid, flags as the server's atoms, received UTC, size, SAVEDATE UTC or
-#: None when NIL or not asked for).
-Row = tuple[int, tuple[bytes, ...], datetime, int, datetime | None]
-
-
 class ScanLines:
-    """Collects the rows of one metadata FETCH from the lines ``stream`` yields.
+    """Collects the messages of one metadata FETCH of ``folder`` from ``stream``'s lines.
 
-    ``rows`` holds the fast rows in arrival order; ``slow`` the ``{item: value}`` dicts
-    of the responses only ``fetch.parse_fetch`` could read, as (rows before it, UID,
-    fields) in arrival order. ``vanished`` the
-    UIDs a ``* VANISHED`` named, ``exists`` the last ``* n EXISTS``.
+    ``rows`` holds the messages of the fast lines in arrival order (built as they come:
+    no intermediate row per message; flag sets, sizes and runs of equal dates shared);
+    ``slow`` the ``{item: value}`` dicts of the responses only ``fetch.parse_fetch``
+    could read, as (rows before it, UID, fields) in arrival order. ``vanished`` the UID
+    sets a ``* VANISHED`` named, ``exists`` the last ``* n EXISTS``.
     """
 
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
+    def __init__(self, folder: str, validity: int) -> None:
+        self.folder = folder
+        self.validity = validity
+        self.rows: list[Message] = []
         self.slow: list[tuple[int, int, dict[bytes, Any]]] = []
         self.vanished: list[str] = []
         self.exists: int | None = None
         self.left_out: list[str] = []
-        self._flag_atoms: dict[bytes, tuple[bytes, ...]] = {}
+        self._ordered = True
+        self._last_uid = 0
+        self._flag_sets: dict[bytes, frozenset[str]] = {}
+        self._sizes: dict[bytes, int] = {}
+        self._dates: list[Any] = [None, None, None, None]  # last (bytes, datetime) x 2
 
     def feed(self, chunk: list[Any]) -> None:
         """One untagged response: ``[line]``, or imaplib-style pieces around literals."""
@@ -118,18 +123,8 @@ class ScanLines:
         line = first if isinstance(first, bytes) else None
         if line is not None and len(chunk) == 1:
             m = _LINE.fullmatch(line)
-            if m is not None:
-                uid_b, flags_b, date_b, size_b, saved_b, _nil = m.groups()
-                received = _shaped_utc(date_b)
-                saved = _shaped_utc(saved_b) if saved_b is not None else None
-                if received is not None and (saved_b is None or saved is not None):
-                    atoms = self._flag_atoms.get(flags_b)
-                    if atoms is None:
-                        atoms = tuple(flags_b.split())
-                        if len(self._flag_atoms) < 4096:
-                            self._flag_atoms[flags_b] = atoms
-                    self.rows.append((int(uid_b), atoms, received, int(size_b), saved))
-                    return
+            if m is not None and self._fast(*m.group(1, 2, 3, 4, 5)):
+                return
             if line.startswith(b"* VANISHED "):
                 self.vanished.append(line[11:].decode("ascii", "replace"))
                 return
@@ -138,6 +133,44 @@ class ScanLines:
                 self.exists = int(number.group(1))
                 return
         self._slow(chunk)
+
+    def _fast(self, uid_b: bytes, flags_b: bytes, date_b: bytes, size_b: bytes,
+              saved_b: bytes | None) -> bool:
+        dates = self._dates
+        # Mail arrives in bulk: runs of equal dates share one datetime object.
+        if date_b == dates[0]:
+            received = dates[1]
+        else:
+            received = _shaped_utc(date_b)
+            if received is None:
+                return False  # out of range: the general parser says why
+            dates[0], dates[1] = date_b, received
+        saved = None
+        if saved_b is not None:
+            if saved_b == dates[2]:
+                saved = dates[3]
+            else:
+                saved = _shaped_utc(saved_b)
+                if saved is None:
+                    return False
+                dates[2], dates[3] = saved_b, saved
+        flags = self._flag_sets.get(flags_b)
+        if flags is None:
+            flags = normalise_flags(tuple(flags_b.split()))
+            if len(self._flag_sets) < 4096:
+                self._flag_sets[flags_b] = flags
+        size = self._sizes.get(size_b)
+        if size is None:
+            size = int(size_b)
+            if len(self._sizes) < 65536:
+                self._sizes[size_b] = size
+        uid = int(uid_b)
+        if uid <= self._last_uid:
+            self._ordered = False
+        self._last_uid = uid
+        self.rows.append(Message(MessageRef(self.folder, self.validity, uid), size, received,
+                                 flags, None, saved))
+        return True
 
     def _slow(self, chunk: list[Any]) -> None:
         first = chunk[0]
@@ -152,49 +185,32 @@ class ScanLines:
             self.slow.append((len(self.rows), uid, fields))
 
     def messages(
-        self, folder: str, validity: int,
-        general: Callable[[MessageRef, dict[bytes, Any]], Message | str],
+        self, general: Callable[[MessageRef, dict[bytes, Any]], Message | str],
     ) -> list[Message]:
         """The folder's messages in UID order. ``general`` builds one from a fields dict
         (the slow path's, and every row of a reply that was not one fast line per UID in
         UID order: then all responses are merged by UID in arrival order first), or says
         why it is left out (``left_out``: "UID 5: ...")."""
-        rows = self.rows
-        ordered = all(rows[i][0] < rows[i + 1][0] for i in range(len(rows) - 1))
-        if self.slow or not ordered:
-            return self._general(folder, validity, general)
-        flag_sets: dict[tuple[bytes, ...], frozenset[str]] = {}
-        out: list[Message] = []
-        append = out.append
-        for uid, atoms, received, size, saved in rows:
-            flags = flag_sets.get(atoms)
-            if flags is None:
-                flags = flag_sets[atoms] = normalise_flags(atoms)
-            append(Message(MessageRef(folder, validity, uid), size, received, flags, None, saved))
-        return out
-
-    def _general(
-        self, folder: str, validity: int,
-        general: Callable[[MessageRef, dict[bytes, Any]], Message | str],
-    ) -> list[Message]:
+        if not self.slow and self._ordered:
+            return self.rows
         merged: dict[int, dict[bytes, Any]] = {}
         events = iter(self.slow)
         event = next(events, None)
-        for position, (uid, atoms, received, size, saved) in enumerate(self.rows):
+        for position, m in enumerate(self.rows):
             while event is not None and event[0] <= position:
                 merged.setdefault(event[1], {}).update(event[2])
                 event = next(events, None)
-            fields: dict[bytes, Any] = {b"UID": uid, b"FLAGS": atoms, b"INTERNALDATE": received,
-                                        b"RFC822.SIZE": size}
-            if saved is not None:
-                fields[b"SAVEDATE"] = saved
-            merged.setdefault(uid, {}).update(fields)
+            fields: dict[bytes, Any] = {b"UID": m.ref.uid, b"FLAGS": tuple(sorted(m.flags)),
+                                        b"INTERNALDATE": m.received, b"RFC822.SIZE": m.size}
+            if m.saved is not None:
+                fields[b"SAVEDATE"] = m.saved
+            merged.setdefault(m.ref.uid or 0, {}).update(fields)
         while event is not None:
             merged.setdefault(event[1], {}).update(event[2])
             event = next(events, None)
         out = []
         for uid in sorted(merged):
-            message = general(MessageRef(folder, validity, uid), merged[uid])
+            message = general(MessageRef(self.folder, self.validity, uid), merged[uid])
             if isinstance(message, str):
                 self.left_out.append(f"UID {uid}: {message}")
             else:
@@ -273,7 +289,7 @@ class HeaderLines:
             if head is not None and _ID_TAIL.fullmatch(chunk[1]) is not None:
                 self.headers[int(head.group(1))] = first[1]
                 return
-        lines = ScanLines()
+        lines = ScanLines("", 0)
         lines._slow(chunk)
         for _position, uid, fields in lines.slow:
             for key, value in fields.items():

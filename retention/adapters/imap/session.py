@@ -247,10 +247,10 @@ class ImapSession(ImapActions):
         validity, exists = self.select(folder.name, readonly=True)
         modseq = self.selected_modseq if qresync else None
         try:
-            lines = ScanLines()
+            lines = ScanLines(folder.name, validity)
             if exists:
                 self._stream_meta(b"1:*", savedate, lines)
-            messages = lines.messages(folder.name, validity, _general(False))
+            messages = lines.messages(_general(False))
         except BaseException:
             self.leave(quiet=True)
             raise
@@ -276,11 +276,11 @@ class ImapSession(ImapActions):
             if validity != uidvalidity or current is None or current < modseq:
                 self.leave()
                 return None
-            lines = ScanLines()
+            lines = ScanLines(folder.name, validity)
             if current != modseq:
                 self._stream_meta(b"1:*", savedate, lines,
                                   b" (CHANGEDSINCE %d VANISHED)" % modseq)
-            changed = lines.messages(folder.name, validity, _general(False))
+            changed = lines.messages(_general(False))
             vanished = tuple(r for text in lines.vanished for r in uid_ranges(text))
         except BaseException:
             self.leave(quiet=True)
