@@ -31,10 +31,11 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from fractions import Fraction
+from typing import overload
 
 from retention import folders as fl
 from retention.config.schema import (
@@ -258,13 +259,43 @@ def exemption(m: Message, exempt: Mapping[str, str]) -> str | None:
 _Hit = tuple[_Rule, Message]
 
 
+class _HitList(Sequence[_Hit]):
+    """The hits as two parallel lists: 16 bytes a hit where a tuple each takes 64 (the
+    500,000 hits of a 1,000,000-message folder: 8 MB instead of 32)."""
+
+    __slots__ = ("messages", "rules")
+
+    def __init__(self) -> None:
+        self.rules: list[_Rule] = []
+        self.messages: list[Message] = []
+
+    def append(self, hit: _Hit) -> None:
+        self.rules.append(hit[0])
+        self.messages.append(hit[1])
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self) -> Iterator[_Hit]:
+        return zip(self.rules, self.messages, strict=True)
+
+    @overload
+    def __getitem__(self, index: int) -> _Hit: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_Hit]: ...
+    def __getitem__(self, index: int | slice) -> _Hit | list[_Hit]:
+        if isinstance(index, slice):
+            return list(zip(self.rules[index], self.messages[index], strict=True))
+        return self.rules[index], self.messages[index]
+
+
 def _always_phase(
     rules: Sequence[_Rule], policy: Policy, snapshot: Snapshot, now: datetime,
     exempted: list[tuple[Message, str]],
-) -> tuple[list[_Hit], list[Message], list[Action]]:
+) -> tuple[Sequence[_Hit], list[Message], list[Action]]:
     """Decide every message by the always-rules: (hits, open messages, impossible ones)."""
     always = [r for r in rules if r.rule.when == "always"]
-    hits: list[_Hit] = []
+    hits = _HitList()
     open_: list[Message] = []
     failed: list[Action] = []
     keep_within = policy.keep_within
@@ -290,8 +321,8 @@ def _always_phase(
 
 
 def _one_per_message(
-    hits: list[_Hit], open_: list[Message], counts: dict[str, int]
-) -> tuple[list[_Hit], list[Message], list[str]]:
+    hits: Sequence[_Hit], open_: list[Message], counts: dict[str, int]
+) -> tuple[Sequence[_Hit], list[Message], list[str]]:
     """Where folders are labels of one stored message (``global_id``: Gmail), act once.
 
     Removing a Gmail message from one label folder really deletes it (the adapter moves it
@@ -348,8 +379,8 @@ def _whole_messages(candidates: Sequence[Message], over: Sequence[_Rule],
 
 
 def _empty_folder_rail(
-    hits: list[_Hit], rules: Sequence[_Rule], counts: dict[str, int]
-) -> tuple[list[_Hit], list[Dropped]]:
+    hits: Sequence[_Hit], rules: Sequence[_Rule], counts: dict[str, int]
+) -> tuple[Sequence[_Hit], list[Dropped]]:
     """Drop a rule's actions in a folder the plan would empty, unless the rule allows it.
 
     Checked per folder over all rules together (two rules emptying a folder between them

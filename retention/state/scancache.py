@@ -13,11 +13,12 @@ The cache is an optimisation only, never a source of truth:
   or corrupt file), or a merge that does not end with exactly the folder's message count;
 * nothing acts on it: the delete path re-checks UIDVALIDITY and flags when it acts.
 
-File format (version 1): ``RSC1\\n``, one JSON header line (identity, UIDVALIDITY,
-HIGHESTMODSEQ, count, flag sets, body length and CRC-32), then five arrays of the
-machine's native int64/uint32 (UIDs, sizes, received and saved as UTC epoch
-microseconds, flag-set index). Native byte order: a file from another machine is
-refused by its header and means one full scan.
+File format (version 2): ``RSC2\\n``, five arrays of the machine's native int64/uint32
+(UIDs, sizes, received and saved as UTC epoch microseconds, flag-set index), then the
+JSON header (identity, UIDVALIDITY, HIGHESTMODSEQ, count, flag sets, body length and
+CRC-32), ``\\n`` and its length as 16 hex digits: written last, so that the columns are
+written one at a time. Native byte order: a file from another machine is refused by its
+header and means one full scan.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ import os
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef
 
-MAGIC = b"RSC1\n"
+MAGIC = b"RSC2\n"
 MAX_IDS = 200_000  # Message-IDs kept per folder (of the planned messages only)
 _NONE = -(2**63)  # a saved time the server did not give
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -108,25 +109,23 @@ class ScanCache:
             return None
 
     def _decode(self, info: FolderInfo, data: bytes) -> FolderSnapshot | None:
-        if not data.startswith(MAGIC):
+        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 17:
             return None
-        end = data.index(b"\n", len(MAGIC))
-        head = json.loads(data[len(MAGIC):end])
-        body = memoryview(data)[end + 1:]
+        size = int(data[-16:], 16)
+        head_end = len(data) - 17
+        if data[head_end:head_end + 1] != b"\n" or not 0 < size <= head_end - len(MAGIC):
+            return None
+        head = json.loads(data[head_end - size:head_end])
+        body = memoryview(data)[len(MAGIC):head_end - size]
         n = int(head["count"])
         if (head.get("identity") != self.identity or head.get("folder") != info.name
                 or head.get("byteorder") != sys.byteorder or len(body) != int(head["length"])
                 or zlib.crc32(body) != int(head["crc"]) or len(body) != n * 36):
             return None
-        cols = []
-        pos = 0
-        for code in ("q", "q", "q", "q", "I"):
-            col = array(code)
-            width = col.itemsize * n
-            col.frombytes(body[pos:pos + width])
-            cols.append(col)
-            pos += width
-        uids, sizes, received, saved, flag_index = cols
+        # Views on the file's bytes, no copy: four int64 columns, then one uint32.
+        uids, sizes, received, saved = (body[i * 8 * n:(i + 1) * 8 * n].cast("q")
+                                        for i in range(4))
+        flag_index = body[32 * n:].cast("I")
         flag_sets = [frozenset(str(f) for f in fs) for fs in head["flags"]]
         name, validity = info.name, int(head["uidvalidity"])
         epoch, us = _EPOCH, _US
@@ -154,28 +153,35 @@ class ScanCache:
             self.forget(snap.name)
             return
         flag_sets: dict[frozenset[str], int] = {}
-        index = array("I", (flag_sets.setdefault(m.flags, len(flag_sets))
-                            for m in snap.messages))
-        cols = [
-            array("q", (m.ref.uid or 0 for m in snap.messages)),
-            array("q", (m.size for m in snap.messages)),
-            array("q", (_micros(m.received) for m in snap.messages)),
-            array("q", (_NONE if m.saved is None else _micros(m.saved)
-                        for m in snap.messages)),
-            index,
+        msgs = snap.messages
+        columns: list[Callable[[], array[int]]] = [
+            lambda: array("q", (m.ref.uid or 0 for m in msgs)),
+            lambda: array("q", (m.size for m in msgs)),
+            lambda: array("q", (_micros(m.received) for m in msgs)),
+            lambda: array("q", (_NONE if m.saved is None else _micros(m.saved) for m in msgs)),
+            lambda: array("I", (flag_sets.setdefault(m.flags, len(flag_sets)) for m in msgs)),
         ]
-        crc, length = 0, 0
-        for col in cols:
-            crc = zlib.crc32(memoryview(col).cast("B"), crc)
-            length += len(col) * col.itemsize
-        head = {
-            "identity": self.identity, "folder": snap.name, "byteorder": sys.byteorder,
-            "uidvalidity": snap.uidvalidity, "modseq": snap.modseq,
-            "has_savedate": snap.has_savedate, "count": len(snap.messages),
-            "flags": [sorted(fs) for fs in flag_sets], "length": length, "crc": crc,
-        }
-        _write(self.path(snap.name),
-               [MAGIC + json.dumps(head, separators=(",", ":")).encode() + b"\n", *cols])
+
+        def parts() -> Iterator[bytes | array[int]]:
+            # One column in memory at a time (a 1,000,000-message folder: 8 MB, not 36);
+            # the header, which needs their CRC, goes last.
+            yield MAGIC
+            crc = length = 0
+            for make in columns:
+                col = make()
+                crc = zlib.crc32(memoryview(col).cast("B"), crc)
+                length += len(col) * col.itemsize
+                yield col
+                del col
+            head = json.dumps({
+                "identity": self.identity, "folder": snap.name, "byteorder": sys.byteorder,
+                "uidvalidity": snap.uidvalidity, "modseq": snap.modseq,
+                "has_savedate": snap.has_savedate, "count": len(msgs),
+                "flags": [sorted(fs) for fs in flag_sets], "length": length, "crc": crc,
+            }, separators=(",", ":")).encode()
+            yield head + b"\n" + b"%016x" % len(head)
+
+        _write(self.path(snap.name), parts())
 
     def forget(self, folder: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -207,7 +213,7 @@ class ScanCache:
                [json.dumps(doc, separators=(",", ":")).encode()])
 
 
-def _write(path: Path, parts: list[bytes | array[int]]) -> None:
+def _write(path: Path, parts: Iterable[bytes | array[int]]) -> None:
     """Write ``path`` atomically (a reader sees the old file or the new one), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")

@@ -167,7 +167,7 @@ def test_damaged_cache_file_falls_back(mail_user: MailUser, cache: ScanCache,
     damaged = {
         "truncate": data[: len(data) - 37],
         "flip": data[:-5] + bytes([data[-5] ^ 0x40]) + data[-4:],
-        "garbage": b"RSC1\n{not json\n" + data[40:],
+        "garbage": b"RSC2\n{not json\n" + data[40:],
         "empty": b"",
     }[damage]
     path.write_bytes(damaged)
