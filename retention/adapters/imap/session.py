@@ -67,7 +67,7 @@ log = logging.getLogger("retention.imap")
 # Messages per metadata UID FETCH (~150 bytes of reply each). Bigger batches save little
 # more time on a local server and hold more replies in memory at once.
 SCAN_BATCH = 2000
-HEADER_BATCH = 1000  # messages per header-field FETCH (Message-ID: a literal each)
+HEADER_BATCH = 5000  # messages per Message-ID FETCH: streamed, so memory is not the bound
 SIZE_BATCH = 5000  # messages per RFC822.SIZE-only FETCH (usage without STATUS=SIZE)
 MESSAGE_ID = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
 BODY_BATCH = 200  # messages per BODY.PEEK[] FETCH...
