@@ -37,6 +37,7 @@ from email.utils import parsedate_to_datetime
 from typing import IO, NoReturn
 
 from retention.adapters import SaslLogin
+from retention.adapters.deadline import io_timeout
 from retention.adapters.spool import Body, Limits, Spooled
 from retention.adapters.tls import classify_ssl_error, make_context
 from retention.auth.sasl import challenge_status
@@ -258,7 +259,7 @@ class Pop3Session:
             c in s for s in (user, authzid or "", password) for c in "\r\n\0"
         ):
             raise AuthError(f"{where}: the username or password contains a line break or NUL")
-        timeout = conn.timeout.total_seconds()
+        timeout = io_timeout(conn)  # 0 is the default, never a non-blocking socket
         opened = datetime.now(UTC)
         ctx = None
         if conn.security != "none":
@@ -596,6 +597,8 @@ class Pop3Session:
             n, ref = todo[i]
             if not ok:
                 log.warning("%s: message %s not retrieved: %s", self.where, ref.uidl, text)
+                if skipped is not None:
+                    skipped[ref] = f"{verb} refused: {text}"
                 continue
             problem = _not_whole(data, self._sizes.get(n))
             if problem is not None:

@@ -25,6 +25,10 @@ Faults (each is armed once by default; ``times=None`` keeps it armed, ``reset()`
 * ``stall_on(pattern, release)``: forward a matching line, then hold back everything the
   server answers until the ``threading.Event`` ``release`` is set (a server that stalls).
 
+* ``trickle_on(pattern, interval)``: after a matching line, pass the server's bytes one at a
+  time, ``interval`` seconds apart (each read gets a byte well within any socket timeout,
+  yet the answer never completes in time).
+
 * ``replace_down(old, new)``: rewrite server -> client bytes (e.g. strip ``STARTTLS`` from a
   capability list, to prove a client then refuses to log in); per received chunk.
 
@@ -69,6 +73,7 @@ class _Rule:
     remaining: int = 0  # drop_bytes: bytes still to let through
     callback: Callable[[bytes], object] | None = None  # call_on
     release: threading.Event | None = None  # stall_on
+    interval: float = 0.0  # trickle_on
 
     def use(self) -> None:
         if self.times is not None:
@@ -88,6 +93,7 @@ class _Conn:
         self.down_bytes = 0  # server -> client, over the connection's life
         self.cut_at: int | None = None  # absolute down_bytes at which to drop
         self.stall: threading.Event | None = None  # hold server bytes until it is set
+        self.trickle: float | None = None  # pass server bytes one by one, this far apart
         self.closed = threading.Event()
         self.lock = threading.Lock()
 
@@ -142,6 +148,8 @@ class _Conn:
             rule.callback(line)
         if rule is not None and rule.kind == "stall_on":
             self.stall = rule.release
+        if rule is not None and rule.kind == "trickle_on":
+            self.trickle = rule.interval
         if rule is not None and rule.kind == "drop_on":
             if rule.count <= 0:
                 self.close()
@@ -162,6 +170,13 @@ class _Conn:
                     while not stall.wait(0.1):
                         if self.closed.is_set():
                             return
+                if self.trickle is not None:
+                    for i in range(len(data)):
+                        if self.closed.wait(self.trickle):
+                            return
+                        with self.lock:
+                            self.client.sendall(data[i:i + 1])
+                    continue
                 keep = self._allowed(len(data))
                 if keep is not None:
                     with self.lock:
@@ -223,6 +238,10 @@ class FaultProxy:
     def stall_on(self, pattern: bytes | str, release: threading.Event, *,
                  times: int | None = 1) -> None:
         self._add(_Rule("stall_on", _compile(pattern), 0, None, times, release=release))
+
+    def trickle_on(self, pattern: bytes | str, interval: float, *,
+                   times: int | None = 1) -> None:
+        self._add(_Rule("trickle_on", _compile(pattern), 0, None, times, interval=interval))
 
     def replace_down(self, old: bytes, new: bytes) -> None:
         with self._lock:

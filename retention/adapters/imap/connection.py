@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
+from retention.adapters.deadline import COMMAND_FACTOR, Watchdog, io_timeout
 from retention.adapters.imap.fetch import parse_fetch
 from retention.adapters.imap.wire import (
     compress_uids,
@@ -81,7 +82,7 @@ def open_client(conn: Connection, password: str | SaslLogin, label: str) -> Any:
             "(allow_plaintext: true is not set)"
         )
     ctx = make_context(conn.ca_file, conn.tls_verify) if conn.security != "none" else None
-    timeout = conn.timeout.total_seconds() or None
+    timeout = io_timeout(conn)
     log.debug("connecting to %s (security %s)", label, conn.security)
     try:
         client = IMAPClient(
@@ -315,6 +316,9 @@ class ImapConnection:
         if self.has("OBJECTID"):
             return "EMAILID"
         return "X-GUID"
+        # A whole command's answer must arrive by a deadline, not only each read (M3).
+        self._watchdog = Watchdog(lambda: getattr(client._imap, "sock", None),
+                                  COMMAND_FACTOR * (timeout or 30.0))
 
     # -- errors ----------------------------------------------------------------------
 
@@ -327,6 +331,21 @@ class ImapConnection:
             raise ConnectError(f"{self.label}: the connection was lost earlier in this session")
         self.commands[what] += 1
         log.debug("%s: %s", self.label, what)
+        where = f"{self.label}: "
+        try:
+            with self._guarded(what), self._watchdog.command():
+                yield
+        except BaseException as exc:
+            if self._watchdog.expired and not isinstance(exc, FolderSkipped):
+                self._broken = True
+                raise ConnectError(
+                    f"{where}no complete answer to {what} within "
+                    f"{self._watchdog.limit:g}s (the server stalls or trickles)"
+                ) from exc
+            raise
+
+    @contextmanager
+    def _guarded(self, what: str) -> Iterator[None]:
         where = f"{self.label}: "
         try:
             yield
@@ -601,6 +620,7 @@ class ImapConnection:
         if self._closed:
             return
         self._closed = True
+        self._watchdog.close()
         client = self._client
         try:
             if self._broken:

@@ -39,6 +39,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from retention.adapters.deadline import io_timeout
 from retention.adapters.imap.actions import ImapActions, one_folder, ref_uid
 from retention.adapters.imap.connection import default_port, open_client
 from retention.adapters.imap.fetch import parse_imap_datetime
@@ -88,8 +89,7 @@ class ImapSession(ImapActions):
         """Connect, (STARTTLS,) log in. Raises ConnectError, TlsError or AuthError."""
         label = host_label or f"{conn.host}:{default_port(conn)}"
         client = open_client(conn, password, label)
-        timeout = conn.timeout.total_seconds() or None
-        session = cls(client, readonly=readonly, label=label, timeout=timeout)
+        session = cls(client, readonly=readonly, label=label, timeout=io_timeout(conn))
         session.provider_hint = str(getattr(conn, "provider", "auto"))
         welcome = getattr(client, "welcome", b"")
         session.greeting = welcome if isinstance(welcome, bytes) else b""
