@@ -284,6 +284,9 @@ class ImapConnection:
         #: ``provider`` key; set by ``ImapSession.connect``).
         self.provider_hint = "auto"
         self.greeting = b""
+        # A whole command's answer must arrive by a deadline, not only each read (M3).
+        self._watchdog = Watchdog(lambda: getattr(client._imap, "sock", None),
+                                  COMMAND_FACTOR * (timeout or 30.0))
 
     # -- the provider ----------------------------------------------------------------
 
@@ -316,9 +319,6 @@ class ImapConnection:
         if self.has("OBJECTID"):
             return "EMAILID"
         return "X-GUID"
-        # A whole command's answer must arrive by a deadline, not only each read (M3).
-        self._watchdog = Watchdog(lambda: getattr(client._imap, "sock", None),
-                                  COMMAND_FACTOR * (timeout or 30.0))
 
     # -- errors ----------------------------------------------------------------------
 
