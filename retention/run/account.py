@@ -158,6 +158,7 @@ class AccountPass:
     ) -> None:
         self.config = config
         self.clock = clock
+        self._bound = False  # the observation store knows which mailbox this account is
         self.account = account
         self.policy = config.policy_of(account)
         self.hold = config.is_held(account)
@@ -240,7 +241,9 @@ class AccountPass:
         if not pop3 and snap.has_savedate:
             return snap
         keys = [(m.ref.uidl if pop3 else str(m.ref.uid)) or "" for m in snap.messages]
-        observations.bind_mailbox(self.account.name, self.account.mailbox_identity())
+        if not self._bound:  # once per pass: each call may take SQLite's write lock
+            observations.bind_mailbox(self.account.name, self.account.mailbox_identity())
+            self._bound = True
         seen = observations.first_seen(
             self.account.name, snap.name, snap.uidvalidity, keys, self.now
         )

@@ -164,6 +164,16 @@ class Observations:
         repointed POP3 account never inherits another mailbox's ages (its messages start
         as first seen now: the safe direction). Returns whether anything was forgotten.
         """
+        # Almost always already bound: read first, outside a write transaction, so that
+        # concurrent passes (run --jobs, serve) do not queue for SQLite's write lock.
+        try:
+            with self._lock:
+                bound = self._db.execute("SELECT mailbox FROM mailboxes WHERE account=?",
+                                         (account,)).fetchone()
+        except sqlite3.Error as e:
+            raise ObservationsError(f"{self.path}: {e}") from None
+        if bound is not None and bound[0] == mailbox:
+            return False
         with self._tx() as db:
             row = db.execute("SELECT mailbox FROM mailboxes WHERE account=?",
                              (account,)).fetchone()
