@@ -57,6 +57,7 @@ from typing import Any
 from retention.errors import JournalError
 from retention.model import MessageRef
 from retention.plan import Action
+from retention.state import sqlite
 
 PLANNED = "planned"
 ARCHIVED = "archived"
@@ -110,6 +111,14 @@ SCHEMA_VERSION = 2
 # (``mailbox_identity``). Rows written before it are NULL and are claimed by the first run
 # that binds the account (``bind_mailbox``).
 _MIGRATIONS = {2: "ALTER TABLE actions ADD COLUMN mailbox TEXT"}
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a journal from ``version`` up (inside the schema transaction)."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(actions)")}
+    for target, sql in sorted(_MIGRATIONS.items()):
+        if version < target and "mailbox" not in columns:
+            conn.execute(sql)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS actions (
@@ -277,29 +286,16 @@ class Journal:
             # first, so no copy of the audit data is ever world-readable.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
             os.chmod(path, 0o600)
-            conn = sqlite3.connect(
-                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
             # FULL: every commit is fsynced before it returns; the executor relies on it.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"journal {path} was written by a newer version (schema {version})"
-                )
-            conn.executescript(_SCHEMA)
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(actions)")}
-            for target, sql in sorted(_MIGRATIONS.items()):
-                if version < target and "mailbox" not in columns:
-                    conn.execute(sql)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn = sqlite.connect(str(path), _SCHEMA, version=SCHEMA_VERSION,
+                                  migrate=_migrate, synchronous="FULL")
+            conn.row_factory = sqlite3.Row
             for suffix in ("-wal", "-shm"):  # journals created by an earlier version
                 side = path.with_name(path.name + suffix)
                 if side.exists():
                     os.chmod(side, 0o600)
+        except sqlite.NewerSchema as e:
+            raise JournalError(f"journal {path} was {e}") from None
         except sqlite3.Error as e:
             raise JournalError(f"cannot open journal {path}: {e}") from None
         except OSError as e:

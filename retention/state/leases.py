@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from retention.errors import RetentionError
+from retention.state import sqlite
 
 DEFAULT_TTL = 300.0
 
@@ -114,12 +114,8 @@ class _Sqlite:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Autocommit mode: each statement is its own transaction; writers wait up to 30 s.
-        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                     check_same_thread=False)
+        self._conn = sqlite.connect(str(path), _SCHEMA)
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(_SCHEMA)
 
     def run(self, sql: str, params: Mapping[str, Any]) -> tuple[int, tuple[Any, ...] | None]:
         with self._lock:

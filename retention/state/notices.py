@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from retention.errors import JournalError
+from retention.state import sqlite
 
 PENDING, SENT, FAILED, UNKNOWN = "pending", "sent", "failed", "unknown"
 
@@ -84,12 +85,8 @@ class NoticeStore:
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite.connect(str(path), _SCHEMA)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise JournalError(f"cannot open notice journal {path}: {e}") from None
         except OSError as e:

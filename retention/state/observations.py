@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retention.errors import ObservationsError
+from retention.state import sqlite
 
 SCHEMA_VERSION = 1
 USAGE_KEEP = timedelta(days=30)
@@ -82,23 +83,13 @@ class Observations:
             if not path.exists():
                 # Create it 0600 ourselves: sqlite3 would use the umask (often 0644).
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            db = sqlite3.connect(
-                path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable, not slow
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise ObservationsError(
-                        f"{path}: written by a newer version of retention "
-                        f"(schema {version} > {SCHEMA_VERSION})"
-                    )
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            except BaseException:
-                db.close()
-                raise
+            # WAL + NORMAL: durable, not slow (observations can be lost safely).
+            db = sqlite.connect(str(path), _SCHEMA, version=SCHEMA_VERSION,
+                                synchronous="NORMAL")
+        except sqlite.NewerSchema as e:
+            raise ObservationsError(
+                f"{path}: {e} > {SCHEMA_VERSION}"
+            ) from None
         except sqlite3.Error as e:
             raise ObservationsError(f"{path}: cannot open the observation store: {e}") from None
         except OSError as e:

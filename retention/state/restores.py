@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from retention.errors import JournalError
+from retention.state import sqlite
 
 PLANNED, RESTORED, PRESENT, FAILED = "planned", "restored", "present", "failed"
 
@@ -84,13 +85,8 @@ class RestoreLog:
     def open(cls, journal_path: Path) -> RestoreLog:
         try:
             journal_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(journal_path), timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite.connect(str(journal_path), _SCHEMA)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise JournalError(f"journal {journal_path}: {e}") from None
         return cls(conn, journal_path)
