@@ -34,7 +34,7 @@ class NoticeOutcome:
 
     kind: str  # warning | archived
     event: str
-    status: Literal["would_send", "sent", "failed", "unknown", "already_sent"]
+    status: Literal["would_send", "sent", "failed", "will_retry", "unknown", "already_sent"]
     channel: str | None  # append | smtp | smtp-fallback
     subject: str
     body: str

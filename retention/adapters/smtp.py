@@ -5,11 +5,15 @@ implicit TLS (``tls``) or ``STARTTLS`` (refused when the relay does not offer it
 silent downgrade), verifies the certificate (``adapters.tls.make_context``), logs in when
 the settings name a user, sends one message to its recipients and quits. Failures become
 typed errors (``ConnectError``, ``TlsError``, ``AuthError``, ``ProtocolError``) whose text
-names the relay and its reply, never the password.
+names the relay and its reply, never the password. Two of them say the message may have
+reached the relay, so the caller must not send it again: ``Uncertain`` (the connection
+was lost during DATA) and ``PartlyRefused`` (some recipients took it); any other error
+means the relay does not have it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -56,17 +60,17 @@ def submit(
             if password is None:
                 raise AuthError(f"{label}: no password for {settings.username}")
             client.login(settings.username, password)
-        refused = client.sendmail(sender, list(recipients), message)
-        if refused:
-            who = ", ".join(f"{r} ({c[0]} {c[1]!r})" for r, c in sorted(refused.items()))
-            raise ProtocolError(f"{label}: recipients refused: {who}")
-        client.quit()
+        _transaction(client, label, sender, recipients, message)
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.quit()  # the relay has the message: a failed QUIT changes nothing
+    except (Uncertain, PartlyRefused):
+        raise
     except ssl.SSLError as exc:
         raise classify_ssl_error(exc, label) from None
     except smtplib.SMTPAuthenticationError as exc:
         raise AuthError(f"{label}: login refused: {exc.smtp_code}") from None
     except smtplib.SMTPRecipientsRefused as exc:
-        raise ProtocolError(f"{label}: recipients refused: {sorted(exc.recipients)}") from None
+        raise ProtocolError(f"{label}: recipients refused: {_refused(exc.recipients)}") from None
     except smtplib.SMTPResponseException as exc:
         raise ProtocolError(f"{label}: {exc.smtp_code} {_reason(exc)}") from None
     except (TimeoutError, smtplib.SMTPException, OSError) as exc:
@@ -77,6 +81,48 @@ def submit(
         except OSError:
             pass
     return label
+
+
+class Uncertain(ConnectError):
+    """The connection failed after the message was handed over, before the relay's
+    answer: it may have been delivered, so it is never sent again."""
+
+
+class PartlyRefused(ProtocolError):
+    """The relay accepted the message for some recipients and refused others: it was
+    delivered, so it is never sent again."""
+
+
+def _transaction(client: smtplib.SMTP, label: str, sender: str, recipients: Sequence[str],
+                 message: bytes) -> None:
+    """MAIL, RCPT, DATA step by step (``sendmail`` in one call cannot tell a failure
+    before the hand-off, safe to retry, from one after it)."""
+    code, resp = client.mail(sender)
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, resp, sender)
+    refused: dict[str, tuple[int, bytes]] = {}
+    for rcpt in recipients:
+        code, resp = client.rcpt(rcpt)
+        if code not in (250, 251):
+            refused[rcpt] = (code, resp)
+    if len(refused) == len(recipients):
+        raise smtplib.SMTPRecipientsRefused(refused)
+    try:
+        client.data(message)
+    except smtplib.SMTPResponseException:
+        raise  # the relay answered: it did not take the message
+    except (TimeoutError, smtplib.SMTPException, OSError) as exc:
+        raise Uncertain(f"{label}: connection lost while handing over the message "
+                        f"({_reason(exc)}); it may have been delivered") from None
+    if refused:
+        raise PartlyRefused(f"{label}: delivered, but recipients refused: {_refused(refused)}")
+
+
+def _refused(refused: dict[str, tuple[int, bytes]]) -> str:
+    def text(reply: bytes) -> str:
+        return " ".join(reply.decode("utf-8", "replace").split())[:200]
+
+    return ", ".join(f"{r} ({code} {text(reply)})" for r, (code, reply) in sorted(refused.items()))
 
 
 def _reason(exc: BaseException) -> str:

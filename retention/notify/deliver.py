@@ -7,7 +7,9 @@ then, when ``notify.smtp`` is configured, the row is re-journalled as ``smtp-fal
 *before* the hand-off and the notice goes by SMTP, and the outcome says so. ``smtp``:
 ``adapters.smtp.submit``. An SMTP hand-off interrupted by a crash cannot be checked at
 the relay, so a ``pending`` SMTP row found at the start of a later run is looked for in
-the INBOX (it may have arrived) and otherwise marked ``unknown``, never sent twice.
+the INBOX (it may have arrived) and otherwise marked ``unknown``, never sent twice. A
+delivery that failed where nothing can have arrived (the relay down or refusing, APPEND
+refused) is ``retry``: the next runs deliver it again (``NoticeStore.to_retry``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,17 @@ from datetime import UTC, datetime
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any
 
+from retention.adapters.smtp import PartlyRefused, Uncertain
 from retention.errors import AccountError, ProtocolError, RetentionError
-from retention.state.notices import FAILED, PENDING, SENT, UNKNOWN, NoticeRow, NoticeStore
+from retention.state.notices import (
+    FAILED,
+    PENDING,
+    RETRY,
+    SENT,
+    UNKNOWN,
+    NoticeRow,
+    NoticeStore,
+)
 
 if TYPE_CHECKING:
     from retention.config.schema import Account, Notify, SmtpSettings
@@ -94,8 +105,10 @@ class Delivery:
         channel, state, detail = row.channel, FAILED, ""
         try:
             if channel == "append" and self.account.protocol != "imap":
-                if self.notify.smtp is None:
-                    raise ProtocolError("POP3 has no APPEND and notify.smtp is not configured")
+                if self.notify.smtp is None:  # no retry can help: the policy must change
+                    detail = "POP3 has no APPEND and notify.smtp is not configured"
+                    self.store.mark(row.event, FAILED, channel=channel, detail=detail)
+                    return FAILED, channel, detail
                 channel = "smtp-fallback"
                 self.store.mark(row.event, PENDING, channel=channel,
                                 detail="POP3 account: no IMAP APPEND")
@@ -121,11 +134,16 @@ class Delivery:
             if channel != "append":
                 if not detail:
                     detail = self._smtp(row)
-                    if channel == "smtp-fallback":
+                    if channel == "smtp-fallback" and self.account.protocol != "imap":
                         detail = "POP3 account, no APPEND; " + detail
                 state = SENT
+        except (Uncertain, PartlyRefused) as e:
+            # The relay may have it (or has it for some): never again.
+            state, detail = (UNKNOWN if isinstance(e, Uncertain) else FAILED), str(e)
         except (AccountError, RetentionError) as e:
-            state, detail = FAILED, str(e) or type(e).__name__
+            # Known not delivered: an APPEND is looked for by Message-ID before it is
+            # tried again, an SMTP error before the hand-off left nothing at the relay.
+            state, detail = RETRY, str(e) or type(e).__name__
         self.store.mark(row.event, state, channel=channel, detail=detail)
         return state, channel, detail
 

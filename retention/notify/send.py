@@ -142,8 +142,16 @@ def _notify(
     outcomes: list[NoticeOutcome] = []
     with StateDir(config.state_dir).notices() as store:
         d = Delivery(account, notify, store, password, **delivery)
-        for row in store.pending(account.name):
+        interrupted = store.pending(account.name)
+        for row in interrupted:
             state, ch, detail = d.finish_interrupted(row)
+            outcomes.append(NoticeOutcome(row.kind, row.event, _status(state), ch, "", "",
+                                          "", detail))
+        tried = {row.event for row in interrupted}
+        for row in store.to_retry(account.name, now=now):
+            if row.event in tried:
+                continue  # one attempt per run
+            state, ch, detail = d.send(row)
             outcomes.append(NoticeOutcome(row.kind, row.event, _status(state), ch, "", "",
                                           "", detail))
         level = store.level(account.name)
@@ -167,4 +175,5 @@ def _notify(
 
 
 def _status(state: str) -> Any:
-    return {"sent": "sent", "failed": "failed", "unknown": "unknown"}.get(state, "failed")
+    return {"sent": "sent", "failed": "failed", "unknown": "unknown",
+            "retry": "will_retry"}.get(state, "failed")

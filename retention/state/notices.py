@@ -8,10 +8,12 @@ This module owns two records:
 * ``notices``: one row per notice *event* (``warning:<account>:<n>``,
   ``archived:<account>:<run>``), written ``pending`` (with the exact message bytes) in
   the same transaction as the level change, *before* anything is delivered, then
-  ``sent`` / ``failed`` / ``unknown``. An event is never delivered twice: a ``pending``
-  row left by a crash is finished by the next run (the delivery code looks for the
-  notice's Message-ID in the INBOX before sending it again) and an SMTP hand-off whose
-  outcome is unknown becomes ``unknown`` rather than a second copy.
+  ``sent`` / ``failed`` / ``unknown``, or ``retry`` when delivery failed in a way known
+  not to have delivered it (the relay was down, APPEND refused): the next runs try again
+  until ``RETRY_FOR`` after the event, then give up (``failed``). An event is never
+  delivered twice: a ``pending`` row left by a crash is finished by the next run (the
+  delivery code looks for the notice's Message-ID in the INBOX before sending it again)
+  and an SMTP hand-off whose outcome is unknown becomes ``unknown``, not a second copy.
 
 Durability as the action journal: WAL, ``synchronous=FULL``, file mode 0600.
 """
@@ -23,13 +25,15 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retention.errors import JournalError
 from retention.state import sqlite
 
 PENDING, SENT, FAILED, UNKNOWN = "pending", "sent", "failed", "unknown"
+RETRY = "retry"  # not delivered, and known not to be: the next run tries again
+RETRY_FOR = timedelta(days=7)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS levels (
@@ -179,6 +183,22 @@ class NoticeStore:
         cur = self._conn.execute(
             "SELECT * FROM notices WHERE account=? AND state=? ORDER BY created",
             (account, PENDING),
+        )
+        return [_row(r) for r in cur.fetchall()]
+
+    def to_retry(self, account: str, *, now: datetime) -> list[NoticeRow]:
+        """Rows to deliver again; those older than ``RETRY_FOR`` become ``failed``."""
+        cutoff = (now - RETRY_FOR).astimezone(UTC).isoformat()
+        with self._tx():
+            self._conn.execute(
+                "UPDATE notices SET state=?, detail=COALESCE(detail, '') || ?, updated=?"
+                " WHERE account=? AND state=? AND created<?",
+                (FAILED, f" (gave up after {RETRY_FOR.days} days)", _now(), account, RETRY,
+                 cutoff),
+            )
+        cur = self._conn.execute(
+            "SELECT * FROM notices WHERE account=? AND state=? ORDER BY created",
+            (account, RETRY),
         )
         return [_row(r) for r in cur.fetchall()]
 

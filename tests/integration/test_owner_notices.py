@@ -207,3 +207,63 @@ def test_a_crash_after_the_append_never_sends_the_notice_twice(
     assert finished["status"] == "sent" and "already in INBOX" in finished["detail"], finished
     assert len(notices_in_inbox(mail_user)) == 1
     assert pf.run().account(name)["notices"] == []
+
+
+@pytest.mark.parametrize("mail_user", [200 * KiB], indirect=True)
+def test_a_relay_that_refuses_for_now_gets_the_notice_on_a_later_run(
+    tmp_path: Any, mail_user: MailUser, smtp: SmtpSink
+) -> None:
+    """Over quota (APPEND refused) and the relay answers 451: nothing can have arrived, so
+    the notice is kept for the next run, which delivers it once."""
+    pf = PolicyFile(tmp_path, policy(smtp=smtp_settings(smtp, mail_user)))
+    pf.add_imap(mail_user)
+    mail_user.seed("INBOX", [SeedMessage(received=ago(days=3), size=25 * KiB)
+                             for _ in range(9)], recalc_quota=True)
+    smtp.refuse = "451 4.3.0 try again later"
+    first = pf.run()
+    assert first.code == 0, first
+    (held,) = first.report["accounts"][0]["notices"]
+    assert held["status"] == "will_retry" and "451" in held["detail"], held
+    assert smtp.messages == []
+
+    smtp.refuse = None
+    second = pf.run()
+    (sent,) = second.report["accounts"][0]["notices"]
+    assert sent["status"] == "sent" and sent["channel"] == "smtp-fallback", sent
+    assert len(smtp.messages) == 1
+    assert pf.run().report["accounts"][0]["notices"] == []
+    assert len(smtp.messages) == 1
+
+
+@pytest.mark.parametrize("mail_user", [200 * KiB], indirect=True)
+def test_a_connection_lost_during_data_is_never_sent_again(
+    tmp_path: Any, mail_user: MailUser, smtp: SmtpSink
+) -> None:
+    pf = PolicyFile(tmp_path, policy(smtp=smtp_settings(smtp, mail_user)))
+    pf.add_imap(mail_user)
+    mail_user.seed("INBOX", [SeedMessage(received=ago(days=3), size=25 * KiB)
+                             for _ in range(9)], recalc_quota=True)
+    smtp.drop_in_data = True
+    first = pf.run()
+    (lost,) = first.report["accounts"][0]["notices"]
+    assert lost["status"] == "unknown" and "may have been delivered" in lost["detail"], lost
+    smtp.drop_in_data = False
+    assert pf.run().report["accounts"][0]["notices"] == []
+    assert len(smtp.messages) == 1  # the relay's copy, never a second one
+
+
+@pytest.mark.parametrize("mail_user", [200 * KiB], indirect=True)
+def test_smtp_with_implicit_tls(tmp_path: Any, mail_user: MailUser) -> None:
+    """``security: tls`` (port 465 style), verified against the test CA."""
+    d = mail_user.server.directory
+    with SmtpSink(tls_cert=d / "server.crt", tls_key=d / "server.key",
+                  implicit_tls=True) as sink:
+        settings = {**smtp_settings(sink, mail_user), "security": "tls"}
+        pf = PolicyFile(tmp_path, policy(delivery="smtp", smtp=settings))
+        pf.add_imap(mail_user)
+        mail_user.seed("INBOX", [SeedMessage(received=ago(days=3), size=25 * KiB)
+                                 for _ in range(7)], recalc_quota=True)
+        result = pf.run()
+        (sent,) = result.report["accounts"][0]["notices"]
+        assert sent["status"] == "sent" and sent["channel"] == "smtp", sent
+        assert len(sink.messages) == 1

@@ -21,7 +21,16 @@ from retention.notify.deliver import Delivery
 from retention.notify.templates import load
 from retention.plan import Action, ActionKind, Clock
 from retention.result import ActionResult
-from retention.state.notices import PENDING, SENT, UNKNOWN, NoticeRow, NoticeStore
+from retention.state.notices import (
+    FAILED,
+    PENDING,
+    RETRY,
+    RETRY_FOR,
+    SENT,
+    UNKNOWN,
+    NoticeRow,
+    NoticeStore,
+)
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -191,7 +200,7 @@ def test_over_quota_append_falls_back_to_smtp(tmp_path: Path) -> None:
     without = delivery(tmp_path / "b", FakeImap(over_quota=True), [])
     without.store.add_pending(r)
     state, _, detail = without.send(r)
-    assert state == "failed" and "no notify.smtp" in detail
+    assert state == RETRY and "no notify.smtp" in detail  # the next run tries again
 
 
 def test_a_crash_after_append_never_appends_twice(tmp_path: Path) -> None:
@@ -215,3 +224,46 @@ def test_an_interrupted_smtp_hand_off_is_not_repeated(tmp_path: Path) -> None:
     d.store.add_pending(r)
     state, _, detail = d.finish_interrupted(r)
     assert state == UNKNOWN and "never sent twice" in detail and sent == []
+
+
+def test_a_notice_that_failed_before_the_hand_off_is_retried_then_given_up(
+    tmp_path: Path,
+) -> None:
+    imap, sent = FakeImap(over_quota=True), []
+    d = delivery(tmp_path, imap, sent)
+    r = row()
+    d.store.add_pending(r)
+    assert d.send(r)[0] == RETRY
+    (again,) = d.store.to_retry("alice", now=NOW)
+    imap.over_quota = False  # the run freed space: the APPEND now goes in, once
+    assert d.send(again)[0] == SENT and len(imap.inbox) == 1
+    assert d.store.to_retry("alice", now=NOW) == []
+    # A notice that cannot be delivered for RETRY_FOR is given up, with the reason.
+    later = delivery(tmp_path / "b", FakeImap(over_quota=True), [])
+    later.store.add_pending(r)
+    later.send(r)
+    assert later.store.to_retry("alice", now=NOW + RETRY_FOR + RETRY_FOR) == []
+    gone = later.store.get(r.event)
+    assert gone is not None and gone.state == FAILED and "gave up" in (gone.detail or "")
+
+
+@pytest.mark.parametrize(("error", "state"), [
+    ("uncertain", UNKNOWN), ("partly", FAILED), ("refused", RETRY)])
+def test_smtp_errors_say_whether_the_relay_may_have_the_notice(
+    tmp_path: Path, error: str, state: str
+) -> None:
+    from retention.adapters.smtp import PartlyRefused, Uncertain
+
+    def smtp(*_: Any) -> str:
+        raise {"uncertain": Uncertain("lost during DATA"),
+               "partly": PartlyRefused("delivered, some refused"),
+               "refused": ProtocolError("451 try later")}[error]
+
+    store = NoticeStore.open(tmp_path / "notices.sqlite3")
+    d = Delivery(ACCOUNT, Notify(delivery="smtp", smtp={"host": "relay"}), store,
+                 lambda c: "pw", imap_connect=FakeImap().connect, smtp_submit=smtp)
+    r = row("smtp")
+    store.add_pending(r)
+    assert d.send(r)[0] == state
+    assert [x.event for x in store.to_retry("alice", now=NOW)] == (
+        [r.event] if state == RETRY else [])
