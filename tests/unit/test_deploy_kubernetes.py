@@ -119,12 +119,12 @@ def test_batch_cronjob_of_an_indexed_job() -> None:
 
 
 def test_cli_flags_in_the_manifests_exist() -> None:
-    from retention.cli import _parser
+    from retention.cli.parser import build_parser
 
     cron = _one(OVERLAYS / "batch" / "cronjob.yaml")
     (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     args = [a.replace("$(SHARD_INDEX)", "0") for a in container["args"]]
-    ns = _parser().parse_args(args)
+    ns = build_parser().parse_args(args)
     assert ns.shard == "0/8" and ns.once_within == "12h"
 
 

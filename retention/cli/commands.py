@@ -1,0 +1,157 @@
+"""``retention run``, ``usage``, ``history`` and ``restore``: the commands that read mail
+state (and, for ``run`` and ``restore``, change it), with their exit codes.
+
+This module owns how each of them turns its flags into calls to ``run/``, ``service.batch``
+and ``state/``, and how their results reach stdout, stderr and the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retention.cli.common import emit, select, sharded, when, with_once_within
+from retention.config.schema import Config
+from retention.errors import ExitCode
+
+if TYPE_CHECKING:
+    from retention.result import AccountResult
+    from retention.service.batch import Progress
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from retention import report
+    from retention.result import RunResult
+    from retention.run.account import retry_throttled, run_account
+    from retention.service.batch import Progress, run_ordered
+
+    config = with_once_within(config, args.once_within)
+    _limits(config)
+    accounts = sharded(select(config, args.account), args)
+    now = datetime.now(UTC)
+    jobs, per_host = _jobs(config, args)
+    progress = Progress(len(accounts))
+    results = tuple(run_ordered(
+        accounts, lambda a: run_account(config, a, dry_run=args.dry_run, now=now),
+        jobs=jobs, per_host=per_host, host_limits=_host_limits(config), progress=progress,
+        is_error=lambda r: r.status == "error",
+    ))
+    progress.finish()
+    results = retry_throttled(  # later in the sweep: the provider asked us to slow down
+        accounts, results, lambda a: run_account(config, a, dry_run=args.dry_run, now=now))
+    result = RunResult(dry_run=args.dry_run, generated_at=now, accounts=results)
+    if args.format == "html":
+        from retention.page.html import levels_of, to_html
+
+        text = to_html(result, levels_of(config, [a.account for a in result.accounts]))
+    elif args.format == "json":
+        text = report.to_json(result)
+    else:
+        text = report.to_text(result)
+    emit(text, args.output)
+    for a in result.accounts:
+        if a.status == "error":
+            print(
+                f"retention: account {a.account} failed ({a.error_kind}): {a.error}",
+                file=sys.stderr,
+            )
+    return result.exit_code
+
+
+def cmd_usage(config: Config, args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from retention.errors import RetentionError
+    from retention.run.account import measure_account, open_observations
+    from retention.service.batch import Progress, run_ordered
+
+    accounts = sharded(select(config, args.account), args)
+    jobs, per_host = _jobs(config, args)
+    progress = Progress(len(accounts))
+    try:
+        shared: Any = open_observations(config)  # one store for all: see measure_account
+    except RetentionError:
+        shared = nullcontext()  # each account then reports why it cannot record
+    with shared as observations:
+        return _print_usage(args, run_ordered(
+            accounts, lambda a: measure_account(config, a, observations=observations),
+            jobs=jobs, per_host=per_host, host_limits=_host_limits(config), progress=progress,
+            is_error=lambda r: r.status == "error",
+        ), progress)
+
+
+def _print_usage(
+    args: argparse.Namespace, measured: Iterator[AccountResult], progress: Progress
+) -> int:
+    from retention import report
+
+    if args.format == "json":
+        results = list(measured)
+        progress.finish()
+        sys.stdout.write(report.usage_json(results))
+    else:
+        results = []
+        for r in measured:
+            results.append(r)
+            if r.status != "ok":
+                print(f"{r.account:20} {r.status}: {r.error}")
+                continue
+            limit = report.human_size(r.limit_bytes) if r.limit_bytes else "unknown"
+            ratio = (
+                f"{100 * r.usage_bytes / r.limit_bytes:.1f}%"
+                if (r.usage_bytes is not None and r.limit_bytes)
+                else "-"
+            )
+            print(
+                f"{r.account:20} {report.human_size(r.usage_bytes):>10} of {limit:>10} "
+                f"{ratio:>7}  ({r.usage_source}"
+                f"{', limit from Graph' if r.limit_source == 'graph' else ''})"
+            )
+        progress.finish()
+    return ExitCode.FAILED if any(r.status == "error" for r in results) else ExitCode.OK
+
+
+def cmd_history(config: Config, args: argparse.Namespace) -> int:
+    from retention.state.history import history
+
+    select(config, args.account)
+    sys.stdout.write(history(config, accounts=args.account, since=args.since, fmt=args.format))
+    return ExitCode.OK
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    from retention.run.restore import Selection, render, restore
+
+    (account,) = select(config, [args.account])
+    selection = Selection(
+        run_id=args.run, since=when(args.since, "--since"), until=when(args.until, "--until"),
+        message_ids=tuple(args.message_id), folder=args.folder,
+    )
+    report = restore(config, account, selection, to_folder=args.to_folder,
+                     dry_run=args.dry_run, export_mbox=args.export_mbox)
+    sys.stdout.write(render(report, args.format))
+    return ExitCode.FAILED if report.failed else ExitCode.OK
+
+
+def _host_limits(config: Config) -> dict[str, int]:
+    """Big providers' hosts take more connections, unless the file set the limit itself."""
+    from retention.config.providers import host_limits
+
+    return host_limits("max_connections_per_host" in config.service.model_fields_set)
+
+
+def _jobs(config: Config, args: argparse.Namespace) -> tuple[int, int]:
+    jobs = args.jobs if args.jobs is not None else config.service.concurrency
+    return jobs, config.service.max_connections_per_host
+
+
+def _limits(config: Config) -> None:
+    """Body memory bound and spool folder (review F11) for this process's account passes."""
+    from retention.adapters.spool import Limits
+
+    Limits.configure(config.message_memory, Path(config.state_dir) / "tmp")
