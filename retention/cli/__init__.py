@@ -73,6 +73,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return device_login(config, args.account, sys.stdout)
     if command == "restore":
         return commands.cmd_restore(config, args)
+    if command == "recover":
+        return commands.cmd_recover(config, args)
     raise AssertionError(f"unknown command {command}")
 
 

@@ -138,6 +138,24 @@ def cmd_restore(config: Config, args: argparse.Namespace) -> int:
     return ExitCode.FAILED if report.failed else ExitCode.OK
 
 
+def cmd_recover(config: Config, args: argparse.Namespace) -> int:
+    from retention.errors import AccountLocked
+    from retention.state.stuck import recover_command
+
+    (account,) = select(config, [args.account])
+    try:
+        code, out, err = recover_command(
+            config, account, abandon_rows=args.abandon, only=args.row, confirmed=args.yes,
+            fmt=args.format)
+    except AccountLocked as e:
+        print(f"retention: account {account.name}: {e}; try again when it is done",
+              file=sys.stderr)
+        return ExitCode.FAILED
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return code
+
+
 def _host_limits(config: Config) -> dict[str, int]:
     """Big providers' hosts take more connections, unless the file set the limit itself."""
     from retention.config.providers import host_limits

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp)
     sp.add_argument("account", metavar="ACCOUNT")
     _restore_parser(sub, with_config)
+    _recover_parser(sub, with_config)
     sp = sub.add_parser("serve", help="run as a service: scheduler + Prometheus metrics")
     with_config(sp)
     return p
@@ -131,4 +132,19 @@ def _restore_parser(sub: Any, with_config: Any) -> None:
     sp.add_argument("--export-mbox", type=Path, default=None, metavar="PATH",
                     help="write the selection to an mbox instead (the only way for POP3)")
     sp.add_argument("--dry-run", action="store_true", help="show what would be restored")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def _recover_parser(sub: Any, with_config: Any) -> None:
+    sp = sub.add_parser(
+        "recover", help="list, or give up on, interrupted actions recovery cannot finish")
+    with_config(sp)
+    sp.add_argument("--account", required=True, metavar="NAME")
+    what = sp.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="show the open actions (default)")
+    what.add_argument("--abandon", action="store_true",
+                      help="mark them abandoned; deletes nothing (needs --yes)")
+    sp.add_argument("--row", action="append", type=int, default=[], metavar="ID",
+                    help="only this journal row (repeatable)")
+    sp.add_argument("--yes", action="store_true", help="confirm --abandon")
     sp.add_argument("--format", choices=["text", "json"], default="text")

@@ -48,6 +48,7 @@ from retention.state.journal import (
     Journal,
     JournalRow,
 )
+from retention.state.stuck import hint
 
 if TYPE_CHECKING:
     from retention.adapters import MailSession
@@ -115,8 +116,16 @@ class Recovery:
 
         No message is archived twice: a copy is only ever made again after the previous
         attempt was proven absent or rolled back. Raises ArchiveError when a target needed
-        to verify a copy cannot be reached (nothing is deleted then).
+        to verify a copy cannot be reached (nothing is deleted then); its message names
+        ``retention recover``, the operator's way out when that lasts (review M9).
         """
+        try:
+            return self._run()
+        except ArchiveError as e:
+            raise ArchiveError(f"recovering interrupted actions: {e}; {hint(self.account)}"
+                               ) from None
+
+    def _run(self) -> RecoveryReport:
         report = RecoveryReport()
         for intent in self.journal.intents(account=self.account):
             repair_intent(self.journal, intent)

@@ -2,7 +2,9 @@
 
 This module owns the query (completed removals: ``deleted`` and ``moved`` journal rows,
 each removal exactly once, plus the messages ``retention restore`` put back, with
-``action: restore``; oldest first) and its three renderings:
+``action: restore``, and the interrupted actions an operator gave up on with ``retention
+recover --abandon``, with ``action: abandoned`` (nothing was removed for those; ``reason``
+says where the message was left); oldest first) and its three renderings:
 
 * ``text``: a table, one line per removal, and a count.
 * ``json``: ``{"entries": [ENTRY, ...]}``.
@@ -10,7 +12,7 @@ each removal exactly once, plus the messages ``retention restore`` put back, wit
 
 ENTRY keys: ``when`` (completion time, UTC ISO 8601), ``account``, ``folder``,
 ``message_id``, ``date`` (the message's received time), ``size``, ``rule``, ``action``
-(``delete`` | ``trash`` | ``move`` | ``archive`` | ``restore``), ``to_folder``,
+(``delete`` | ``trash`` | ``move`` | ``archive`` | ``restore`` | ``abandoned``), ``to_folder``,
 ``archive`` (target name),
 ``archive_location``, ``sha256`` (of the source bytes, archive only), ``uid``,
 ``uidvalidity``, ``uidl``, ``reason``, ``run_id``. Absent values are ``null`` (empty in CSV).
@@ -153,8 +155,24 @@ def history(
     with state.journal() as journal:
         entries = query(journal, accounts=accounts, since=since, now=now)
         entries += restore_entries(journal, path, accounts=accounts, since=since, now=now)
+        entries += abandoned_entries(journal, accounts=accounts, since=since)
     entries.sort(key=lambda e: e["when"] or "")
     return render(entries, fmt)
+
+
+def abandoned_entries(journal: Journal, *, accounts: Sequence[str] = (),
+                      since: datetime | None = None) -> list[dict[str, Any]]:
+    """Interrupted actions given up by ``retention recover --abandon`` (review M9):
+    ``action: abandoned``; ``reason`` is the original action and where the message was left."""
+    out = []
+    for row in journal.abandoned(since=since):
+        if accounts and row.account not in accounts:
+            continue
+        e = entry(row)
+        e.update({"action": "abandoned", "archive_location": row.location,
+                  "reason": f"{row.action}: {row.detail}"})
+        out.append(e)
+    return out
 
 
 def restore_entries(

@@ -12,11 +12,13 @@ One row per (run, message, action). Its ``state`` follows this machine (enforced
     planned -> archived -> verified -> deleting -> deleted      (archive)
     planned -> deleting -> deleted                                (delete; POP3 until QUIT)
     planned -> deleted | moved                                    (IMAP delete, move/trash)
-    any open state -> failed | skipped | dropped
+    any open state -> failed | skipped | dropped | abandoned
 
 ``deleting`` means the removal was sent but is committed only later (POP3 ``DELE`` is
 committed by ``QUIT``). ``dropped`` means an interrupted run had planned the row but never
-acted on it; recovery found the message untouched. Rows in ``deleted``/``moved`` are the
+acted on it; recovery found the message untouched. ``abandoned`` means an operator gave up
+on a row recovery could not finish (``retention recover --abandon``, review M9): nothing was
+done to the mailbox for it. Rows in ``deleted``/``moved`` are the
 audit history: each removal appears exactly once.
 
 Archive rows carry ``sha256`` (of the exact source bytes), ``copy_sha256`` (of what the
@@ -68,9 +70,10 @@ MOVED = "moved"
 FAILED = "failed"
 SKIPPED = "skipped"
 DROPPED = "dropped"
+ABANDONED = "abandoned"  # given up by the operator (retention recover --abandon)
 
 OPEN_STATES = frozenset({PLANNED, ARCHIVED, VERIFIED, DELETING})
-TERMINAL_STATES = frozenset({DELETED, MOVED, FAILED, SKIPPED, DROPPED})
+TERMINAL_STATES = frozenset({DELETED, MOVED, FAILED, SKIPPED, DROPPED, ABANDONED})
 REMOVED_STATES = frozenset({DELETED, MOVED})
 # new state -> the states it may follow
 _ALLOWED: dict[str, frozenset[str]] = {
@@ -82,6 +85,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     FAILED: OPEN_STATES,
     SKIPPED: OPEN_STATES,
     DROPPED: OPEN_STATES,
+    ABANDONED: OPEN_STATES,
 }
 
 CRASH_ENV = "RETENTION_TEST_CRASH_AFTER"
@@ -499,6 +503,20 @@ class Journal:
         )
         return [_row(r) for r in cur.fetchall()]
 
+    def all_open_rows(self, account: str) -> list[JournalRow]:
+        """Every open row of ``account``, whichever mailbox it is about, oldest first."""
+        cur = self._exec(
+            "SELECT * FROM actions WHERE account=? AND state IN (?,?,?,?) ORDER BY id",
+            (account, *sorted(OPEN_STATES)),
+        )
+        return [_row(r) for r in cur.fetchall()]
+
+    def abandoned(
+        self, *, account: str | None = None, since: datetime | None = None
+    ) -> list[JournalRow]:
+        """Rows an operator abandoned, oldest first (listed by ``retention history``)."""
+        return self._closed_in({ABANDONED}, account, since)
+
     def latest_by_key(self, account: str, keys: Iterable[str]) -> dict[str, JournalRow]:
         """The newest row per message key (``MessageRef.key()``) among ``keys``."""
         out: dict[str, JournalRow] = {}
@@ -534,8 +552,13 @@ class Journal:
         self, *, account: str | None = None, since: datetime | None = None
     ) -> list[JournalRow]:
         """Completed removals (``deleted``/``moved``), oldest first: the audit history."""
-        sql = "SELECT * FROM actions WHERE state IN (?,?)"
-        params: list[Any] = sorted(REMOVED_STATES)
+        return self._closed_in(REMOVED_STATES, account, since)
+
+    def _closed_in(self, states: Iterable[str], account: str | None,
+                   since: datetime | None) -> list[JournalRow]:
+        states = sorted(states)
+        sql = f"SELECT * FROM actions WHERE state IN ({','.join('?' * len(states))})"  # noqa: S608
+        params: list[Any] = list(states)
         if account is not None:
             sql += " AND account=?"
             params.append(account)
