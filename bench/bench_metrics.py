@@ -5,9 +5,10 @@
 Measured by hand, never asserted in tests. Builds the service's ``Metrics`` exactly as
 ``serve`` does (``set_accounts`` from a policy, then one measurement and one run result
 per account, with usage ratios spread over 0-110% and 1% of the accounts in error), then
-renders the Prometheus text exposition (``generate_latest``, what ``/metrics`` sends)
-``--runs`` times. Prints the body size, the median render time, the number of series, and
-the cost of filling the state (the observations a real sweep would deliver over a day).
+renders the Prometheus text exposition (``generate_latest``) ``--runs`` times, then
+serves ``GET /metrics`` through the service's WSGI app (``service.http.make_app``:
+client_python's ``make_wsgi_app``) ``--runs`` times, plain and gzip. Prints the body
+size, the median render time, the number of series, and the cost of filling the state (the observations a real sweep would deliver over a day).
 With ``--mode all`` and fewer accounts it shows what the per-account series cost instead.
 Target (issue 13): under 200 KB and 0.2 s at 1,000,000 accounts under top:100.
 """
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from retention.config.schema import Account, Config, Policy  # noqa: E402
 from retention.result import AccountResult  # noqa: E402
+from retention.service.http import make_app  # noqa: E402
 from retention.service.metrics import Metrics  # noqa: E402
 
 SCHEDULE = "0 3 * * *"
@@ -84,12 +86,28 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         body = generate_latest(registry)
         times.append(time.perf_counter() - t)
+    # What a scrape costs through the served app (client_python's make_wsgi_app behind
+    # service.http), plain and with Accept-Encoding: gzip as Prometheus sends it.
+    app = make_app(registry, lambda: True, lambda: True)
+    served: dict[str, tuple[list[float], int]] = {}
+    for label, extra in (("plain", {}), ("gzip", {"HTTP_ACCEPT_ENCODING": "gzip"})):
+        app_times, size = [], 0
+        for _ in range(args.runs):
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": "",
+                       **extra}
+            t = time.perf_counter()
+            size = len(b"".join(app(environ, lambda *a: None)))
+            app_times.append(time.perf_counter() - t)
+        served[label] = (app_times, size)
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"accounts={args.accounts} account_metrics={mode}")
     print(f"  /metrics body: {len(body) / 1024:.1f} KiB, {series} series")
     print(f"  render (generate_latest): median {statistics.median(times) * 1000:.1f} ms, "
           f"max {max(times) * 1000:.1f} ms over {args.runs} runs")
+    for label, (app_times, size) in served.items():
+        print(f"  GET /metrics ({label}): {size / 1024:.1f} KiB, median "
+              f"{statistics.median(app_times) * 1000:.1f} ms, max {max(app_times) * 1000:.1f} ms")
     print(f"  set_accounts: {setup:.1f} s; 2 observations per account: {fill:.1f} s "
           f"({fill / max(1, 2 * args.accounts) * 1e6:.1f} us each); peak RSS {rss:.0f} MiB")
     return 0

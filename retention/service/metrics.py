@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from retention import __version__
@@ -92,6 +92,12 @@ class _Account:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
 
+# Prometheus' and Alertmanager's names for the same facts. The old name stays for one
+# release so that rules and dashboards can move at their own pace (README: Metrics).
+RELOAD_OK = "retention_config_last_reload_successful"
+RELOAD_OK_AT = "retention_config_last_reload_success_timestamp_seconds"
+RELOAD_OK_DEPRECATED = "retention_config_reload_success"
+
 AUTO_ALL_UP_TO = 10_000
 AUTO_TOP = 100
 ERRORS_PER_K = 1
@@ -126,6 +132,7 @@ class ServiceCollector:
         self.lock = threading.Lock()
         self.accounts: dict[str, _Account] = {}
         self.reload_ok = 1.0
+        self.reload_ok_at = clock()  # the service starts with a policy that loaded
         self.account_metrics = account_metrics
         self.fleet = FleetIndex()
         self._hashes: dict[str, str] = {}
@@ -157,7 +164,9 @@ class ServiceCollector:
             yield GaugeMetricFamily(name, doc, labels=labels)
         for name, doc, _ in _COUNTERS:
             yield CounterMetricFamily(name, doc, labels=labels)
-        yield GaugeMetricFamily("retention_config_reload_success", "", labels=labels)
+        yield GaugeMetricFamily(RELOAD_OK, "", labels=labels)
+        yield GaugeMetricFamily(RELOAD_OK_DEPRECATED, "", labels=labels)
+        yield GaugeMetricFamily(RELOAD_OK_AT, "", labels=labels)
         yield GaugeMetricFamily("retention_accounts", "", labels=labels)
         yield GaugeMetricFamily("retention_build_info", "", labels=labels)
         yield from FleetIndex().families(0.0)
@@ -171,7 +180,7 @@ class ServiceCollector:
             else:
                 rows = [(self._label(n), _snapshot(self.accounts[n], now)) for n in names
                         if n in self.accounts]
-            reload_ok = self.reload_ok
+            reload_ok, reload_ok_at = self.reload_ok, self.reload_ok_at
             total = len(self.accounts)
             fleet = list(self.fleet.families(now))
         per_account = self.label != "none"
@@ -200,9 +209,18 @@ class ServiceCollector:
                 cfam.add_metric(list(key), value)
             yield cfam
         yield GaugeMetricFamily(
-            "retention_config_reload_success",
+            RELOAD_OK,
             "1 if the last policy reload (SIGHUP) succeeded, 0 if the old policy stayed",
             value=reload_ok,
+        )
+        yield GaugeMetricFamily(
+            RELOAD_OK_DEPRECATED,
+            f"Deprecated (removed in the next release): the same value as {RELOAD_OK}",
+            value=reload_ok,
+        )
+        yield GaugeMetricFamily(
+            RELOAD_OK_AT, "When the policy was last loaded successfully (start-up or SIGHUP)",
+            value=reload_ok_at,
         )
         yield GaugeMetricFamily(
             "retention_accounts", "Accounts this agent owns (its shard of the policy)",
@@ -295,6 +313,9 @@ class Metrics:
     ) -> None:
         self.registry = registry
         self.clock = clock
+        # No ``*_created`` series next to the histogram: a gauge per series that no rule
+        # uses (process-wide in client_python; this process serves one set of metrics).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.collector = ServiceCollector(account_label, clock, account_metrics)
         self.fleet = self.collector.fleet
         registry.register(self.collector)
@@ -345,6 +366,8 @@ class Metrics:
     def set_reload(self, ok: bool) -> None:
         with self.collector.lock:
             self.collector.reload_ok = 1.0 if ok else 0.0
+            if ok:
+                self.collector.reload_ok_at = self.clock()
 
     def observe_measurement(self, result: AccountResult) -> None:
         with self.collector.lock:

@@ -15,7 +15,7 @@ what is exported. The shape, chosen so that 10,000 accounts cost a handful of jo
   and the forecast fresh without cleaning;
 * ``SIGHUP`` reloads the policy file: validated first (schema and every schedule); if
   invalid the old policy stays, the problems are logged and
-  ``retention_config_reload_success`` drops to 0. Service settings (port, pool sizes)
+  ``retention_config_last_reload_successful`` drops to 0. Service settings (port, pool sizes)
   need a restart; a reload says so when they changed;
 * ``SIGTERM``/``SIGINT``: no new ticks, queued accounts dropped, the ``stop`` event tells
   running accounts to stop at their next batch boundary; exit 0 when they all finished

@@ -209,7 +209,7 @@ def test_serve_ticks_metrics_counters_and_reload(tmp_path, make_user, serve_fact
         assert serve.value("retention_last_success_timestamp_seconds", account=name)
         assert serve.value("retention_schedule_period_seconds", account=name) == 2
         assert serve.value("retention_mailbox_warn_ratio", account=name) == 0.8
-    assert serve.value("retention_config_reload_success") == 1
+    assert serve.value("retention_config_last_reload_successful") == 1
     assert (serve.value("retention_run_duration_seconds_count") or 0) >= 6
 
     # SIGHUP with a broken file: the old policy stays (runs go on), the metric says so.
@@ -217,14 +217,16 @@ def test_serve_ticks_metrics_counters_and_reload(tmp_path, make_user, serve_fact
     pf.path.write_text(good + "accounts: [oops\n")
     before = len(serve.runs())
     serve.proc.send_signal(signal.SIGHUP)
-    serve.wait_for("reload failure", lambda: serve.value("retention_config_reload_success") == 0)
+    serve.wait_for("reload failure",
+                   lambda: serve.value("retention_config_last_reload_successful") == 0)
     serve.wait_for("runs after the failed reload", lambda: len(serve.runs()) >= before + 2,
                    timeout=300)
     assert "event=reload_failed" in serve.log()
     # A fixed file reloads fine.
     pf.path.write_text(good)
     serve.proc.send_signal(signal.SIGHUP)
-    serve.wait_for("reload success", lambda: serve.value("retention_config_reload_success") == 1)
+    serve.wait_for("reload success",
+                   lambda: serve.value("retention_config_last_reload_successful") == 1)
 
     assert serve.stop() == 0
     log = serve.log()

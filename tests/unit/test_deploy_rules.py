@@ -44,7 +44,9 @@ METRICS = frozenset(
         "retention_short_by_bytes",
         "retention_last_run_timestamp_seconds",
         "retention_last_success_timestamp_seconds",
-        "retention_config_reload_success",
+        "retention_config_last_reload_successful",
+        "retention_config_last_reload_success_timestamp_seconds",
+        "retention_config_reload_success",  # deprecated: exported one more release
         "retention_build_info",
         "retention_actions_total",
         "retention_freed_bytes_total",
@@ -63,6 +65,9 @@ METRICS = frozenset(
         "retention_oldest_success_age_seconds",
     }
 )
+DEPRECATED = frozenset({"retention_config_reload_success"})
+RUNBOOK_URL = ("https://github.com/mailbox-retention/mailbox-retention/blob/main/"
+               "deploy/prometheus/RUNBOOK.md")
 HISTOGRAMS = frozenset({"retention_run_duration_seconds", "retention_mailbox_usage_ratio"})
 RECORDED = frozenset({"retention:mailbox_usage_ratio"})
 
@@ -113,7 +118,16 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def _alerts() -> dict[str, dict[str, Any]]:
-    return {r["alert"]: r for r in _rules() if "alert" in r}
+    """Alert name -> its rule (the first, for a name with tiers: see _tiers)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in _rules():
+        if "alert" in r:
+            out.setdefault(r["alert"], r)
+    return out
+
+
+def _tiers(name: str) -> list[dict[str, Any]]:
+    return [r for r in _rules() if r.get("alert") == name]
 
 
 # --- promtool ------------------------------------------------------------------------
@@ -201,13 +215,36 @@ def test_rules_define_the_expected_alerts() -> None:
     assert {r["record"] for r in _rules() if "record" in r} == RECORDED
 
 
+def test_filling_up_has_node_mixins_two_tiers() -> None:
+    """warning: full within 24 h; critical: within 4 h (NodeFilesystemSpaceFillingUp)."""
+    tiers = {r["labels"]["severity"]: r for r in _tiers("MailboxFillingUp")}
+    assert set(tiers) == {"warning", "critical"} and len(_tiers("MailboxFillingUp")) == 2
+    horizons = {sev: set(re.findall(r"\b(\d+) \* 3600", r["expr"])) for sev, r in tiers.items()}
+    assert horizons == {"warning": {"24"}, "critical": {"4"}}
+    assert "24 hours" in tiers["warning"]["annotations"]["summary"]
+    assert "4 hours" in tiers["critical"]["annotations"]["summary"]
+    assert all(len(_tiers(n)) == 1 for n in ALERTS - {"MailboxFillingUp"})
+
+
+def test_rules_use_no_deprecated_metric() -> None:
+    for rule in _rules():
+        assert not _metric_names(rule["expr"]) & DEPRECATED, rule.get("alert", rule.get("record"))
+    assert not set().union(*map(_metric_names, _dashboard_exprs())) & DEPRECATED
+
+
 @pytest.mark.parametrize("name", sorted(ALERTS))
 def test_alert_has_severity_and_annotations(name: str) -> None:
-    alert = _alerts()[name]
+    for alert in _tiers(name):
+        _check_alert(name, alert)
+
+
+def _check_alert(name: str, alert: dict[str, Any]) -> None:
     assert alert["labels"]["severity"] in {"warning", "critical"}
     ann = alert["annotations"]
-    assert {"summary", "description", "runbook"} <= set(ann)
+    assert {"summary", "description", "runbook", "runbook_url"} <= set(ann)
     assert "RUNBOOK.md#" + name.lower() in ann["runbook"]
+    # A URL (Alertmanager and Grafana link it) to this alert's section of the runbook.
+    assert ann["runbook_url"] == f"{RUNBOOK_URL}#{name.lower()}"
     assert (PROM / "RUNBOOK.md").read_text(encoding="utf-8").count(f"## {name}\n") == 1
     text = ann["summary"] + ann["description"]
     assert "$value" in text or "$labels" in text, "annotations should say which/how much"
@@ -229,11 +266,17 @@ def test_rules_use_only_exported_metrics() -> None:
 def test_rule_tests_cover_every_alert_firing_and_not_firing() -> None:
     fires: set[str] = set()
     quiet: set[str] = set()
+    severities: dict[str, set[str]] = {}
     for group in _load(RULE_TESTS)["tests"]:
         for case in group.get("alert_rule_test", []):
             (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+            for exp in case.get("exp_alerts") or []:
+                severities.setdefault(case["alertname"], set()).add(
+                    exp["exp_labels"]["severity"])
     assert fires == ALERTS, f"no firing test for {sorted(ALERTS - fires)}"
     assert quiet == ALERTS, f"no non-firing test for {sorted(ALERTS - quiet)}"
+    for name in ALERTS:  # every tier fires in some test
+        assert severities[name] == {r["labels"]["severity"] for r in _tiers(name)}, name
 
 
 def test_prometheusrule_carries_the_same_groups() -> None:
@@ -313,7 +356,9 @@ def test_grafana_dashboard() -> None:
     assert used <= METRICS, f"unknown metric names in the dashboard: {sorted(used - METRICS)}"
     # Everything the agent exports has a place on the dashboard.
     missing = (
-        METRICS - used - {"retention_mailbox_warn_ratio", "retention_last_run_timestamp_seconds"}
+        METRICS - used - DEPRECATED
+        - {"retention_mailbox_warn_ratio", "retention_last_run_timestamp_seconds",
+           "retention_config_last_reload_success_timestamp_seconds"}
     )
     assert not missing, f"metrics not on the dashboard: {sorted(missing)}"
     exprs = "\n".join(_dashboard_exprs())

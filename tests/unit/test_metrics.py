@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import urllib.error
 import urllib.request
@@ -159,12 +160,21 @@ def test_policy_constants_and_forgotten_accounts(reg):
 
 
 def test_reload_gauge_and_build_info(reg):
-    m = Metrics(reg)
-    assert value(reg, "retention_config_reload_success") == 1
+    now = [T0.timestamp()]
+    m = Metrics(reg, clock=lambda: now[0])
+    ok, old, at = ("retention_config_last_reload_successful", "retention_config_reload_success",
+                   "retention_config_last_reload_success_timestamp_seconds")
+    assert value(reg, ok) == 1 and value(reg, at) == T0.timestamp()
+    now[0] += 60
     m.set_reload(False)
-    assert value(reg, "retention_config_reload_success") == 0
+    assert value(reg, ok) == 0 and value(reg, at) == T0.timestamp()  # the last *success*
     m.set_reload(True)
-    assert value(reg, "retention_config_reload_success") == 1
+    assert value(reg, ok) == 1 and value(reg, at) == T0.timestamp() + 60
+    # The pre-convention name stays one release (deprecated), with the same value.
+    m.set_reload(False)
+    assert value(reg, old) == 0
+    m.set_reload(True)
+    assert value(reg, old) == 1
     text = generate_latest(reg).decode()
     assert "retention_build_info{" in text and 'version="' in text
 
@@ -232,6 +242,15 @@ def get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def request(url: str, method: str = "GET", **headers: str) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
 def test_http_endpoints_on_port_zero(reg):
     m = Metrics(reg)
     m.observe_measurement(result("bob", usage=7, limit=9))
@@ -250,5 +269,56 @@ def test_http_endpoints_on_port_zero(reg):
         assert get(base + "/healthz")[0] == 503
         assert get(base + "/readyz")[0] == 200
         assert get(base + "/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_http_is_prometheus_clients_app_gzip_head_landing_page(reg):
+    m = Metrics(reg)
+    m.observe_measurement(result("bob", usage=7, limit=9))
+    server = MetricsServer(reg, "127.0.0.1", 0, healthy=lambda: True, ready=lambda: True)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        plain = request(base + "/metrics")
+        assert plain[0] == 200 and "Content-Encoding" not in plain[1]
+        code, headers, body = request(base + "/metrics", **{"Accept-Encoding": "gzip"})
+        assert code == 200 and headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(body).decode()
+        assert 'retention_mailbox_usage_bytes{account="bob"} 7.0' in text
+        assert "_created" not in text  # disable_created_metrics
+        # HEAD: GET's status and headers, no body (client_python's app alone says 405).
+        code, headers, body = request(base + "/metrics", "HEAD")
+        assert code == 200 and body == b"" and int(headers["Content-Length"]) == len(plain[2])
+        assert headers["Content-Type"].startswith("text/plain")
+        code, _, body = request(base + "/healthz", "HEAD")
+        assert code == 200 and body == b""
+        # OpenMetrics when asked, the library's negotiation.
+        code, headers, _ = request(base + "/metrics",
+                                   Accept="application/openmetrics-text; version=1.0.0")
+        assert code == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+        # A landing page linking the endpoints.
+        code, headers, body = request(base + "/")
+        assert code == 200 and headers["Content-Type"].startswith("text/html")
+        assert all(f'href="{p}"'.encode() in body for p in ("metrics", "healthz", "readyz"))
+        # Other paths are not metrics; other methods are refused.
+        assert request(base + "/metricsx")[0] == 404
+        assert request(base + "/metrics", "POST")[0] == 405
+    finally:
+        server.stop()
+
+
+def test_http_a_failing_collector_is_a_500_not_a_dead_server(reg, caplog):
+    class Broken:
+        def collect(self):
+            raise RuntimeError("boom")
+
+    reg.register(Broken())
+    server = MetricsServer(reg, "127.0.0.1", 0, healthy=lambda: True, ready=lambda: True)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert request(base + "/metrics")[0] == 500
+        assert request(base + "/healthz")[0] == 200
     finally:
         server.stop()

@@ -137,7 +137,7 @@ def test_a_reload_that_fails_with_any_error_keeps_the_old_policy(tmp_path, monke
                               + bad)
             with caplog.at_level(logging.ERROR, logger="retention.service"):
                 assert svc.reload() is False
-            assert metric(svc, "retention_config_reload_success") == 0
+            assert metric(svc, "retention_config_last_reload_successful") == 0
             assert [a.name for a in svc.loaded.config.accounts] == ["a"]
         # Any other error from the loader: kept old policy too, never raised.
         monkeypatch.setattr(serve_module, "load_policy",
@@ -149,7 +149,7 @@ def test_a_reload_that_fails_with_any_error_keeps_the_old_policy(tmp_path, monke
         monkeypatch.setattr(serve_module, "load_policy", load_policy)
         write_policy(policy, [("a", "127.0.0.1", NEVER)], state=tmp_path / "state")
         assert svc.reload() is True
-        assert metric(svc, "retention_config_reload_success") == 1
+        assert metric(svc, "retention_config_last_reload_successful") == 1
     finally:
         svc.shutdown(timeout=2)
 

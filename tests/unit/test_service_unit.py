@@ -278,13 +278,13 @@ def test_reload_applies_a_valid_file_and_keeps_the_old_on_error(tmp_path, svc_fa
     assert svc.reload() is True
     assert {j.id for j in svc._scheduler.get_jobs()} == {f"sweep:{NEVER}", f"sweep:{FAST}",
                                                           "measure"}
-    assert metric(svc, "retention_config_reload_success") == 1
+    assert metric(svc, "retention_config_last_reload_successful") == 1
     assert metric(svc, "retention_schedule_period_seconds", account="b") == 1.0
     svc.config_path.write_text("policies: [broken\n")
     with caplog.at_level(logging.ERROR, logger="retention.service"):
         assert svc.reload() is False
     assert "event=reload_failed" in caplog.text
-    assert metric(svc, "retention_config_reload_success") == 0
+    assert metric(svc, "retention_config_last_reload_successful") == 0
     assert [a.name for a in svc.loaded.config.accounts] == ["a", "b"]
     write_policy(svc.config_path, [("b", "h", FAST)], state=tmp_path / "s")
     assert svc.reload() is True
