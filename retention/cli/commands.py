@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from retention.cli.common import emit, select, sharded, when, with_once_within
 from retention.config.schema import Config
-from retention.errors import ExitCode
+from retention.errors import ConfigError, ExitCode
 
 if TYPE_CHECKING:
     from retention.result import AccountResult
@@ -31,6 +31,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from retention.service.batch import Progress, run_ordered
 
     config = with_once_within(config, args.once_within)
+    textfile = _textfile(args.metrics_textfile)
     _limits(config)
     accounts = sharded(select(config, args.account), args)
     now = datetime.now(UTC)
@@ -60,7 +61,28 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
                 f"retention: account {a.account} failed ({a.error_kind}): {a.error}",
                 file=sys.stderr,
             )
+    if textfile is not None:
+        from retention.service.textfile import write_run_metrics
+
+        try:
+            write_run_metrics(textfile, config, accounts, result.accounts, dry_run=args.dry_run)
+        except OSError as e:
+            print(f"retention: --metrics-textfile {textfile}: {e.strerror or e}",
+                  file=sys.stderr)
+            return ExitCode.FAILED
     return result.exit_code
+
+
+def _textfile(path: Path | None) -> Path | None:
+    """``--metrics-textfile``, checked before any account is touched (exit 2 if unusable)."""
+    if path is None:
+        return None
+    if path.suffix != ".prom":
+        raise ConfigError(f"--metrics-textfile {path}: must end in .prom (node_exporter's "
+                          "textfile collector reads only *.prom files)")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--metrics-textfile {path}: directory {path.parent} does not exist")
+    return path
 
 
 def cmd_usage(config: Config, args: argparse.Namespace) -> int:

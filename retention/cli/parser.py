@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip accounts another agent sharing state_url finished this recently "
         "(e.g. 12h; overrides leases.once_within)",
     )
+    sp.add_argument(
+        "--metrics-textfile", type=Path, default=None, metavar="PATH",
+        help="also write the run's Prometheus metrics here, atomically, for node_exporter's "
+        "textfile collector (PATH must end in .prom; counters carry over from the last file)",
+    )
     sp = sub.add_parser("usage", help="measure usage against the limit, change nothing")
     with_config(sp)
     sp.add_argument("--account", action="append", default=[], metavar="NAME")

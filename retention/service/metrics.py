@@ -149,6 +149,10 @@ class ServiceCollector:
         chosen.extend(n for n in self.fleet.in_error(ERRORS_PER_K * k) if n not in seen)
         return chosen
 
+    def label_of(self, name: str) -> str:
+        """The ``account`` label value of ``name`` (its hash under ``account_label: hash``)."""
+        return self._label(name)
+
     def _label(self, name: str) -> str:
         if self.label == "name":
             return name

@@ -269,3 +269,39 @@ def test_usage_error_is_exit_two(tmp_path: Path) -> None:
         result = run_cli(args)
         assert result.code == 2, str(result)
         no_traceback(result.stdout, result.stderr)
+
+
+# ------------------------------------ timer mode: metrics for node_exporter's textfile
+
+
+def test_run_writes_the_metrics_textfile(tmp_path: Path, mail_user: MailUser) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    seed_old_and_young(mail_user, old=2, young=1)
+    pf = PolicyFile(tmp_path, OLD_INBOX)
+    name = pf.add_imap(mail_user)
+    collector = tmp_path / "textfile"
+    collector.mkdir()
+    prom = collector / "retention.prom"
+
+    def values() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = prom.read_text(encoding="utf-8")
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    first = pf.cli("run", "--format", "json", "--metrics-textfile", str(prom))
+    assert first.code == 0, str(first)
+    got = values()
+    deleted = ("retention_actions_total",
+               frozenset({("account", name), ("action", "delete"), ("rule", "old")}))
+    assert got[deleted] == 2
+    used, _limit = mail_user.usage()
+    assert got[("retention_mailbox_usage_bytes", frozenset({("account", name)}))] == used
+    assert got[("retention_last_success_timestamp_seconds", frozenset({("account", name)}))] > 0
+    assert [p.name for p in collector.iterdir()] == ["retention.prom"]
+
+    # The next timer run carries the counters on (a fresh process every time).
+    seed_old_and_young(mail_user, old=1, young=0)
+    second = pf.cli("run", "--format", "json", "--metrics-textfile", str(prom))
+    assert second.code == 0, str(second)
+    assert values()[deleted] == 3
