@@ -36,7 +36,7 @@ def describe(config: Config) -> str:
         )
         if config.is_held(acct):
             out.append("  HOLD: report only, nothing will be changed")
-        out.append(f"  schedule: {config.schedule_of(acct)}")
+        out.append(f"  schedule: {config.schedule_of(acct)} ({config.service.timezone})")
         protect = ", ".join(pol.protect) if acct.protocol == "imap" else "(ignored for POP3)"
         out.append(f"  protect: {protect}; keep_within: {format_duration(pol.keep_within)}")
         if q.limit is not None:

@@ -398,7 +398,20 @@ def _account_metrics(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
+def _timezone(value: object) -> object:
+    if isinstance(value, str):
+        from retention.config.schedule import ScheduleError, zone
+
+        try:
+            zone(value.strip())
+        except ScheduleError as e:
+            raise ValueError(str(e)) from None
+        return value.strip()
+    return value
+
+
 _ACCOUNT_METRICS = re.compile(r"all|none|top:[1-9][0-9]{0,6}")
+TimeZoneName = Annotated[StrictStr, BeforeValidator(_timezone)]
 ShardSpec = Annotated[StrictStr, BeforeValidator(_shard_spec)]
 AccountMetrics = Annotated[StrictStr, BeforeValidator(_account_metrics)]
 
@@ -422,6 +435,10 @@ class ServiceFields(BaseModel):
     # Per-account series: all | top:K (the K fullest plus every account in error) | none.
     # None: all up to 10,000 accounts, top:100 above (fleet series are always exported).
     account_metrics: AccountMetrics | None = None
+    # The IANA time zone every ``schedule`` is read in ("0 3 * * *" = 03:00 there, also
+    # across daylight-saving changes). UTC unless set: never the host's local zone, which
+    # differs between a laptop, a VM and a container.
+    timezone: TimeZoneName = "UTC"
 
 
 class Service(ServiceFields):

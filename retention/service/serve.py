@@ -163,7 +163,7 @@ def loaded_from(config: Config, path: Path) -> Loaded:
     problems: list[Problem] = []
     for schedule, accounts in groups.items():
         try:
-            periods[schedule] = schedule_period(schedule)
+            periods[schedule] = schedule_period(schedule, timezone=config.service.timezone)
         except ScheduleError as e:
             first = accounts[0]
             where = (f"accounts.{config.accounts.index(first)}.schedule" if first.schedule
@@ -296,8 +296,10 @@ class RetentionService:
         for schedule in loaded.groups:
             if schedule in old:
                 continue  # unchanged: keep its next fire time
+            # service.timezone, like every service setting, changes with a restart only.
+            trigger = parse_schedule(schedule, jitter=jitter, timezone=self.settings.timezone)
             self._scheduler.add_job(
-                self.sweep, parse_schedule(schedule, jitter=jitter), args=[schedule],
+                self.sweep, trigger, args=[schedule],
                 id=_job_id(schedule), name=f"sweep {schedule}",
                 misfire_grace_time=_grace(loaded.periods[schedule]), replace_existing=True,
             )

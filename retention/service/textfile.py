@@ -97,7 +97,7 @@ def _periods(config: Config, accounts: Sequence[Account]) -> dict[str, float]:
     out: dict[str, float] = {}
     for schedule in {config.schedule_of(a) for a in accounts}:
         try:
-            out[schedule] = schedule_period(schedule)
+            out[schedule] = schedule_period(schedule, timezone=config.service.timezone)
         except ScheduleError:  # the loader has checked it; never fail the report on it
             continue
     return out
