@@ -8,6 +8,8 @@
 #   libldap/libsasl headers and a C compiler (libldap2-dev libsasl2-dev gcc: pip builds
 #                     python-ldap, the [ldap] extra, from source; it has no wheels)
 #   chromium          (headless: the tests render the HTML report in a real browser)
+#   Cyrus IMAP        (cyrus-common sasl2-bin, and cyrus-imapd's imapd: the tests' real Cyrus
+#                     for admin logins; see cyrus_imapd below for why it is unpacked)
 # Nothing to do when all are present. Installing needs root (apt-get); without it
 # this prints what to install and fails.
 set -euo pipefail
@@ -53,23 +55,57 @@ then
     extra+=(python3-dev)
 fi
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -x /usr/lib/cyrus/bin/master ] || missing+=(cyrus-master)
+command -v saslpasswd2 >/dev/null 2>&1 || missing+=(saslpasswd2)
+
+# Debian's cyrus-imapd and dovecot-imapd conflict (both provide imap-server), and the tests
+# need both. So cyrus-imapd (a single binary, imapd, on top of cyrus-common) is unpacked
+# with dpkg-deb into $cyrus_root, never installed: Dovecot stays, apt's state stays
+# consistent, and retention/testing/cyrus.py finds imapd there. The unpacked version must
+# be cyrus-common's (imapd links its private libraries): a stamp file records it.
+cyrus_root=/opt/retention-cyrus
+cyrus_imapd_ok() {
+    [ -x /usr/lib/cyrus/bin/imapd ] && return 0
+    local have
+    have=$(dpkg-query -W -f='${Version}' cyrus-common 2>/dev/null) || return 1
+    [ -x "$cyrus_root/usr/lib/cyrus/bin/imapd" ] \
+        && [ "$(cat "$cyrus_root/VERSION" 2>/dev/null)" = "$have" ]
+}
+cyrus_imapd() {
+    cyrus_imapd_ok && return 0
+    local version tmp
+    version=$(dpkg-query -W -f='${Version}' cyrus-common)
+    tmp=$(mktemp -d)
+    # apt-get download runs as _apt when it can: let it write here.
+    chown _apt "$tmp" 2>/dev/null || true
+    (cd "$tmp" && apt-get download -q "cyrus-imapd=$version" </dev/null)
+    rm -rf "$cyrus_root"
+    mkdir -p "$cyrus_root"
+    dpkg-deb -x "$tmp"/cyrus-imapd_*.deb "$cyrus_root"
+    echo "$version" >"$cyrus_root/VERSION"
+    rm -rf "$tmp"
+}
+cyrus_imapd_ok || missing+=(cyrus-imapd)
 # INSTALL_DEPS_FORCE=1 goes through the install anyway (to test this script).
 if [ ${#missing[@]} -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
     exit 0
 fi
 
 packages=(dovecot-imapd dovecot-pop3d prometheus openssl slapd ldap-utils postgresql
-          libldap2-dev libsasl2-dev gcc chromium ${extra[@]+"${extra[@]}"})
+          libldap2-dev libsasl2-dev gcc chromium cyrus-common sasl2-bin
+          ${extra[@]+"${extra[@]}"})
 echo "install-deps: missing ${missing[*]}; installing ${packages[*]}" >&2
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: not root; please run as root:" >&2
     echo "  apt-get update && apt-get install -y --no-install-recommends ${packages[*]}" >&2
+    echo "  and then this script again (it unpacks cyrus-imapd into $cyrus_root)" >&2
     exit 1
 fi
 
 # The packages' maintainer scripts would start a system dovecot (ports 143/993/
-# 110/995), a prometheus server, slapd (389) and a PostgreSQL cluster (5432). The
+# 110/995), a prometheus server, slapd (389), a PostgreSQL cluster (5432) and the MTA that
+# cyrus-common depends on (exim4 by default, port 25). The
 # tests start their own servers on free high ports and need none of them; and
 # without systemd, starting services can fail or hang the install. policy-rc.d
 # exiting 101 tells invoke-rc.d (and deb-systemd-invoke) not to start anything.
@@ -89,10 +125,16 @@ apt-get install -y -q --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${packages[@]}" </dev/null
 
-for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc chromium; do
+cyrus_imapd
+
+for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc chromium saslpasswd2; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "install-deps: $tool still missing after install" >&2
         exit 1
     fi
 done
+if ! cyrus_imapd_ok || [ ! -x /usr/lib/cyrus/bin/master ]; then
+    echo "install-deps: Cyrus IMAP (master, imapd) still missing after install" >&2
+    exit 1
+fi
 echo "install-deps: ok ($(dovecot --version), $(promtool --version 2>&1 | head -n1))" >&2

@@ -39,7 +39,6 @@ import os
 import pwd
 import re
 import secrets
-import shutil
 import signal
 import ssl as ssl_module
 import subprocess
@@ -54,7 +53,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from retention.testing.host import HOST, system_user, tail, user_exists, which
+from retention.testing.host import (
+    HOST,
+    kill_group,
+    reap_orphans,
+    remove_instance,
+    system_user,
+    tail,
+    user_exists,
+    which,
+)
 from retention.testing.host import free_ports as _free_ports
 from retention.testing.host import port_open as _probe
 from retention.testing.pki import PkiError, make_certificates
@@ -70,6 +78,7 @@ __all__ = [
     "MessageState",
     "SeedMessage",
     "dovecot_unavailable_reason",
+    "read_folder_state",
 ]
 
 #: System account that owns the mail files when we run as root. Dovecot refuses
@@ -437,7 +446,7 @@ class Dovecot:
             raise DovecotUnavailable(reason)
         started = time.monotonic()
         parent = _parent_dir()
-        _reap_orphans(parent)
+        reap_orphans(parent, _DIR_PREFIX, "run/master.pid")
         account = _ensure_mail_user()
         self._uid, self._gid, self._account = account.pw_uid, account.pw_gid, account.pw_name
         self.directory = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=parent))
@@ -530,22 +539,13 @@ class Dovecot:
         self._cleanup_dir()
 
     def _kill(self) -> None:
-        if self._proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(5)
+        if self._proc is not None:
+            kill_group(self._proc, 5)
         self._proc = None
 
     def _cleanup_dir(self) -> None:
-        if self.keep or os.environ.get("RETENTION_KEEP_DOVECOT") == "1":
-            # Kept for a post-mortem: make sure _reap_orphans leaves it alone too.
-            with contextlib.suppress(OSError):
-                (self.directory / "owner.pid").unlink()
-            return
-        if self.directory.name.startswith(_DIR_PREFIX):
-            shutil.rmtree(self.directory, ignore_errors=True)
+        remove_instance(self.directory, _DIR_PREFIX,
+                        self.keep or os.environ.get("RETENTION_KEEP_DOVECOT") == "1")
 
     def _diagnostics(self) -> str:
         parts = []
@@ -986,32 +986,39 @@ passdb {{
         Read-only (EXAMINE + BODY.PEEK[]), so it can prove a dry run changed
         nothing. \\Recent is left out: it is session state, not mailbox state.
         """
-        state: dict[str, dict[int, MessageState]] = {}
         client = self.imap_client(user, password)
         try:
-            for flags, _delimiter, name in client.list_folders():
-                if any(f.lower() in (b"\\noselect", b"\\nonexistent") for f in flags):
-                    continue
-                folder = name if isinstance(name, str) else name.decode()
-                client.select_folder(folder, readonly=True)
-                uids: list[int] = client.search("ALL")
-                messages: dict[int, MessageState] = {}
-                for start in range(0, len(uids), batch):
-                    fetched = client.fetch(uids[start:start + batch],
-                                           ["FLAGS", "BODY.PEEK[]", "INTERNALDATE"])
-                    for uid, data in fetched.items():
-                        messages[uid] = MessageState(
-                            frozenset(_text(f) for f in data[b"FLAGS"]
-                                      if f.lower() != b"\\recent"),
-                            hashlib.sha256(data[b"BODY[]"]).hexdigest(),
-                            data[b"INTERNALDATE"],
-                        )
-                state[folder] = messages
-                client.unselect_folder()
+            return read_folder_state(client, batch)
         finally:
             with contextlib.suppress(Exception):
                 client.logout()
-        return state
+
+
+def read_folder_state(client: Any, batch: int = 500) -> dict[str, dict[int, MessageState]]:
+    """``folder_state`` over a logged-in imapclient (EXAMINE + BODY.PEEK[]: read-only).
+
+    Folder names are the server's own (with its separator); the Cyrus rig uses it too.
+    """
+    state: dict[str, dict[int, MessageState]] = {}
+    for flags, _delimiter, name in client.list_folders():
+        if any(f.lower() in (b"\\noselect", b"\\nonexistent") for f in flags):
+            continue
+        folder = name if isinstance(name, str) else name.decode()
+        client.select_folder(folder, readonly=True)
+        uids: list[int] = client.search("ALL")
+        messages: dict[int, MessageState] = {}
+        for start in range(0, len(uids), batch):
+            fetched = client.fetch(uids[start:start + batch],
+                                   ["FLAGS", "BODY.PEEK[]", "INTERNALDATE"])
+            for uid, data in fetched.items():
+                messages[uid] = MessageState(
+                    frozenset(_text(f) for f in data[b"FLAGS"] if f.lower() != b"\\recent"),
+                    hashlib.sha256(data[b"BODY[]"]).hexdigest(),
+                    data[b"INTERNALDATE"],
+                )
+        state[folder] = messages
+        client.unselect_folder()
+    return state
 
 
 def _text(value: bytes | str) -> str:
@@ -1021,34 +1028,3 @@ def _text(value: bytes | str) -> str:
 def _quota_rule(quota_bytes: int) -> str:
     # The explicit "B" matters: a bare number is not bytes in every Dovecot version.
     return f"*:storage={quota_bytes}B"
-
-
-def _reap_orphans(parent: str) -> None:
-    """Stop and delete instances whose owning process died without calling stop().
-
-    A killed test run would otherwise leave a Dovecot running and, on tmpfs, its
-    mail in RAM. Only our own directories (with owner.pid) are touched, and only
-    a master whose command line names that directory is signalled.
-    """
-    for directory in Path(parent).glob(_DIR_PREFIX + "*"):
-        try:
-            owner = int((directory / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue
-        if _pid_alive(owner):
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            master = int((directory / "run" / "master.pid").read_text())
-            if str(directory).encode() in Path(f"/proc/{master}/cmdline").read_bytes():
-                os.killpg(master, signal.SIGKILL)  # its own session: see _spawn_and_wait
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,10 +1,13 @@
-"""What the test rigs need of this host: binaries, free ports, system users, log tails."""
+"""What the test rigs need of this host: binaries, free ports, system users, log tails, and
+the end of a daemon's life (its process group killed, its directory reaped)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -96,3 +99,55 @@ def tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def kill_group(proc: subprocess.Popen[bytes], wait: float = 10.0) -> None:
+    """SIGKILL the process group of ``proc`` (started with ``start_new_session``): a
+    master and every child it forked, even one that outlived the master."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(wait)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_instance(directory: Path, prefix: str, keep: bool) -> None:
+    """Delete a rig's instance directory, or keep it for a post-mortem (``keep``): then
+    without its owner.pid, so that ``reap_orphans`` leaves it alone too."""
+    if keep:
+        with contextlib.suppress(OSError):
+            (directory / "owner.pid").unlink()
+        return
+    if directory.name.startswith(prefix):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def reap_orphans(parent: str, prefix: str, master_pid: str) -> None:
+    """Stop and delete instances whose owning process died without calling stop().
+
+    A killed test run would otherwise leave a server running and, on tmpfs, its mail in
+    RAM. Only a rig's own directories (``prefix``, with owner.pid) are touched, and only a
+    master (pid in ``master_pid``, relative to the directory) whose command line names
+    that directory is signalled, with its process group (its own session).
+    """
+    for directory in Path(parent).glob(prefix + "*"):
+        try:
+            owner = int((directory / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(owner):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            master = int((directory / master_pid).read_text())
+            if str(directory).encode() in Path(f"/proc/{master}/cmdline").read_bytes():
+                os.killpg(master, signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,210 @@
+"""A fleet on a real Cyrus IMAP with an admin credential (issue 9).
+
+``login_as: authzid`` naming the Cyrus admin (SASL PLAIN: authorization identity = the
+user, authentication identity = ``admin``, which Cyrus allows for its ``admins``) must plan
+exactly what per-user password logins plan for the same mailboxes, and a real run through
+the admin deletes exactly the planned messages, nothing else. Both of Cyrus's namespace
+layouts: Debian's (``user.alice``, ``INBOX.Trash``) and upstream's (``unixhierarchysep``
+and ``altnamespace``: ``user/alice``, ``Trash``). Usage comes from Cyrus's QUOTA
+(``GETQUOTAROOT``) as set by the admin (``SETQUOTA user.alice (STORAGE ...)``).
+
+The server: ``retention.testing.cyrus``. Without Cyrus these skip, except under CI=true,
+where that is a failure (``scripts/install-deps.sh`` installs it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from retention.cli import main
+from retention.testing.cyrus import Cyrus, CyrusUser, cyrus_unavailable_reason
+from retention.testing.dovecot import SeedMessage
+from tests.integration.helpers import ago
+from tests.integration.sources_support import require
+
+SEEN = frozenset({"\\Seen"})
+QUOTA_KIB = 1024
+_names = itertools.count(1)
+
+POLICIES = {
+    "std": {"protect": [], "rules": [
+        {"name": "old", "folders": ["INBOX"], "older_than": "365d", "action": "delete"},
+        # By INTERNALDATE: by default \\Trash ages by SAVEDATE (Cyrus has it): today here.
+        {"name": "trash", "folders": ["\\Trash"], "older_than": "30d", "action": "delete",
+         "age_by": "received"}]},
+    "short": {"protect": [], "rules": [
+        {"name": "month", "folders": ["INBOX"], "older_than": "30d", "action": "delete"}]},
+}
+
+
+@pytest.fixture(scope="module", params=["debian", "upstream"])
+def cyrus(request: pytest.FixtureRequest) -> Iterator[Cyrus]:
+    require("Cyrus IMAP", cyrus_unavailable_reason())
+    upstream = request.param == "upstream"
+    with Cyrus(unixhierarchysep=upstream, altnamespace=upstream) as server:
+        yield server
+
+
+@pytest.fixture
+def users(cyrus: Cyrus) -> list[CyrusUser]:
+    """Two fresh users (a run deletes mail): i+1 messages older than a year, two of 60
+    days and one new in INBOX; one in Trash, aged 90 days by its INTERNALDATE."""
+    out = []
+    for i in range(2):
+        user = cyrus.add_user(f"u{next(_names)}x{i}", quota_kib=QUOTA_KIB)
+        user.append("INBOX", [
+            *(SeedMessage(received=ago(days=400 + d), flags=SEEN, size=2000) for d in range(i + 1)),
+            *(SeedMessage(received=ago(days=60), flags=SEEN, size=2000) for _ in range(2)),
+            SeedMessage(received=ago(days=1), size=2000)])
+        user.append("Trash", [SeedMessage(received=ago(days=90), flags=SEEN, size=1000)])
+        out.append(user)
+    return out
+
+
+def _account(cyrus: Cyrus, *, tls: bool = False) -> dict[str, Any]:
+    if tls:
+        return {"protocol": "imap", "host": cyrus.host, "port": cyrus.imaps_port,
+                "security": "tls", "ca_file": str(cyrus.ca_file), "timeout": "60s"}
+    return {"protocol": "imap", "host": cyrus.host, "port": cyrus.imap_port,
+            "security": "none", "allow_plaintext": True, "timeout": "60s"}
+
+
+def write_policy(tmp_path: Path, body: dict[str, Any]) -> Path:
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "policies": POLICIES,
+                                    **body}), encoding="utf-8")
+    return path
+
+
+def per_user(tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+             monkeypatch: pytest.MonkeyPatch) -> Path:
+    accounts = []
+    for i, u in enumerate(users):
+        monkeypatch.setenv(f"CYRUS_PW_{i}", u.password)
+        accounts.append({**_account(cyrus), "name": u.name, "username": u.name,
+                         "password_env": f"CYRUS_PW_{i}", "policy": "std"})
+    return write_policy(tmp_path, {"accounts": accounts})
+
+
+def with_admin(tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+               monkeypatch: pytest.MonkeyPatch, *, admin: str | None = None,
+               password: str | None = None, tls: bool = False) -> Path:
+    monkeypatch.setenv("CYRUS_ADMIN_PW", password or cyrus.admin_password)
+    tmp_path.mkdir(exist_ok=True)
+    passwd = tmp_path / "users.passwd"
+    passwd.write_text("".join(f"{u.name}:x:::::\n" for u in users))
+    return write_policy(tmp_path, {
+        "credentials": {"cyrus-admin": {"username": admin or cyrus.admin,
+                                        "password_env": "CYRUS_ADMIN_PW",
+                                        "login_as": "authzid"}},
+        "sources": [{"name": "cyrus", "type": "passwd-file", "path": str(passwd),
+                     "account": {**_account(cyrus, tls=tls), "credentials": "cyrus-admin",
+                                 "policy": "std"}}],
+    })
+
+
+def run(path: Path, capsys: pytest.CaptureFixture[str], *extra: str,
+        expect: int = 0) -> dict[str, Any]:
+    capsys.readouterr()
+    code = main(["run", "--format", "json", "-c", str(path), *extra])
+    out, err = capsys.readouterr()
+    assert code == expect, err
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def planned(report: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+    return {a["account"]: sorted((x["folder"], x["uid"], x["action"], x["rule"])
+                                 for x in a["actions"]) for a in report["accounts"]}
+
+
+def test_admin_authzid_plans_what_user_logins_plan_and_deletes_only_that(
+    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = {u.name: u.folder_state() for u in users}
+    own = planned(run(per_user(tmp_path / "own", cyrus, users, monkeypatch), capsys,
+                      "--dry-run"))
+    admin_path = with_admin(tmp_path / "admin", cyrus, users, monkeypatch)
+    dry = run(admin_path, capsys, "--dry-run")
+    assert [a["status"] for a in dry["accounts"]] == ["ok", "ok"]
+    assert planned(dry) == own
+    # Each user: i+1 INBOX messages older than a year and the Trash message of 90 days.
+    trash = "Trash" if cyrus.altnamespace else "INBOX/Trash"
+    assert [sorted({(x[0], x[3]) for x in own[u.name]}) for u in users] == [
+        [("INBOX", "old"), (trash, "trash")]] * 2
+    assert [len(own[u.name]) for u in users] == [2, 3]
+    assert {u.name: u.folder_state() for u in users} == before  # the dry run changed nothing
+
+    report = run(admin_path, capsys)
+    assert [a["status"] for a in report["accounts"]] == ["ok", "ok"]
+    assert planned(report) == own
+    for u in users:
+        after = u.folder_state()
+        gone = {(folder, uid) for folder, uid, _action, _rule in own[u.name]}
+        expected = {
+            server_name: {uid: m for uid, m in messages.items()
+                          if (_agent_name(cyrus, server_name), uid) not in gone}
+            for server_name, messages in before[u.name].items()}
+        assert after == expected
+
+
+def _agent_name(cyrus: Cyrus, server_name: str) -> str:
+    # The agent shows folder names with "/" between levels whatever the separator.
+    return server_name.replace(cyrus.separator, "/")
+
+
+def test_usage_through_the_admin_is_cyrus_quota(
+    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = with_admin(tmp_path, cyrus, users, monkeypatch)
+    capsys.readouterr()
+    assert main(["usage", "--jobs", "2", "--format", "json", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    got = rows["accounts"] if isinstance(rows, dict) else rows
+    assert [r["account"] for r in got] == [u.name for u in users]
+    for row, user in zip(got, users, strict=True):
+        used, limit = user.usage()  # the admin's GETQUOTA user.NAME
+        assert row["source"] == "quota"
+        assert (row["usage_bytes"], row["limit_bytes"]) == (used, limit)
+        assert limit == QUOTA_KIB * 1024 and used > 0
+    # Messages of every folder: INBOX i+1 old + 2 + 1, Trash 1.
+    assert [r["messages"] for r in got] == [5, 6]
+    assert cyrus.admin_password not in out + err
+
+
+def test_admin_over_imaps_verified_against_the_rig_ca(
+    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    own = planned(run(per_user(tmp_path / "own", cyrus, users, monkeypatch), capsys,
+                      "--dry-run"))
+    report = run(with_admin(tmp_path / "tls", cyrus, users, monkeypatch, tls=True), capsys,
+                 "--dry-run")
+    assert planned(report) == own
+
+
+def test_wrong_admin_password_or_a_non_admin_fails_every_account_as_auth(
+    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    wrong = with_admin(tmp_path / "wrong", cyrus, users, monkeypatch, password="Wr0ng-cy-zz")
+    report = run(wrong, capsys, "--dry-run", expect=1)
+    assert [a["error_kind"] for a in report["accounts"]] == ["auth", "auth"]
+    assert "Wr0ng-cy-zz" not in json.dumps(report)
+    # A user that is no admin may not act for another user: Cyrus refuses the authzid.
+    other = cyrus.add_user(f"u{next(_names)}plain")
+    report = run(with_admin(tmp_path / "notadmin", cyrus, users, monkeypatch,
+                            admin=other.name, password=other.password),
+                 capsys, "--dry-run", expect=1)
+    assert [a["error_kind"] for a in report["accounts"]] == ["auth", "auth"]
+    assert other.password not in json.dumps(report)
