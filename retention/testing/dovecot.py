@@ -331,6 +331,9 @@ class MailUser:
     def usage(self) -> tuple[int, int | None]:
         return self.server.usage(self.name)
 
+    def share(self, folder: str, to: str) -> None:
+        self.server.share(self.name, folder, to)
+
     def set_quota(self, quota_bytes: int | None) -> None:
         self.server.set_quota(self.name, quota_bytes)
 
@@ -350,6 +353,13 @@ class Dovecot:
     master_users: name -> password of Dovecot master users (a ``master = yes``
         passwd-file passdb, ``auth_master_user_separator = *``): they log in as any user
         with ``user*master`` or SASL PLAIN authzid=user. None (default): no master passdb.
+    shared: the ``acl`` plugin (``vfile`` ACLs, ``imap_acl``) and a ``type = shared``
+      namespace ``shared/%%u/`` (``list = children``): what ``doveadm acl set -u bob INBOX
+      user=alice ...`` shares shows in alice's LIST as ``shared/bob`` (the namespace root
+      is bob's INBOX), other folders as ``shared/bob/Work`` (see ``share``).
+    virtual: the ``virtual`` plugin and a ``virtual/`` namespace holding ``virtual/All``
+      (every message of the user's own folders) configured *without* ``special_use``, as
+      many sites do: its LIST entry carries no ``\\All``.
     keep: leave the directory behind after stop() (also env RETENTION_KEEP_DOVECOT=1).
     """
 
@@ -365,6 +375,8 @@ class Dovecot:
         keep: bool = False,
         oauth2_key: bytes | None = None,
         gmail: bool = False,
+        shared: bool = False,
+        virtual: bool = False,
     ) -> None:
         if not trash_name or any(c in trash_name for c in '"\\/.'):
             raise ValueError(f"unsupported trash_name {trash_name!r}")
@@ -378,6 +390,8 @@ class Dovecot:
         self.keep = keep
         self.oauth2_key = oauth2_key
         self.gmail = gmail
+        self.shared = shared
+        self.virtual = virtual
         self.directory = Path()
         self.imap_port = self.imaps_port = self.pop3_port = self.pop3s_port = 0
         self.startup_seconds = 0.0
@@ -486,6 +500,13 @@ class Dovecot:
         os.chown(self.directory / "users", -1, self._gid)
         (self.directory / "users").chmod(0o750)
         self.log_path.touch(mode=0o644)  # else the master creates it 0600
+        if self.virtual:
+            # virtual/All: every message of the user's own folders (not the virtual or
+            # shared ones), and deliberately no special_use = \\All.
+            box = self.directory / "virtual" / "All"
+            box.mkdir(parents=True, mode=0o755)
+            (box / "dovecot-virtual").write_text("*\n-virtual/*\n-shared/*\n  all\n",
+                                                 encoding="utf-8")
         self._make_certificates()
 
     def _spawn_and_wait(self, timeout: float) -> None:
@@ -613,6 +634,10 @@ class Dovecot:
             f"  quota_grace = {self.quota_grace_percent}%%\n"
             "}\n"
         )
+        mail_plugins = (["quota"] if self.quota else []) + (["acl"] if self.shared else []) + (
+            ["virtual"] if self.virtual else [])
+        imap_plugins = (["imap_quota"] if self.quota else []) + (
+            ["imap_acl"] if self.shared else [])
         # Non-root mode: login processes cannot chroot.
         login_extra = "" if os.geteuid() == 0 else "  chroot =\n"
         passwd = f"{d}/users/%u"
@@ -666,7 +691,7 @@ mail_max_userip_connections = 1000
 
 mail_location = maildir:{d}/mail/%u/Maildir
 mail_home = {d}/mail/%u
-{"mail_plugins = $mail_plugins quota" if self.quota else "# quota plugin off"}
+mail_plugins = $mail_plugins {" ".join(mail_plugins)}
 
 namespace inbox {{
   inbox = yes
@@ -674,6 +699,7 @@ namespace inbox {{
   prefix =
 {mailboxes}
 }}
+{self._extra_namespaces()}
 
 {oauth_passdb}
 # One passwd-file per user: a new user's file is read at its first lookup. A
@@ -714,12 +740,43 @@ service pop3-login {{
 {login_extra}}}
 
 protocol imap {{
-  {"mail_plugins = $mail_plugins imap_quota" if self.quota else ""}
+  mail_plugins = $mail_plugins {" ".join(imap_plugins)}
 }}
 protocol pop3 {{
   pop3_uidl_format = %08Xu%08Xv
 }}
 {quota_plugin if self.quota else ""}"""
+
+    def _extra_namespaces(self) -> str:
+        """The ``shared`` and ``virtual`` namespaces and the acl plugin's settings."""
+        d = self.directory
+        out = ""
+        if self.shared:
+            # vfile: ACLs in each mailbox's dovecot-acl file; the shared dict tells
+            # Dovecot whose mailboxes a user may see, so LIST shows shared/bob/...
+            out += f"""\
+namespace shared {{
+  type = shared
+  separator = /
+  prefix = shared/%%u/
+  location = maildir:{d}/mail/%%u/Maildir
+  subscriptions = no
+  list = children
+}}
+plugin {{
+  acl = vfile
+  acl_shared_dict = file:{d}/mail/shared-mailboxes.db
+}}
+"""
+        if self.virtual:
+            out += f"""\
+namespace virtual {{
+  separator = /
+  prefix = virtual/
+  location = virtual:{d}/virtual:INDEX=~/virtual
+}}
+"""
+        return out
 
     def _master_passdb(self) -> str:
         if not self.master_users:
@@ -861,6 +918,20 @@ passdb {{
                 f"{proc.stderr.strip() or proc.stdout.strip()}"
             )
         return proc
+
+    #: Every right of IMAP ACL ``lrwstipekx`` as doveadm names them (``doveadm acl set``
+    #: takes names, not the RFC 4314 letters: "Invalid right 'lrwstipekx'").
+    ALL_RIGHTS = ("lookup", "read", "write", "write-seen", "write-deleted", "insert", "post",
+                  "expunge", "create", "delete")
+
+    def share(self, owner: str, folder: str, to: str,
+              rights: Sequence[str] = ALL_RIGHTS) -> None:
+        """``doveadm acl set -u OWNER FOLDER user=TO RIGHTS``: ``to`` then sees it in the
+        shared namespace (``shared/OWNER`` for INBOX, ``shared/OWNER/FOLDER`` otherwise).
+        Needs ``Dovecot(shared=True)``."""
+        if not self.shared:
+            raise DovecotError("share() needs Dovecot(shared=True)")
+        self.doveadm("acl", "set", "-u", owner, folder, f"user={to}", *rights)
 
     def usage(self, user: str) -> tuple[int, int | None]:
         """(storage used, storage limit) in bytes; the limit is None when there is none.
