@@ -19,6 +19,14 @@ virtual ``\\All`` / ``\\Flagged`` folders (Gmail's "All Mail" holds every messag
 a ``*`` rule must not delete everything through it). Those are matched only when named
 explicitly, by name or by attribute. Exclusions are looser on purpose (excluding too much
 is the safe side): they match regardless of selectability and virtual folders.
+
+Namespaces (RFC 2342, review F2): wildcards and special-use attributes cover the user's
+own folders only (``FolderInfo.namespace.own``: the personal namespace INBOX lies in). A
+folder in another user's namespace (Dovecot ``shared/bob/...``, Cyrus ``user.bob``), a
+shared/public one, or another personal namespace (Dovecot's ``virtual/``, whose messages
+are stored in other folders: expunging through it would bypass every exclusion) is
+covered only by a rule naming it exactly, glob-free. Resolving a ``move_to`` attribute
+likewise finds only the user's own folder.
 """
 
 from __future__ import annotations
@@ -102,6 +110,10 @@ def matches(pattern: str, folder: FolderInfo) -> bool:
     """Whether a rule's folder ``pattern`` selects ``folder`` (see the module docstring)."""
     if not folder.selectable:
         return False
+    if not folder.namespace.own:
+        # Someone else's, shared or virtual: only when named (not by glob or attribute).
+        return not is_attribute(pattern) and not is_glob(pattern) and _name_matches(
+            pattern, folder)
     if is_glob(pattern) and not is_attribute(pattern) and _is_virtual(folder):
         return False
     return _name_matches(pattern, folder)
@@ -144,14 +156,15 @@ def folders_to_scan(
 def resolve_target(target: str, folders: Sequence[FolderInfo]) -> str | None:
     """The folder name a ``move_to`` / ``trash`` target stands for, or None if unusable.
 
-    A special-use attribute resolves to the (first selectable) folder having it; None when
-    the server has none: that rule's actions fail for the account. A plain name resolves to
-    the existing folder of that name (its spelling on the server, e.g. ``INBOX``), or to
-    itself when missing (the executor creates it). A glob is never a target: None.
+    A special-use attribute resolves to the (first selectable) folder of the user's own
+    namespace having it; None when the server has none: that rule's actions fail for the
+    account. A plain name resolves to the existing folder of that name (its spelling on
+    the server, e.g. ``INBOX``), or to itself when missing (the executor creates it). A
+    glob is never a target: None.
     """
     if is_attribute(target):
         for f in folders:
-            if f.selectable and _has_use(f, target):
+            if f.selectable and f.namespace.own and _has_use(f, target):
                 return f.name
         return None
     if is_glob(target) or not target.strip("/"):

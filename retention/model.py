@@ -89,14 +89,45 @@ class Message:
         return DELETED in self.flags
 
 
+NamespaceKind = Literal["personal", "other", "shared"]
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """The RFC 2342 namespace a folder lies in, as the server's NAMESPACE reply says.
+
+    ``kind``: ``personal`` (the user's), ``other`` (other users' mailboxes: Dovecot's
+    ``type = shared`` ``shared/%%u/``, Cyrus ``user.``) or ``shared`` (public folders).
+    ``prefix``: the namespace's prefix in agent form (``/`` levels: ``shared/``,
+    ``virtual/``, ``""``). ``inbox``: this is the personal namespace INBOX lies in, the
+    user's own folders; another personal namespace is typically a view of mail stored
+    elsewhere (Dovecot's ``virtual/`` namespace, an alias namespace). A fact, not a
+    decision: which folders a wildcard covers is ``retention.folders``'.
+    """
+
+    kind: NamespaceKind = "personal"
+    prefix: str = ""
+    inbox: bool = True
+
+    @property
+    def own(self) -> bool:
+        """The user's own folders (the personal namespace holding INBOX)."""
+        return self.kind == "personal" and self.inbox
+
+
+#: Where every folder is without NAMESPACE (and every POP3 folder): the user's own.
+OWN = Namespace()
+
+
 @dataclass(frozen=True, slots=True)
 class FolderInfo:
-    """A folder as LIST shows it (no messages)."""
+    """A folder as LIST shows it (no messages), and the namespace it lies in."""
 
     name: str
     special_use: frozenset[str] = frozenset()
     selectable: bool = True
     delimiter: str = "/"
+    namespace: Namespace = OWN
 
     def has_use(self, use: str) -> bool:
         return use in self.special_use
@@ -216,4 +247,6 @@ class Snapshot:
 
     @property
     def message_count(self) -> int:
-        return sum(len(f.messages) for f in self.folders)
+        """Messages in the scanned folders of the user's own namespace (review F2: a
+        shared folder a rule names is not this account's, nor a virtual one)."""
+        return sum(len(f.messages) for f in self.folders if f.info.namespace.own)

@@ -30,6 +30,7 @@ from imapclient.exceptions import LoginError
 
 from retention.adapters.deadline import COMMAND_FACTOR, Watchdog, io_timeout
 from retention.adapters.imap.fetch import parse_fetch
+from retention.adapters.imap.namespaces import Namespaces, parse_namespaces
 from retention.adapters.imap.wire import (
     compress_uids,
     display_name,
@@ -272,6 +273,7 @@ class ImapConnection:
         self._caps: frozenset[str] | None = None
         self._names: dict[str, str] | None = None  # agent name -> server name (decoded)
         self._folders: list[FolderInfo] | None = None
+        self._namespaces: Namespaces | None = None
         self._delimiter: str | None = "/"
         self._selected: tuple[str, bool] | None = None  # (server name, readonly)
         #: HIGHESTMODSEQ of the last SELECT/EXAMINE (RFC 7162), None when not offered.
@@ -398,8 +400,29 @@ class ImapConnection:
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities()
 
+    def namespaces(self) -> Namespaces:
+        """``NAMESPACE`` (RFC 2342) when advertised, once a session (review F2).
+
+        Without it, or when the server refuses it, every folder counts as the user's own.
+        """
+        if self._namespaces is None:
+            reply = None
+            if self.has("NAMESPACE"):
+                try:
+                    with self.guard("NAMESPACE"):
+                        reply = self._client.namespace()
+                except ProtocolError as exc:
+                    log.warning("%s: %s: every folder counts as the user's own",
+                                self.label, exc)
+                finally:
+                    self._drain()
+            self._namespaces = parse_namespaces(reply)
+        return self._namespaces
+
     def list_folders(self) -> list[FolderInfo]:
-        """``LIST "" "*"`` -> decoded names with ``/`` levels and special-use attributes."""
+        """``LIST "" "*"`` -> decoded names with ``/`` levels, special-use attributes and
+        the namespace each lies in (``namespaces``)."""
+        spaces = self.namespaces()
         with self.guard("LIST"):
             rows = self._client.list_folders()
         if self.has("SPECIAL-USE") and not any(special_uses(r[0]) for r in rows):
@@ -431,7 +454,8 @@ class ImapConnection:
                                 self.label, names[shown], name)
                     clashes.add(shown)
                 names[shown] = name
-            infos.append(FolderInfo(shown, special_uses(flags), usable, "/"))
+            infos.append(FolderInfo(shown, special_uses(flags), usable, "/",
+                                    spaces.classify(name)))
         if clashes:
             infos = [replace(i, selectable=False) if i.name in clashes else i for i in infos]
         self._delimiter = delimiters[0] if delimiters else None
@@ -469,11 +493,12 @@ class ImapConnection:
         return server_name(name, self._delimiter)
 
     def resolve(self, name: str) -> str:
-        """A special-use attribute (``\\Trash``) or a name -> the agent name of the folder."""
+        """A special-use attribute (``\\Trash``) or a name -> the agent name of the folder
+        (an attribute: the user's own folder having it, never another user's)."""
         if not name.startswith("\\"):
             return name
         for info in self.folders():
-            if any(u.lower() == name.lower() for u in info.special_use):
+            if info.namespace.own and any(u.lower() == name.lower() for u in info.special_use):
                 return info.name
         raise ProtocolError(f"{self.label}: the server has no {name} folder")
 

@@ -39,6 +39,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from imapclient import imap_utf7
+
 from retention.adapters.deadline import io_timeout
 from retention.adapters.imap.actions import ImapActions, one_folder, ref_uid
 from retention.adapters.imap.connection import default_port, open_client
@@ -110,7 +112,12 @@ class ImapSession(ImapActions):
     # -- usage -----------------------------------------------------------------------
 
     def usage(self, folders: Sequence[FolderInfo] | None = None) -> Usage:
-        """``GETQUOTAROOT INBOX`` (STORAGE KiB -> bytes), else summed sizes (source sum)."""
+        """``GETQUOTAROOT INBOX`` (STORAGE KiB -> bytes), else summed sizes (source sum).
+
+        Summed sizes and message counts are of the user's own folders only (review F2):
+        other users' and shared folders are not this mailbox's storage, and a virtual
+        folder (Dovecot's ``virtual/`` namespace) shows messages stored elsewhere again.
+        """
         caps = self.capabilities()
         if "QUOTA" in caps or any(c.startswith("QUOTA=RES-") for c in caps):
             try:
@@ -133,7 +140,7 @@ class ImapSession(ImapActions):
         infos = list(folders) if folders is not None else self.folders()
         total = count = 0
         for info in infos:
-            if info.selectable:
+            if info.selectable and info.namespace.own:
                 size, messages = self._folder_size(info.name)
                 total += size
                 count += messages
@@ -181,20 +188,31 @@ class ImapSession(ImapActions):
             self._drain()
         if typ != "OK":
             return None
+        spaces = self.namespaces()
         total = 0
+        name: bytes | None = None
         for item in data:
             # A name sent as a literal arrives as (prefix, name) then the rest of the line.
+            if isinstance(item, tuple) and len(item) == 2:
+                name = bytes(item[1])
+                continue
             if isinstance(item, bytes):
                 m = _STATUS_MESSAGES.search(item)
                 if m is not None:
-                    total += int(m.group(1))
+                    raw = name if name is not None else _status_name(item[: m.start()])
+                    # Only the user's own folders (review F2): not other users', shared
+                    # or virtual ones.
+                    if raw is not None and spaces.classify(_decode(raw)).own:
+                        total += int(m.group(1))
+            name = None
         return total
 
     def _message_count(self, infos: Sequence[FolderInfo]) -> int | None:
-        """Messages in all selectable folders (``STATUS (MESSAGES)``); None if refused."""
+        """Messages in the user's own selectable folders (``STATUS (MESSAGES)``); None if
+        refused."""
         total = 0
         for info in infos:
-            if not info.selectable:
+            if not info.selectable or not info.namespace.own:
                 continue
             try:
                 with self.guard("STATUS"):
@@ -569,6 +587,22 @@ def _message(ref: MessageRef, data: dict[bytes, Any], *, with_sent: bool) -> Mes
         message_id=parse_message_id(fields.get("message-id")),
         date_header=raw_date,
     )
+
+
+def _status_name(head: bytes) -> bytes | None:
+    """The mailbox name of a ``STATUS`` line's head (an atom or a quoted string)."""
+    head = head.strip()
+    if head.startswith(b'"') and head.endswith(b'"') and len(head) >= 2:
+        return re.sub(rb'\\(.)', rb"\1", head[1:-1])
+    return head or None
+
+
+def _decode(raw: bytes) -> str:
+    """A modified UTF-7 mailbox name as imapclient decodes LIST names."""
+    try:
+        return str(imap_utf7.decode(raw))
+    except (UnicodeError, ValueError):
+        return raw.decode("utf-8", "replace")
 
 
 def _size(data: dict[bytes, Any]) -> int | None:
