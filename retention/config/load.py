@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -331,6 +332,16 @@ def _resolve(
         resolved = q if q.is_absolute() else base / q
         return resolved if isinstance(p, Path) else str(resolved)
 
+    def command(argv: list[str] | None, loc: tuple[str | int, ...]) -> list[str] | None:
+        """``${VAR}`` in each argument (``${CREDENTIALS_DIRECTORY}/alice.cred``); a relative
+        program path (``./get-password``) against the file's folder, as for files."""
+        if argv is None:
+            return None
+        out = [_expand(a, (*loc, i), ignored) if "${" in a else a for i, a in enumerate(argv)]
+        if os.sep in out[0] and not Path(out[0]).is_absolute():
+            out[0] = str(base / out[0])
+        return out
+
     state_dir = fix(config.state_dir, ("state_dir",))
     override = env.get("RETENTION_STATE_DIR") or env.get("STATE_DIRECTORY")
     if override:
@@ -342,6 +353,12 @@ def _resolve(
             for key in (*OAUTH_PATH_KEYS, "password_file") if hasattr(c, key)})
         for name, c in config.credentials.items()
     }
+    credentials = {
+        name: c.model_copy(update={"password_command": command(
+            c.password_command, ("credentials", name, "password_command"))})
+        if isinstance(c, Credential) and c.password_command else c
+        for name, c in credentials.items()
+    }
     accounts = [
         with_credential(
             a.model_copy(
@@ -349,6 +366,8 @@ def _resolve(
                     "ca_file": fix(a.ca_file, ("accounts", i, "ca_file")),
                     "password_file": fix(a.password_file, ("accounts", i, "password_file"),
                                          True),
+                    "password_command": command(a.password_command,
+                                                ("accounts", i, "password_command")),
                     "oauth": a.oauth and a.oauth.model_copy(update={key: fix(
                         getattr(a.oauth, key), ("accounts", i, "oauth", key), key != "ca_file")
                         for key in OAUTH_PATH_KEYS if hasattr(a.oauth, key)}),
@@ -440,6 +459,20 @@ def _resolve_notify(policy: Policy, name: str, fix: Any) -> Policy:
     return policy.model_copy(update={"notify": n})
 
 
+def _command_warning(who: str, argv: Sequence[str] | None) -> list[str]:
+    """A ``password_command`` whose program is not there (``check`` never runs it: it may
+    prompt, or be audited)."""
+    if argv is None:
+        return []
+    program = argv[0]
+    found = (os.access(program, os.X_OK) and os.path.isfile(program)) if os.sep in program \
+        else shutil.which(program) is not None
+    if found:
+        return []
+    return [f"{who}: password_command program {program!r} is not found or not executable "
+            "(a name is looked up on PATH; the login will fail until it is there)"]
+
+
 def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[str]:
     """Things ``check`` reports without failing: missing secrets, suspicious durations."""
     env = os.environ if env is None else env
@@ -456,6 +489,7 @@ def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[st
                        "set (its accounts will fail until it is)")
         if cred.password_file is not None and not os.access(cred.password_file, os.R_OK):
             out.append(f"credential {cname}: password_file {cred.password_file} is not readable")
+        out.extend(_command_warning(f"credential {cname}", cred.password_command))
     for acct in config.accounts:
         if acct.oauth is not None:
             out.extend(oauth_warnings(f"account {acct.name}", acct.oauth, env))
@@ -468,6 +502,7 @@ def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[st
             )
         if acct.password_file is not None and not os.access(acct.password_file, os.R_OK):
             out.append(f"account {acct.name}: password_file {acct.password_file} is not readable")
+        out.extend(_command_warning(f"account {acct.name}", acct.password_command))
     for pname, policy in config.policies.items():
         for rule in policy.rules:
             # Parsed durations lose their unit: one that is not whole hours was written in

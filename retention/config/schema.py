@@ -216,6 +216,32 @@ class Policy(_Strict):
 
 Security = Literal["tls", "starttls", "none"]
 
+
+def _argv(value: object) -> object:
+    if isinstance(value, str):
+        # A string would need a shell (or shlex) to split: say how to write it instead.
+        raise ValueError("must be a list of arguments, e.g. [pass, show, mail/alice] "
+                         "(it is run without a shell)")
+    if isinstance(value, list) and value and isinstance(value[0], str) and not value[0]:
+        raise ValueError("the program (the first item) is empty")
+    return value
+
+
+PasswordCommand = Annotated[list[StrictStr], Field(min_length=1), BeforeValidator(_argv)]
+_PASSWORD_KEYS = ("password_env", "password_file", "password_command")
+
+
+def _password_sources(holder: object) -> list[str]:
+    return [k for k in _PASSWORD_KEYS if getattr(holder, k, None) is not None]
+
+
+def _one_password_source(holder: object) -> None:
+    given = _password_sources(holder)
+    if len(given) != 1:
+        where = given[1] if len(given) > 1 else "password_env"
+        raise ValueError(f"{where}: give exactly one of password_env, password_file or "
+                         "password_command")
+
 # The one table of default ports (IANA): implicit TLS, or the plain port STARTTLS upgrades.
 DEFAULT_PORTS: Mapping[tuple[MailProtocol, Security], int] = {
     ("imap", "tls"): 993, ("imap", "starttls"): 143, ("imap", "none"): 143,
@@ -235,6 +261,10 @@ class Connection(_Strict):
     username: StrictStr
     password_env: StrictStr | None = None
     password_file: Path | None = None
+    # An argv list, run without a shell; the password is the first line of its stdout
+    # (``config.secrets.run_password_command``).
+    password_command: PasswordCommand | None = None
+    password_command_timeout: ServiceDuration = timedelta(seconds=10)
     timeout: ServiceDuration = timedelta(seconds=30)
 
     def login_names(self) -> tuple[str, str | None]:
@@ -251,12 +281,12 @@ class Connection(_Strict):
         if getattr(self, "credentials", None) is not None or getattr(self, "oauth", None):
             # The named credential (or OAuth2) supplies the login (see Account, Credential).
             key = "credentials" if getattr(self, "credentials", None) is not None else "oauth"
-            if self.password_env is not None or self.password_file is not None:
+            if _password_sources(self):
                 raise ValueError(
-                    f"{key}: give either {key} or password_env/password_file"
+                    f"{key}: give either {key} or password_env/password_file/password_command"
                 )
-        elif (self.password_env is None) == (self.password_file is None):
-            raise ValueError("password_env: give exactly one of password_env or password_file")
+        else:
+            _one_password_source(self)
         return self
 
     def port_for(self, protocol: MailProtocol) -> int:
@@ -281,13 +311,14 @@ class Credential(_Strict):
     username: StrictStr | None = None
     password_env: StrictStr | None = None
     password_file: Path | None = None
+    password_command: PasswordCommand | None = None
+    password_command_timeout: ServiceDuration = timedelta(seconds=10)
     login_as: LoginAs = "user"
     separator: Annotated[StrictStr, Field(min_length=1)] = "*"
 
     @model_validator(mode="after")
     def _complete(self) -> Credential:
-        if (self.password_env is None) == (self.password_file is None):
-            raise ValueError("password_env: give exactly one of password_env or password_file")
+        _one_password_source(self)
         if self.login_as != "user" and not self.username:
             raise ValueError(f"username: login_as {self.login_as} needs the admin's username")
         return self

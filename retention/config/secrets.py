@@ -1,7 +1,17 @@
-"""Reading account passwords from the environment or a file, and nowhere else; redacting them.
+"""Reading account passwords from the environment, a file or a command; redacting them.
 
 Passwords never appear on a command line (the process list), in the policy file, in a log
-line, a report or an exception message: errors name the variable or the file, not the value.
+line, a report or an exception message: errors name the variable, the file or the
+command, not the value.
+
+``password_command`` (getmail6's ``password_command``, mbsync's ``PassCmd``: ``pass``,
+vault CLIs, ``systemd-creds``, ``secret-tool``) is an argv list run directly, never
+through a shell, with stdin closed and a timeout (its whole process group is killed when
+it runs over); the password is the first line of its stdout. Its arguments are what the
+policy file says and nothing else (the password only ever travels over the pipe). A
+failure reports the exit status and the last line of stderr, scrubbed of whatever the
+command printed on stdout. Every password read from a command is remembered for the
+process's log filter (``command_secrets``), since the filter cannot run commands itself.
 ``redact`` is the one scrubber: the adapters run every server reply they quote in an error
 through it (a server may echo what it was sent), and the service's log filter runs every
 record through it. ``secret_forms`` lists the forms a password takes on the wire.
@@ -12,7 +22,11 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Iterable, Mapping
+import signal
+import subprocess
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from retention.config.schema import Connection
@@ -20,12 +34,87 @@ from retention.errors import SecretError
 
 
 def read_password(conn: Connection, env: Mapping[str, str] | None = None) -> str:
-    """The password for ``conn`` from ``password_env`` or ``password_file``.
+    """The password for ``conn`` from ``password_env``, ``password_file`` or
+    ``password_command``.
 
     Raises:
-        SecretError: the variable is unset or empty, or the file cannot be read.
+        SecretError: the variable is unset or empty, the file cannot be read, or the
+            command failed, timed out or printed nothing.
     """
+    if conn.password_command is not None:
+        return run_password_command(conn.password_command, conn.password_command_timeout)
     return read_secret(conn.password_env, conn.password_file, env, what="password_file")
+
+
+_COMMAND_SECRETS: set[str] = set()
+_COMMAND_SECRETS_LOCK = threading.Lock()
+_STDERR_SHOWN = 200  # characters of the command's last stderr line in an error
+
+
+def command_secrets() -> frozenset[str]:
+    """Every password this process has read from a ``password_command`` (for the log filter)."""
+    with _COMMAND_SECRETS_LOCK:
+        return frozenset(_COMMAND_SECRETS)
+
+
+def run_password_command(argv: Sequence[str], timeout: timedelta) -> str:
+    """The first line of what ``argv`` prints on stdout (run without a shell).
+
+    Raises:
+        SecretError: it cannot be started, exits non-zero, runs over ``timeout`` or prints
+            an empty first line. The message names ``argv[0]`` only (the arguments may
+            say which secret, but not what it is; they are in the policy file anyway).
+    """
+    name = repr(argv[0])
+    seconds = timeout.total_seconds()
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - an argv list from the policy, no shell
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True,  # its own group: killable whole
+        )
+    except OSError as e:
+        raise SecretError(
+            f"password_command {name} cannot be run: {e.strerror or type(e).__name__}"
+        ) from None
+    with proc:
+        try:
+            out, err = proc.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise SecretError(
+                f"password_command {name} did not finish within {seconds:g} s (killed)"
+            ) from None
+    first = out.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    if proc.returncode != 0:
+        detail = _last_line(err.decode("utf-8", "replace"))
+        # The command may have printed the password before failing: never quote it.
+        detail = redact(detail, [first]) if first else redact(detail)
+        raise SecretError(
+            f"password_command {name} exited with status {proc.returncode}"
+            + (f": {detail}" if detail else "")
+        )
+    if not first:
+        raise SecretError(f"password_command {name} printed nothing on its first line")
+    with _COMMAND_SECRETS_LOCK:
+        _COMMAND_SECRETS.add(first)
+    return first
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    try:
+        proc.communicate(timeout=5)  # reap it; a grandchild that left the group may
+    except subprocess.TimeoutExpired:  # still hold the pipes: do not wait for it
+        pass
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= _STDERR_SHOWN else line[:_STDERR_SHOWN] + "..."
 
 
 def read_secret(

@@ -64,6 +64,8 @@ def with_credential(account: Account, credentials: Mapping[str, AttachedCredenti
             "credential": cred,
             "password_env": cred.password_env,
             "password_file": cred.password_file,
+            "password_command": cred.password_command,
+            "password_command_timeout": cred.password_command_timeout,
         }
     )
 

@@ -6,7 +6,8 @@ defence in depth: messages are built without secrets in the first place (errors 
 variable or file that holds a password, never its value), but a server reply or a
 library's exception text could still echo one. So each record is scrubbed of
 
-* the passwords the service itself can read for its accounts and archive targets;
+* the passwords the service itself can read for its accounts and archive targets (and,
+  once read, those from a ``password_command``: ``config.secrets.command_secrets``);
 * ``password=...``/``token: ...`` style pairs, IMAP ``LOGIN user pass``, POP3 ``PASS x``
   and ``AUTHENTICATE PLAIN <base64>``/``AUTH PLAIN <base64>`` continuations.
 """
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retention.config.schema import Config, Connection, ImapTarget
-from retention.config.secrets import read_password, redact
+from retention.config.secrets import command_secrets, read_password, redact
 from retention.errors import RetentionError
 from retention.result import AccountResult
 from retention.sources import password_holders
@@ -36,7 +37,7 @@ class RedactionFilter(logging.Filter):
         self.secrets: frozenset[str] = frozenset(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = self.secrets  # one read: a reload swaps the set atomically
+        secrets = self.secrets | command_secrets()  # one read: a reload swaps the set
         record.msg = redact(record.getMessage(), secrets)
         record.args = None
         fields = getattr(record, "fields", None)
@@ -59,6 +60,8 @@ def secrets_of(config: Config) -> set[str]:
     conns.extend(t for t in config.archives.values() if isinstance(t, ImapTarget))
     out: set[str] = set()
     for conn in conns:
+        if conn.password_command is not None:
+            continue  # not run just for this: the filter adds it once a pass has read it
         try:
             out.add(read_password(conn))
         except RetentionError:
