@@ -19,7 +19,10 @@ This module owns the semantics of rules (README "The policy file"). Per message,
    protected under that rule = kept), ordered by rule, then the rule's clock time, folder,
    UID (oldest first), and are taken until the projected usage is <= ``clean_to``. The
    rails still hold: the cap continues counting, and a candidate that would remove the last
-   message of a folder is skipped unless its rule allows emptying folders.
+   message of a folder is skipped unless its rule allows emptying folders. Only the
+   user's own folders count (review F2): removing mail from another user's or a shared
+   folder a rule names frees none of this account's storage, so it is neither projected
+   as freed nor taken by over-quota cleanup.
 
 Unknown times fail safe: a ``saved`` clock without a saved time counts as "now" (never old
 enough, youngest when ordering). Ages are compared at full (sub-second) precision against a
@@ -538,13 +541,21 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     )
     usage = snapshot.usage.usage_bytes
     limit = snapshot.usage.limit_bytes or quota.limit
-    projected = usage - sum(a.freed_bytes for a in state.actions)
+    foreign = {f.name for f in snapshot.folders if not f.info.namespace.own}
+    projected = usage - sum(a.freed_bytes for a in state.actions
+                            if a.message.ref.folder not in foreign)
     # What the scan left out (unreadable metadata: kept, never acted on) is reported.
     warnings: list[str] = [f"folder {f.name}: {w}" for f in snapshot.folders for w in f.warnings]
     warnings += label_notes
     over_quota = False
     short_by = 0
     has_over_rules = any(r.rule.when == "over_quota" for r in rules)
+    for r in rules:
+        names = sorted(r.folders & foreign)
+        if r.rule.when == "over_quota" and names:
+            warnings.append(f"rule {r.name}: {', '.join(names)} is not this account's own "
+                            "storage (another user's, shared or virtual): over-quota "
+                            "cleanup takes nothing there")
     if not limit:
         limit = None
         if has_over_rules:
@@ -555,7 +566,8 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
         target = math.floor(Fraction(repr(quota.clean_to)) * limit)
         headline = f"over quota {_percent(usage, limit, quota.clean_above)}"
         projected, more = _over_quota_phase(
-            rules, open_, state, projected, target, headline, now)
+            rules, [m for m in open_ if m.ref.folder not in foreign], state, projected,
+            target, headline, now)
         dropped += more
         short_by = max(0, projected - target)
     failed_count = Counter(a.rule for a in failed)

@@ -135,3 +135,32 @@ def test_only_a_shared_namespace_listed():
 def test_prefixes_are_shown_in_agent_form():
     spaces = parse_namespaces(((("INBOX.", "."),), (("Other Users.", "."),), None))
     assert spaces.classify("Other Users.bob.a/b").prefix == "Other Users/"
+
+
+# -- the planner: another user's folder frees none of this account's quota ----------
+
+
+def test_over_quota_cleanup_takes_nothing_from_a_named_shared_folder():
+    from datetime import timedelta
+
+    from retention.planner import plan
+    from tests.strategies import DAY, NOW, folder, msg, snapshot
+
+    kib = 1024
+    bob = FolderInfo("shared/bob", namespace=OTHER)
+    pol = policy(rule("full", folders=["INBOX", "shared/bob"], when="over_quota"),
+                 rule("bob", folders=["shared/bob"], older_than="30d", allow_empty_folder=True),
+                 quota={"clean_above": "90%", "clean_to": "75%"})
+    # alice: 95 KiB of 100 KiB in INBOX (her own); bob's shared INBOX: 3 old 10 KiB ones.
+    mine = [msg("INBOX", u, age=(400 - u) * DAY, size=19 * kib) for u in range(1, 6)]
+    mine.append(msg("INBOX", 9, age=timedelta(0), size=10))
+    bobs = [msg("shared/bob", u, age=90 * DAY, size=10 * kib) for u in range(1, 4)]
+    snap = snapshot(folder(INBOX, *mine), folder(bob, *bobs), usage=95 * kib, limit=100 * kib)
+    p = plan(pol, snap, NOW)
+    removed = [(a.message.ref.folder, a.message.ref.uid, a.over_quota) for a in p.actions]
+    # The always-rule "bob" acts on bob's folder (it names it), but that frees none of
+    # alice's 95 KiB: over-quota cleanup still takes her oldest until <= 75 KiB.
+    assert removed == [("shared/bob", 1, False), ("shared/bob", 2, False),
+                       ("shared/bob", 3, False), ("INBOX", 1, True), ("INBOX", 2, True)]
+    assert p.usage_after_bytes == 95 * kib - 2 * 19 * kib
+    assert any("shared/bob is not this account's own storage" in w for w in p.warnings)
