@@ -19,8 +19,9 @@
   * JournalError           abort: never act without a journal
     * ObservationsError    the observation store (first-seen times, usage) is unusable
 
-Exit codes of the commands are ``ExitCode``: 0 all went well, 1 an account failed, 2 the
-policy file or the command line is wrong (``ConfigError.exit_code``).
+Exit codes of the commands are ``ExitCode``: 0 all went well, 1 an account failed (or was
+skipped because another agent holds its lock), 2 the policy file or the command line is
+wrong (``ConfigError.exit_code``), 130 interrupted.
 
 Messages never carry secrets: adapters build them from server replies and host names only.
 """
@@ -41,6 +42,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # an account failed (or the service could not shut down in time)
     USAGE = 2  # the policy file or the command line is wrong: retrying will not help
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report 128 + 2
 
 
 class RetentionError(Exception):

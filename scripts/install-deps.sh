@@ -8,6 +8,7 @@
 #   libldap/libsasl headers and a C compiler (libldap2-dev libsasl2-dev gcc: pip builds
 #                     python-ldap, the [ldap] extra, from source; it has no wheels)
 #   chromium          (headless: the tests render the HTML report in a real browser)
+#   groff             (groff-base: the tests render the generated man page, `retention man`)
 #   Cyrus IMAP        (cyrus-common sasl2-bin, and cyrus-imapd's imapd: the tests' real Cyrus
 #                     for admin logins; see cyrus_imapd below for why it is unpacked)
 # Nothing to do when all are present. Installing needs root (apt-get); without it
@@ -55,6 +56,7 @@ then
     extra+=(python3-dev)
 fi
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v groff >/dev/null 2>&1 || missing+=(groff)
 [ -x /usr/lib/cyrus/bin/master ] || missing+=(cyrus-master)
 command -v saslpasswd2 >/dev/null 2>&1 || missing+=(saslpasswd2)
 
@@ -92,7 +94,7 @@ if [ ${#missing[@]} -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
 fi
 
 packages=(dovecot-imapd dovecot-pop3d prometheus openssl slapd ldap-utils postgresql
-          libldap2-dev libsasl2-dev gcc chromium cyrus-common sasl2-bin
+          libldap2-dev libsasl2-dev gcc chromium groff-base cyrus-common sasl2-bin
           ${extra[@]+"${extra[@]}"})
 echo "install-deps: missing ${missing[*]}; installing ${packages[*]}" >&2
 
@@ -127,7 +129,7 @@ apt-get install -y -q --no-install-recommends \
 
 cyrus_imapd
 
-for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc chromium saslpasswd2; do
+for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc chromium groff saslpasswd2; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "install-deps: $tool still missing after install" >&2
         exit 1

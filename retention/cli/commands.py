@@ -8,18 +8,24 @@ and ``state/``, and how their results reach stdout, stderr and the exit status.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retention.cli.common import emit, select, sharded, when, with_once_within
-from retention.config.schema import Config
+from retention.cli.parser import verbosity
+from retention.config.schema import Account, Config
 from retention.errors import ConfigError, ExitCode
+from retention.service.logs import account_run_fields, logfmt
 
 if TYPE_CHECKING:
     from retention.result import AccountResult
     from retention.service.batch import Progress
+
+# The logger serve's account lines use: one filter, one format for both.
+_runlog = logging.getLogger("retention.runs")
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
@@ -28,7 +34,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from retention import report
     from retention.result import RunResult
     from retention.run.account import retry_throttled, run_account
-    from retention.service.batch import Progress, run_ordered
+    from retention.service.batch import run_ordered
 
     config = with_once_within(config, args.once_within)
     textfile = _textfile(args.metrics_textfile)
@@ -36,15 +42,18 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     accounts = sharded(select(config, args.account), args)
     now = datetime.now(UTC)
     jobs, per_host = _jobs(config, args)
-    progress = Progress(len(accounts))
+    progress = _progress(len(accounts), args)
+    def one(a: Account) -> AccountResult:
+        return _logged(run_account(config, a, dry_run=args.dry_run, now=now), "run")
+
     results = tuple(run_ordered(
-        accounts, lambda a: run_account(config, a, dry_run=args.dry_run, now=now),
+        accounts, one,
         jobs=jobs, per_host=per_host, host_limits=_host_limits(config), progress=progress,
         is_error=lambda r: r.status == "error",
     ))
     progress.finish()
-    results = retry_throttled(  # later in the sweep: the provider asked us to slow down
-        accounts, results, lambda a: run_account(config, a, dry_run=args.dry_run, now=now))
+    # Later in the sweep: the provider asked us to slow down.
+    results = retry_throttled(accounts, results, one)
     result = RunResult(dry_run=args.dry_run, generated_at=now, accounts=results)
     if args.format == "html":
         from retention.page.html import levels_of, to_html
@@ -55,12 +64,11 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     else:
         text = report.to_text(result)
     emit(text, args.output)
-    for a in result.accounts:
+    for a in result.accounts:  # after the report: the operator sees which account failed
         if a.status == "error":
-            print(
-                f"retention: account {a.account} failed ({a.error_kind}): {a.error}",
-                file=sys.stderr,
-            )
+            fields = {"event": "account_failed", "account": a.account,
+                      "error_kind": a.error_kind, "error": a.error}
+            _runlog.error("%s", logfmt(fields), extra={"fields": fields})
     if textfile is not None:
         from retention.service.textfile import write_run_metrics
 
@@ -90,18 +98,19 @@ def cmd_usage(config: Config, args: argparse.Namespace) -> int:
 
     from retention.errors import RetentionError
     from retention.run.account import measure_account, open_observations
-    from retention.service.batch import Progress, run_ordered
+    from retention.service.batch import run_ordered
 
     accounts = sharded(select(config, args.account), args)
     jobs, per_host = _jobs(config, args)
-    progress = Progress(len(accounts))
+    progress = _progress(len(accounts), args)
     try:
         shared: Any = open_observations(config)  # one store for all: see measure_account
     except RetentionError:
         shared = nullcontext()  # each account then reports why it cannot record
     with shared as observations:
         return _print_usage(args, run_ordered(
-            accounts, lambda a: measure_account(config, a, observations=observations),
+            accounts,
+            lambda a: _logged(measure_account(config, a, observations=observations), "measure"),
             jobs=jobs, per_host=per_host, host_limits=_host_limits(config), progress=progress,
             is_error=lambda r: r.status == "error",
         ), progress)
@@ -195,3 +204,19 @@ def _limits(config: Config) -> None:
     from retention.adapters.spool import Limits
 
     Limits.configure(config.message_memory, Path(config.state_dir) / "tmp")
+
+
+def _progress(total: int, args: argparse.Namespace) -> Progress:
+    """The progress line on a terminal's stderr; none with ``-q``, nor with ``-v`` (where
+    each account's log line says as much without the two overwriting each other)."""
+    from retention.service.batch import Progress
+
+    return Progress(total, enabled=False if verbosity(args) != 0 else None)
+
+
+def _logged(result: AccountResult, kind: str) -> AccountResult:
+    """One info line per account as it finishes (``-v``), the fields ``serve`` logs."""
+    if _runlog.isEnabledFor(logging.INFO):
+        fields = account_run_fields(result, kind)
+        _runlog.info("%s", logfmt(fields), extra={"fields": fields})
+    return result

@@ -470,6 +470,9 @@ class ServiceFields(BaseModel):
     # across daylight-saving changes). UTC unless set: never the host's local zone, which
     # differs between a laptop, a VM and a container.
     timezone: TimeZoneName = "UTC"
+    # Log lines on stderr, of serve and of every other command: logfmt (ts=... level=...
+    # logger=... event=...) or one JSON object per line.
+    log_format: Literal["logfmt", "json"] = "logfmt"
 
 
 class Service(ServiceFields):

@@ -12,7 +12,7 @@ This module owns where each service setting comes from. Highest wins:
 
 Plus settings that only make sense outside the file: ``RETENTION_CONFIG`` (the policy
 file), ``RETENTION_METRICS_PORT_FILE`` (where to write the bound port, for port 0),
-``RETENTION_LOG_LEVEL`` and ``RETENTION_LOG_FORMAT``.
+``RETENTION_LOG_LEVEL`` (``serve``; the other commands take ``-v``/``-q``).
 
 pydantic-settings reads layers 2 and 3 with the policy file's values as its lowest
 "init" layer; the overrides are applied on top and the result is validated once more.
@@ -44,7 +44,6 @@ class ServiceSettings(ServiceFields):
     config: Path | None = None
     metrics_port_file: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["logfmt", "json"] = "logfmt"
 
 
 class _FromEnvironment(BaseSettings, ServiceSettings):

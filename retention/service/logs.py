@@ -1,10 +1,13 @@
 """Structured logging for the service: one line per account run, and no secret ever.
 
-This module owns the shape of the service's log lines (``key=value`` logfmt, or JSON with
-``RETENTION_LOG_FORMAT=json``) and the redaction filter on every handler. The filter is
-defence in depth: messages are built without secrets in the first place (errors name the
-variable or file that holds a password, never its value), but a server reply or a
-library's exception text could still echo one. So each record is scrubbed of
+This module owns the shape of every log line, from ``serve`` and from the other commands
+alike (``ts=... level=... logger=... event=...`` logfmt, or JSON with ``log_format: json``
+or ``RETENTION_LOG_FORMAT=json``), the log levels ``-v``/``-q`` select (``level_of``: the
+``retention`` loggers, libraries only from ``-vvv``) and the redaction filter on every
+handler. The filter is defence in depth: messages are built without secrets in the first
+place (errors name the variable or file that holds a password, never its value), but a
+server reply or a library's exception text could still echo one. So each record is
+scrubbed of
 
 * the passwords the service itself can read for its accounts and archive targets (and,
   once read, those from a ``password_command``: ``config.secrets.command_secrets``);
@@ -120,57 +123,149 @@ def log_account_run(logger: logging.Logger, result: AccountResult, *, kind: str 
     logger.log(level, "%s", logfmt(fields), extra={"fields": fields})
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; structured ``fields`` are merged in as keys."""
+def _ts(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+_PAIR = r'[A-Za-z_][A-Za-z0-9_.]*=(?:"(?:[^"\\]|\\.)*"|[^\s"]*)'
+_LOGFMT = re.compile(rf"{_PAIR}(?: {_PAIR})*")
+_PAIRS = re.compile(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+
+
+def _unquote(raw: str) -> str:
+    if not raw.startswith('"'):
+        return raw
+    return re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], raw[1:-1])
+
+
+def _body(record: logging.LogRecord) -> dict[str, object] | str:
+    """The record's own fields: ``fields``, else a logfmt message's pairs, else its text."""
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, Mapping):
+        return {k: v for k, v in fields.items() if v is not None}
+    message = record.getMessage()
+    if not _LOGFMT.fullmatch(message):
+        return message
+    return {key: _unquote(raw) for key, raw in _PAIRS.findall(message)}
+
+
+def _exc(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    if record.exc_text:  # set (and scrubbed) by the redaction filter
+        return record.exc_text
+    return formatter.formatException(record.exc_info) if record.exc_info else None
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=... level=info logger=retention.runner event=... k=v``: every token a pair.
+
+    Messages written as logfmt (``"event=started port=%d"``) are kept as they are; any
+    other text becomes ``msg="..."``; a traceback ``exc="..."``.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
+        head = logfmt({"ts": _ts(record), "level": record.levelname.lower(),
+                       "logger": record.name})
         fields = getattr(record, "fields", None)
+        message = record.getMessage()
         if isinstance(fields, Mapping):
-            out.update({k: v for k, v in fields.items() if v is not None})
+            body = logfmt(fields)
+        elif _LOGFMT.fullmatch(message):
+            body = message
         else:
-            out["msg"] = record.getMessage()
-        if record.exc_text:
-            out["exc"] = record.exc_text
+            body = logfmt({"msg": message})
+        exc = _exc(self, record)
+        return f"{head} {body}" + (f" {logfmt({'exc': exc})}" if exc else "")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, then the record's fields
+    (structured ``fields``, or the pairs of a logfmt message, else ``msg``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"ts": _ts(record), "level": record.levelname.lower(),
+                               "logger": record.name}
+        body = _body(record)
+        if isinstance(body, dict):
+            out.update(body)
+        else:
+            out["msg"] = body
+        exc = _exc(self, record)
+        if exc:
+            out["exc"] = exc
         return json.dumps(out, default=str)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler on whatever ``sys.stderr`` is at the time of each record (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+PACKAGE = "retention"
 _FILTER = RedactionFilter()
+_HANDLER = _Stderr()
+_state: dict[str, int | None] = {"cli": None}  # the command line's -v/-q level, if given
+
+
+def level_of(verbosity: int) -> tuple[int, int]:
+    """(this package's level, every other logger's) for ``-v``/``-q`` counted as one number.
+
+    -1 (``-q``): errors only; 0: warnings; 1 (``-v``): info; 2 (``-vv``): debug, for the
+    ``retention`` loggers only; 3 (``-vvv``): every library's debug too (imapclient's
+    wire log, APScheduler), still through the redaction filter.
+    """
+    if verbosity < 0:
+        return logging.ERROR, logging.ERROR
+    ours = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+    return ours, logging.DEBUG if verbosity >= 3 else logging.WARNING
+
+
+def _install(fmt: str) -> None:
+    """Our stderr handler on the root logger, once, with the format and the redaction."""
+    root = logging.getLogger()
+    if _HANDLER not in root.handlers:
+        root.addHandler(_HANDLER)
+    _HANDLER.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    for handler in root.handlers:  # defence in depth: anyone's handler is scrubbed too
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
+
+
+def configure_cli(verbosity: int, fmt: str = "logfmt") -> None:
+    """Logging for a command: stderr, ``fmt``, levels from ``-v``/``-q`` (``level_of``)."""
+    ours, others = level_of(verbosity)
+    _state["cli"] = ours if verbosity else None
+    logging.getLogger(PACKAGE).setLevel(ours)
+    logging.getLogger().setLevel(others)
+    _install(fmt)
+
+
+def set_format(fmt: str) -> None:
+    """Switch the format once the policy file said (``service.log_format``)."""
+    _install(fmt)
 
 
 def configure(level: str = "INFO", fmt: str = "logfmt", secrets: Iterable[str] = ()) -> None:
-    """Set up logging for ``serve``: a stderr handler if none, the format, the redaction.
-
-    A more verbose level already set (``retention -v serve``) is kept.
-    """
-    root = logging.getLogger()
-    if not root.handlers:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-        )
-        root.addHandler(handler)
+    """Set up logging for ``serve``: stderr, the format, this package at ``level`` (the
+    command line's ``-v``/``-q`` win when given), the redaction."""
     wanted = logging.getLevelName(level)
     if not isinstance(wanted, int):
         wanted = logging.INFO
-    if root.level >= logging.WARNING or root.level == logging.NOTSET:
-        root.setLevel(wanted)
-    else:
-        root.setLevel(min(root.level, wanted))
-    if root.level > logging.DEBUG:
-        # APScheduler logs every job execution at INFO: a sweep every few seconds would
-        # drown the account lines.
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    cli = _state["cli"]
+    logging.getLogger(PACKAGE).setLevel(cli if cli is not None else wanted)
+    if cli is None:  # libraries: warnings only (their debug needs -vvv)
+        logging.getLogger().setLevel(logging.WARNING)
     update_secrets(secrets)
-    for handler in root.handlers:
-        if fmt == "json":
-            handler.setFormatter(JsonFormatter())
-        if _FILTER not in handler.filters:
-            handler.addFilter(_FILTER)
+    _install(fmt)
 
 
 def update_secrets(secrets: Iterable[str]) -> None:

@@ -305,3 +305,58 @@ def test_run_writes_the_metrics_textfile(tmp_path: Path, mail_user: MailUser) ->
     second = pf.cli("run", "--format", "json", "--metrics-textfile", str(prom))
     assert second.code == 0, str(second)
     assert values()[deleted] == 3
+
+
+# --------------------------------------- log lines: logfmt or JSON, -v scoped to retention
+
+LOG_LINE = re.compile(r"^ts=\S+ level=(debug|info|warning|error) logger=\S+ [A-Za-z_]\w*=")
+
+
+def test_cli_log_lines_are_logfmt_or_json_and_scrubbed(
+        tmp_path: Path, make_user: Callable[..., MailUser]) -> None:
+    good, bad = make_user(), make_user()
+    seed_old_and_young(good)
+    pf = PolicyFile(tmp_path, OLD_INBOX)
+    good_name = pf.add_imap(good)
+    bad_name = pf.add_imap(bad, password="Wr0ng-S3cret-q8Zx")
+
+    result = pf.cli("run", "--dry-run", "-v")
+
+    assert result.code == 1, str(result)
+    lines = result.stderr.splitlines()
+    assert lines and all(LOG_LINE.match(line) for line in lines), result.stderr
+    assert any(f"event=account_run account={good_name} " in ln for ln in lines), result.stderr
+    assert any(f"level=error logger=retention.runs event=account_failed account={bad_name} "
+               "error_kind=auth" in ln for ln in lines), result.stderr
+    assert "Wr0ng-S3cret-q8Zx" not in result.stderr and good.password not in result.stderr
+
+    pf.extra = {"service": {"log_format": "json"}}
+    pf.write()
+    as_json = pf.cli("run", "--dry-run", "-v")
+    assert as_json.code == 1, str(as_json)
+    docs = [json.loads(line) for line in as_json.stderr.splitlines()]
+    assert {d["level"] for d in docs} <= {"debug", "info", "warning", "error"}
+    assert {(d.get("event"), d.get("account")) for d in docs} >= {
+        ("account_run", good_name), ("account_failed", bad_name)}
+    # The environment wins over the file, as for serve.
+    back = pf.cli("run", "--dry-run", "-q", env={"RETENTION_LOG_FORMAT": "logfmt"})
+    assert back.stderr and all(LOG_LINE.match(ln) for ln in back.stderr.splitlines()), back
+    assert "event=account_run" not in back.stderr  # -q: errors only
+
+
+def test_vv_is_this_package_vvv_adds_the_libraries_wire_log(
+        tmp_path: Path, mail_user: MailUser) -> None:
+    pf = PolicyFile(tmp_path, OLD_INBOX)
+    pf.add_imap(mail_user)
+
+    ours = pf.cli("run", "--dry-run", "-vv")
+    assert ours.code == 0, str(ours)
+    assert "logger=retention." in ours.stderr
+    assert "logger=imapclient" not in ours.stderr, ours.stderr[-3000:]
+    assert "level=debug" in ours.stderr
+
+    every = pf.cli("-v", "run", "-c", str(pf.path), "--dry-run", "-vv")  # -v + -vv: -vvv
+    assert every.code == 0, str(every)
+    assert "logger=imapclient" in every.stderr, every.stderr[-3000:]
+    assert mail_user.password not in every.stderr
+    assert all(LOG_LINE.match(ln) for ln in every.stderr.splitlines()), every.stderr[-3000:]

@@ -73,7 +73,7 @@ def test_no_output_holds_a_password(tmp_path: Path, dovecot):
         cli("history", "--format", fmt)
     everything = b"".join(outputs)
     assert b"alice" in everything and (tmp_path / "report.json").exists()
-    assert b"account wrong failed (auth)" in everything  # the refusal was reported
+    assert b"event=account_failed account=wrong error_kind=auth" in everything  # reported
 
     serve = Serve(pf, tmp_path)
     try:
