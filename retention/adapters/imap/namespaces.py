@@ -10,7 +10,10 @@ Found on Dovecot 2.3.19 with a ``type = shared`` namespace ``shared/%%u/`` and a
 ``virtual/`` namespace: ``(("" "/")("virtual/" "/")) (("shared/" "/")) NIL``. bob's shared
 INBOX is listed as ``shared/bob`` (the namespace root), his other folders as
 ``shared/bob/Work``; neither the shared nor the virtual folders carry any attribute, so
-the prefixes are the only way to know them.
+the prefixes are the only way to know them. Cyrus 3: ``(("INBOX." ".")) (("user." "."))
+(("" "."))`` (bob's INBOX is ``user.bob``, public folders have no prefix), or with
+``altnamespace`` and ``unixhierarchysep`` ``(("" "/")) (("Other Users/" "/")) (("Shared
+Folders/" "/"))``; no attributes either.
 
 Rules:
 
