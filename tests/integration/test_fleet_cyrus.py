@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,9 @@ import pytest
 import yaml
 
 from retention.cli import main
-from retention.testing.cyrus import Cyrus, CyrusUser, cyrus_unavailable_reason
+from retention.testing.cyrus import Cyrus, CyrusUser
 from retention.testing.dovecot import SeedMessage
 from tests.integration.helpers import ago
-from tests.integration.sources_support import require
 
 SEEN = frozenset({"\\Seen"})
 QUOTA_KIB = 1024
@@ -42,14 +40,6 @@ POLICIES = {
     "short": {"protect": [], "rules": [
         {"name": "month", "folders": ["INBOX"], "older_than": "30d", "action": "delete"}]},
 }
-
-
-@pytest.fixture(scope="module", params=["debian", "upstream"])
-def cyrus(request: pytest.FixtureRequest) -> Iterator[Cyrus]:
-    require("Cyrus IMAP", cyrus_unavailable_reason())
-    upstream = request.param == "upstream"
-    with Cyrus(unixhierarchysep=upstream, altnamespace=upstream) as server:
-        yield server
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,12 @@ import pytest
 import yaml
 
 from retention.cli import main
-from retention.testing.cyrus import Cyrus, CyrusUser, cyrus_unavailable_reason
+from retention.testing.cyrus import Cyrus, CyrusUser
 from retention.testing.dovecot import SeedMessage
 from tests.integration.helpers import ago
-from tests.integration.sources_support import require
 
 SEEN = frozenset({"\\Seen"})
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module", params=["debian", "upstream"])
-def cyrus(request: pytest.FixtureRequest) -> Iterator[Cyrus]:
-    require("Cyrus IMAP", cyrus_unavailable_reason())
-    upstream = request.param == "upstream"
-    with Cyrus(unixhierarchysep=upstream, altnamespace=upstream) as server:
-        yield server
 
 
 def _messages(old: int) -> list[SeedMessage]:
