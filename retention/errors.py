@@ -137,6 +137,13 @@ class ArchiveError(AccountError):
     kind = "archive"
 
 
+class ClockSkew(AccountError):
+    """The agent's clock is not shown to agree with the server's (review M10): nothing is
+    removed this run; the message says what was compared and which setting to change."""
+
+    kind = "other"
+
+
 class AccountLocked(AccountError):
     """Another agent is processing this account (lock in state_dir): skipped, not failed."""
 

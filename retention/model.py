@@ -240,6 +240,10 @@ class Snapshot:
     # (``exempt_key(ref)`` or ``"mid:" + Message-ID``, reason). Passed in by the account
     # pass from state_dir, so the planner stays pure.
     exempt: tuple[tuple[str, str], ...] = field(default=())
+    # A moment the server's own clock is known to have reached (review M10), found by the
+    # account pass: the newest server-stamped date of the scan, or what the server confirmed
+    # (IMAP ``OLDER``, a POP3 message's ``Received`` stamp). None: nothing known.
+    server_time: datetime | None = None
 
     def messages(self) -> Iterator[Message]:
         for folder in self.folders:

@@ -584,6 +584,59 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     )
 
 
+def newest_server_date(snapshot: Snapshot, now: datetime) -> tuple[Message, datetime] | None:
+    """The scanned message with the newest date the *server* stamped, and that date, not
+    after ``now``:
+    IMAP INTERNALDATE, or SAVEDATE where the folder has it (without it ``saved`` is the
+    agent's own first sighting). POP3: None, its dates are all the agent's first sightings.
+    A date after ``now`` proves nothing about a clock that runs ahead (it may be forged by a
+    client's APPEND), so it is left out."""
+    if snapshot.protocol == "pop3":
+        return None
+    best: Message | None = None
+    best_at: datetime | None = None
+    for folder in snapshot.folders:
+        for m in folder.messages:
+            for at in (m.received, m.saved if folder.has_savedate else None):
+                if at is not None and at <= now and (best_at is None or at > best_at):
+                    best, best_at = m, at
+    return None if best is None or best_at is None else (best, best_at)
+
+
+def clock_refusal(policy: Policy, snapshot: Snapshot, now: datetime) -> str | None:
+    """Why nothing may be removed at ``now``, or None (review M10). The account pass asks
+    it for every plan that removes something (an error, or a dry-run's warning).
+
+    A clock that jumped forward (a VM restored from a snapshot, a bad RTC) ages every
+    message at once, and Trash/Junk and POP3 rules may empty whole folders. The agent acts
+    only when it can show that ``now`` is at most ``clock_skew_limit`` ahead of the
+    server's clock; ``snapshot.server_time`` is the best lower bound on that clock the pass
+    found (see ``retention.run.clock``): the newest server-stamped date, or a moment the
+    server confirmed. A mailbox that got no mail for longer than the limit on a server
+    that cannot confirm its time is refused too: fail-safe, and the message says which
+    setting to raise. POP3 mail without a ``Received:`` stamp cannot be checked.
+    """
+    limit = policy.clock_skew_limit
+    floor = snapshot.server_time
+    if not limit or (floor is None and snapshot.protocol == "pop3"):
+        # POP3 without a server stamp (no TOP, no Received: field): no evidence either way,
+        # so no check (README, Limitations). IMAP always has INTERNALDATEs.
+        return None
+    if floor is not None and now - floor <= limit:
+        return None
+    if floor is None:
+        seen = "no date stamped by the server was found"
+    else:
+        stamp = f"{floor.astimezone(UTC):%Y-%m-%d %H:%M}"
+        seen = (f"the newest date stamped by the server is {stamp} UTC, "
+                f"{(now - floor).total_seconds() / 86400:.1f} days earlier")
+    return (f"clock check: nothing removed: the agent's clock says "
+            f"{now.astimezone(UTC):%Y-%m-%d %H:%M} UTC, but {seen} (clock_skew_limit "
+            f"{format_duration(limit)}); if the system clock jumped ahead (a VM restore, a "
+            "bad RTC), fix it; if the mailbox really got no mail for that long, raise "
+            "clock_skew_limit (0d turns the check off)")
+
+
 def explain(policy: Policy, snapshot: Snapshot, now: datetime) -> list[Decision]:
     """Per message, in snapshot order: its planned action and reason, or why it is kept."""
     result = plan(policy, snapshot, now)

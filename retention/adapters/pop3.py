@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import logging
 import poplib
+import re
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
@@ -195,6 +196,25 @@ def parse_headers(raw: bytes) -> tuple[datetime | None, str | None, str | None]:
         start, end = mid.find("<"), mid.find(">")
         mid = (mid[start:end + 1] if 0 <= start < end else mid)[:998] or None
     return sent, (date_raw[:998] if date_raw and sent is None else None), mid
+
+
+def received_stamp(raw: bytes) -> datetime | None:
+    """The date of the topmost ``Received:`` field (the stamp the last server that took the
+    message put on it, by its clock: RFC 5321 4.4); None without one that parses. Evidence
+    of the server's time (review M10); the ``Date:`` is not (the sender's clock, or an old
+    message migrated in). Never raises."""
+    text = raw.decode("utf-8", errors="replace")
+    head = text.split("\r\n\r\n", 1)[0].split("\n\n", 1)[0]
+    unfolded = re.sub(r"\r?\n[ \t]+", " ", head)
+    for line in unfolded.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "received" and ";" in value:
+            try:
+                when = parsedate_to_datetime(value.rsplit(";", 1)[1].strip())
+                return when if when.tzinfo else when.replace(tzinfo=UTC)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return None
+    return None
 
 
 # --- the session -----------------------------------------------------------------------------
@@ -551,6 +571,21 @@ class Pop3Session:
             log.info("%s: TOP refused for %d message(s) (%s): no Date header for them",
                      self.where, len(refused), refused[0])
         return out
+
+    def server_date(self) -> datetime | None:
+        """The newest message's ``received_stamp`` (``TOP n 0`` of the highest message
+        number), read-only: evidence of the server's clock for the account pass's clock
+        check (review M10). None without TOP, messages, or a parseable stamp."""
+        if self.capa and "TOP" not in self.capa:
+            return None
+        numbers = self._listing().values()
+        if not numbers:
+            return None
+        try:
+            raw = self._command(f"TOP {max(numbers)} 0", multiline=True)
+        except ProtocolError:
+            return None
+        return received_stamp(raw)
 
     def message_ids(self, refs: Sequence[MessageRef]) -> dict[MessageRef, str | None]:
         """The Message-ID of each ref, read with ``TOP n 0`` (pipelined), read-only.

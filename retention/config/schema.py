@@ -212,6 +212,10 @@ class Policy(_Strict):
     notify: Notify | None = None
     # Restored messages are exempt from every rule for this long (``retention restore``).
     restore_grace: Duration = timedelta(days=30)
+    # How far the agent's clock may run ahead of the server's before the account refuses to
+    # remove anything (review M10: a VM restore or a bad RTC jumps it forward and ages every
+    # message); 0d turns the check off. See planner.clock_refusal.
+    clock_skew_limit: Duration = timedelta(days=30)
 
 
 Security = Literal["tls", "starttls", "none"]

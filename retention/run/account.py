@@ -33,6 +33,7 @@ from retention.config.schema import (
 from retention.errors import (
     AccountError,
     AccountLocked,
+    ClockSkew,
     ErrorKind,
     FolderSkipped,
     RetentionError,
@@ -41,8 +42,10 @@ from retention.errors import (
 from retention.folders import folders_to_scan
 from retention.model import FolderInfo, FolderSnapshot, MessageRef, Protection, Snapshot, Usage
 from retention.plan import Action, Clock, Plan
+from retention.planner import clock_refusal
 from retention.planner import plan as make_plan
 from retention.result import AccountResult, ActionResult, RunResult, Status
+from retention.run.clock import server_time
 from retention.run.executor import Executor
 from retention.run.lease import account_lease
 from retention.run.logins import LOGINS
@@ -276,9 +279,16 @@ class AccountPass:
                     self.account.name, self.now, usage.usage_bytes, usage.limit_bytes
                 )
                 snapshot = dataclasses.replace(
-                    snapshot, exempt=exemptions(self.config, self.account, self.now)
+                    snapshot, exempt=exemptions(self.config, self.account, self.now),
+                    server_time=server_time(session, snapshot, self.now,
+                                            self.policy.clock_skew_limit),
                 )
                 plan = make_plan(self.policy, snapshot, self.now)
+                refused = clock_refusal(self.policy, snapshot, self.now) if plan.actions else None
+                if refused and work is not None:
+                    raise ClockSkew(refused)
+                if refused:  # dry-run or hold: reported, as what a real run would refuse
+                    plan = dataclasses.replace(plan, warnings=(*plan.warnings, refused))
                 if not _needs_sent(self.policy, self.account.protocol):
                     # The scan read no header; with the Date it read the Message-ID too.
                     plan = with_message_ids(session, plan, self.warnings, self.scan_cache())

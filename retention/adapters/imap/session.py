@@ -505,6 +505,27 @@ class ImapSession(ImapActions):
             return None
         return spooled
 
+    def older_than(self, ref: MessageRef, seconds: int) -> bool | None:
+        """Does the server, by its own clock, count ``ref`` older than ``seconds``? (RFC
+        5032 ``OLDER``: its INTERNALDATE against the server's now.) Read-only (EXAMINE,
+        UIDVALIDITY re-checked); None without WITHIN or when the message is gone. The
+        account pass checks its clock with it (review M10)."""
+        if not self.has("WITHIN"):
+            return None
+        folder, validity = one_folder([ref])
+        uid = str(ref_uid(ref))
+        self.select(folder, readonly=True, expect=validity)
+        try:
+            if not self.search_uids("UID", uid):
+                answer = None
+            else:
+                answer = bool(self.search_uids("UID", uid, "OLDER", str(max(1, seconds))))
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        return answer
+
     def find_by_message_id(self, folder: str, message_id: str) -> list[int]:
         """UIDs whose Message-ID header is exactly ``message_id`` ([] if no such folder)."""
         if not self.folder_exists(folder):
