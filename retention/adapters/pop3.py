@@ -69,7 +69,6 @@ _STATUS_MAX = 8192  # a status line; RFC 1939 allows 512 bytes
 _CHUNK = 65536  # message lines are read in pieces of at most this many bytes
 _PIPELINE = 64  # commands in flight at once when the server offers PIPELINING
 _WHOLE = 999_999_999  # TOP n _WHOLE: the whole message without RETR's side effects
-_BATCH_BYTES = 16 * 1024 * 1024  # message bytes held per pipelined batch of RETRs
 
 
 # --- pure parsing (unit-tested without a server) ------------------------------------------
@@ -448,7 +447,8 @@ class Pop3Session:
     ) -> Iterator[tuple[int, bool, Body, str]]:
         """(index, ok, body, status text) per command, several in flight if PIPELINING.
 
-        ``sizes`` (expected reply sizes) bound the bytes held per batch to ``_BATCH_BYTES``.
+        ``sizes`` (expected reply sizes) bound the bytes held per batch to
+        ``Limits.batch_bytes()`` (message_memory / 8).
         """
         most = _PIPELINE if "PIPELINING" in self.capa else 1
         start = 0
@@ -456,7 +456,7 @@ class Pop3Session:
             end, budget = start + 1, sizes[start] if sizes else 0
             while end < len(commands) and end - start < most:
                 budget += sizes[end] if sizes else 0
-                if budget > _BATCH_BYTES:
+                if budget > Limits.batch_bytes():
                     break
                 end += 1
             chunk = commands[start:end]

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from retention.adapters.spool import Limits
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
 from retention.errors import AccountError, ArchiveError, FolderSkipped
 from retention.model import MessageRef, Protection
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
     from retention.adapters import MailSession
 
 BATCH_SIZE = 100  # messages per archive batch (one mbox member, one journal round)
-BATCH_BYTES = 32 * 1024 * 1024  # ...and at most this much source data in memory
+# ...and at most Limits.batch_bytes() of source data (message_memory / 8): the archive path
+# holds a batch about six times over, so a batch fits message_memory (review F11).
 # Refs per delete/move call and journal round (the adapter splits command lines itself).
 # Each call re-selects the folder (SELECT of a 20,000-message folder: ~30 ms of server time)
 # and commits the journal twice; a crash or a stop request still leaves at most one batch
@@ -82,7 +84,7 @@ class Executor:
         crash_hook: Callable[[int, str], None] | None = None,
         stop: threading.Event | None = None,
         batch_size: int = BATCH_SIZE,
-        batch_bytes: int = BATCH_BYTES,
+        batch_bytes: int | None = None,
         rules: Mapping[str, Protection] | None = None,
     ) -> None:
         self.session = session
@@ -93,7 +95,7 @@ class Executor:
         self.account = account
         self.stop = stop
         self.batch_size = max(1, batch_size)
-        self.batch_bytes = batch_bytes
+        self.batch_bytes = Limits.batch_bytes() if batch_bytes is None else batch_bytes
         if crash_hook is not None:
             journal.hook = crash_hook
         self.results: list[ActionResult] = []

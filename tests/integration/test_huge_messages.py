@@ -125,6 +125,34 @@ def test_peak_memory_stays_bounded_whatever_the_message_size(tmp_path, make_user
     assert growth < 64 * MiB, f"peak RSS grew by {growth / MiB:.1f} MiB for a 48 MiB message"
 
 
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_peak_memory_bounded_for_bodies_just_below_the_spool_threshold(
+        tmp_path, make_user, protocol):
+    """message_memory 16 MiB (spool threshold 1 MiB): 35 messages of 900 kB, each held in
+    memory, stay within 16 MiB of peak RSS over archiving one small message: the fetch and
+    archive batches follow message_memory too (before: fixed 32 MiB and 16 MiB batches,
+    all 35 at once, about +40 MiB)."""
+    rss = {}
+    for tag, sizes in (("small", [20_000]), ("batch", [900_000] * 35)):
+        user = make_user(500 * MiB)
+        user.seed("INBOX", [_huge(n, f"{tag}{i}") for i, n in enumerate(sizes)])
+        user.seed("INBOX", [SeedMessage(received=ago(days=1), size=2000)])
+        policy = _policy()
+        if protocol == "pop3":
+            policy["standard"]["rules"][0]["age_by"] = "sent"
+        pf = PolicyFile(tmp_path / tag, policy)
+        pf.extra = {"archives": {"vault": {"type": "mbox", "path": "./archive/{account}.mbox",
+                                           "compress": "gzip"}},
+                    "message_memory": "16MiB"}
+        (pf.add_imap if protocol == "imap" else pf.add_pop3)(user)
+        rss[tag] = _peak_rss(pf)
+        assert len(user.folder_state()["INBOX"]) == 1  # every old one was archived
+    growth = rss["batch"] - rss["small"]
+    print(f"{protocol} peak RSS: small {rss['small'] / MiB:.1f} MiB, 35 x 900 kB "
+          f"{rss['batch'] / MiB:.1f} MiB, growth {growth / MiB:.1f} MiB")
+    assert growth < 16 * MiB, f"peak RSS grew by {growth / MiB:.1f} MiB"
+
+
 def test_huge_pop3_message_archived_byte_identical(tmp_path, make_user):
     """POP3: a RETR reply above the threshold is read into a spool file, dot-unstuffed."""
     user = make_user(200 * MiB)

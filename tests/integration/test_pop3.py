@@ -447,7 +447,8 @@ def test_a_server_echoing_the_password_does_not_leak_it(mail_user, proxy):
 def test_pipelined_retr_is_bounded_by_bytes_and_exact(mail_user, proxy, monkeypatch):
     import retention.adapters.pop3 as pop3
 
-    monkeypatch.setattr(pop3, "_BATCH_BYTES", 45_000)  # two 20 kB messages per batch
+    # two 20 kB messages per batch
+    monkeypatch.setattr(pop3.Limits, "batch_bytes", classmethod(lambda _cls: 45_000))
     raws = seed(mail_user, 7, size=20_000)
     with Pop3Session.connect(via(proxy, mail_user), mail_user.password, readonly=False) as s:
         assert "PIPELINING" in s.capabilities()

@@ -73,8 +73,7 @@ SCAN_BATCH = 2000
 HEADER_BATCH = 5000  # messages per Message-ID FETCH: streamed, so memory is not the bound
 SIZE_BATCH = 5000  # messages per RFC822.SIZE-only FETCH (usage without STATUS=SIZE)
 MESSAGE_ID = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
-BODY_BATCH = 200  # messages per BODY.PEEK[] FETCH...
-BODY_BATCH_BYTES = 32 * 1024 * 1024  # ...and at most this many bytes (one big one alone)
+BODY_BATCH = 200  # messages per BODY.PEEK[] FETCH, and at most Limits.batch_bytes()
 KIB = 1024
 
 
@@ -556,7 +555,7 @@ def _by_size(uids: list[int], sizes: dict[int, int]) -> Iterator[list[int]]:
     total = 0
     for uid in uids:
         size = sizes[uid]
-        if batch and (len(batch) >= BODY_BATCH or total + size > BODY_BATCH_BYTES):
+        if batch and (len(batch) >= BODY_BATCH or total + size > Limits.batch_bytes()):
             yield batch
             batch, total = [], 0
         batch.append(uid)
