@@ -44,7 +44,7 @@ import ssl as ssl_module
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.header import Header
@@ -580,6 +580,23 @@ class Dovecot:
     def log_tail(self, lines: int = 50) -> str:
         """The end of dovecot.log, for failure reports."""
         return tail(self.log_path, lines)
+
+    def wait_for_log(self, want: str | Callable[[str], bool], timeout: float = 60.0) -> str:
+        """dovecot.log once it holds ``want`` (a substring, or a test of the whole text).
+
+        Dovecot's log process writes lines after the client has seen the reply: reading
+        the log straight after a login races with it on a busy machine.
+        """
+        test = want if callable(want) else (lambda text: want in text)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_path.read_text(errors="replace")
+            if test(text):
+                return text
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"dovecot.log never showed {want!r} in {timeout:.0f} s:\n"
+                                     + tail(self.log_path, 30))
+            time.sleep(0.05)
 
     # -- configuration -----------------------------------------------------
 

@@ -82,6 +82,7 @@ def test_wrong_password_fails_only_that_account(
     assert bad_name in result.stderr  # the operator sees which account failed
     # A rejected login is never retried within the run (it could lock the account).
     time.sleep(0.6)  # Dovecot flushes auth failures on a 500 ms timer
+    bad.server.wait_for_log(lambda _: auth_failures(bad) > failures_before)
     assert auth_failures(bad) - failures_before == 1, bad.server.log_tail(30)
 
     ok = accounts[good_name]

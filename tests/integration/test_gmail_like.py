@@ -76,8 +76,7 @@ def test_delete_goes_through_trash_and_each_message_once(gmail_dovecot: Dovecot,
     assert _subjects(state, "INBOX") == ["young"]
     assert state.get(TRASH, {}) == {}  # moved there, then expunged there by UID
     assert len(state[ALL]) == 4  # untouched
-    log = gmail_dovecot.log_path.read_text()
-    assert f"imap({user.name})" in log
+    gmail_dovecot.wait_for_log(f"imap({user.name})")
 
 
 def test_a_copy_kept_elsewhere_keeps_the_message(gmail_dovecot: Dovecot,

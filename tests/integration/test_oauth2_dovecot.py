@@ -46,7 +46,7 @@ def test_dovecot_accepts_bearer_logins(oauth_dovecot: Dovecot, tokens: TokenServ
         assert session.list_folders()
     finally:
         session.close()
-    assert f"user=<{user}>, method={mech}" in oauth_dovecot.log_path.read_text()
+    oauth_dovecot.wait_for_log(f"user=<{user}>, method={mech}")
     # The grant the agent sent: client credentials in the form, over TLS.
     (grant,) = tokens.grants()
     assert grant.form == {"grant_type": "client_credentials", "client_id": "app",
@@ -61,7 +61,7 @@ def test_mechanism_comes_from_capabilities_and_refusal_names_no_token(
     # Preference order is followed when the server offers both.
     session = connect(oauth_dovecot, user, protocol, BearerLogin(user, good))
     session.close()
-    assert f"user=<{user}>, method=OAUTHBEARER" in oauth_dovecot.log_path.read_text()
+    oauth_dovecot.wait_for_log(f"user=<{user}>, method=OAUTHBEARER")
     expired = tokens.mint(user, lifetime=-120)
     with pytest.raises(AuthError) as err:
         connect(oauth_dovecot, user, protocol, BearerLogin(user, expired, ("XOAUTH2",)))

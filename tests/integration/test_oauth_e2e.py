@@ -73,8 +73,8 @@ def test_inline_refresh_token_is_rotated_into_state_dir_and_pop3_logs_in(
     forms = [g.form for g in tokens.grants()]
     assert [f["refresh_token"] for f in forms] == [first, rotated]
     assert forms[0]["scope"] == "mail.read offline_access"
-    log = oauth_dovecot.log_path.read_text()
-    assert f"pop3-login: Info: Login: user=<{user.name}>, method=OAUTHBEARER" in log
+    oauth_dovecot.wait_for_log(
+        f"pop3-login: Info: Login: user=<{user.name}>, method=OAUTHBEARER")
     _no_token_anywhere(tokens, pf, first_run.stdout, first_run.stderr, again.stdout)
 
 
