@@ -348,6 +348,16 @@ AnyCredential = Annotated[
 AttachedCredential = Credential | OAuth2Credential | Microsoft365Credential | GoogleCredential
 
 
+def _virtual_prefix(value: object) -> object:
+    if isinstance(value, str):
+        if not value.strip("/") or "*" in value or "%" in value or value.startswith("\\"):
+            raise ValueError("must be a folder prefix such as virtual/ (no wildcard)")
+    return value
+
+
+VirtualPrefix = Annotated[StrictStr, BeforeValidator(_virtual_prefix)]
+
+
 class Account(Connection):
     """One mailbox to keep under its quota."""
 
@@ -362,6 +372,10 @@ class Account(Connection):
     #: ``auto`` detects Gmail (``X-GM-EXT-1``) and Exchange (its greeting); ``gmail`` makes
     #: folders labels of one message (delete = Trash then expunge there).
     provider: Literal["auto", "gmail", "exchange", "generic"] = "auto"
+    #: Folders under these prefixes (``virtual/``) are views of mail stored elsewhere, or
+    #: someone else's, where the server's NAMESPACE does not say so (a Dovecot namespace
+    #: with ``hidden = yes``): never matched by a wildcard, never counted in usage (F2).
+    virtual_prefixes: list[VirtualPrefix] = Field(default_factory=list)
     language: Literal["en", "ja"] | None = None  # of notices; default: the policy's
     email: StrictStr | None = None  # the owner's address (notices by SMTP)
     # Set by loading (the ``credentials:`` entry this account names), never by the file.

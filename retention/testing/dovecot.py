@@ -51,7 +51,7 @@ from email.header import Header
 from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from retention.testing.host import (
     HOST,
@@ -359,7 +359,8 @@ class Dovecot:
       is bob's INBOX), other folders as ``shared/bob/Work`` (see ``share``).
     virtual: the ``virtual`` plugin and a ``virtual/`` namespace holding ``virtual/All``
       (every message of the user's own folders) configured *without* ``special_use``, as
-      many sites do: its LIST entry carries no ``\\All``.
+      many sites do: its LIST entry carries no ``\\All``. ``virtual="hidden"``: the same
+      namespace with ``hidden = yes`` and ``list = yes``: listed, but not in NAMESPACE.
     keep: leave the directory behind after stop() (also env RETENTION_KEEP_DOVECOT=1).
     """
 
@@ -376,7 +377,7 @@ class Dovecot:
         oauth2_key: bytes | None = None,
         gmail: bool = False,
         shared: bool = False,
-        virtual: bool = False,
+        virtual: bool | Literal["hidden"] = False,
     ) -> None:
         if not trash_name or any(c in trash_name for c in '"\\/.'):
             raise ValueError(f"unsupported trash_name {trash_name!r}")
@@ -786,12 +787,13 @@ plugin {{
 }}
 """
         if self.virtual:
+            hidden = "  hidden = yes\n  list = yes\n" if self.virtual == "hidden" else ""
             out += f"""\
 namespace virtual {{
   separator = /
   prefix = virtual/
   location = virtual:{d}/virtual:INDEX=~/virtual
-}}
+{hidden}}}
 """
         return out
 

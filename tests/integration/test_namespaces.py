@@ -188,3 +188,40 @@ def test_a_rule_naming_the_shared_folder_acts_on_it_and_on_no_other(
     assert _counts(bob)["INBOX"] == 1  # the young one
     assert _counts(bob)["Work"] == 3  # shared too, but not named: untouched
     assert _counts(alice)["INBOX"] == 1
+
+
+# -- a virtual namespace NAMESPACE does not show (hidden = yes, list = yes) ----------
+
+
+@pytest.fixture(scope="module")
+def hidden_dovecot(dovecot_factory: Callable[..., Dovecot]) -> Dovecot:
+    return dovecot_factory(quota=False, virtual="hidden")
+
+
+def test_virtual_prefixes_cover_a_hidden_virtual_namespace(hidden_dovecot: Dovecot,
+                                                           tmp_path: Path) -> None:
+    """NAMESPACE answers (("" "/")) NIL NIL and virtual/All looks like a folder of the
+    user's own: the account's ``virtual_prefixes`` say what the server does not."""
+    alice = hidden_dovecot.add_user("alice_hidden")
+    alice.seed("INBOX", [*_old(2), SeedMessage(received=ago(days=1), flags=SEEN)])
+    alice.seed("Sent", [*_old(1, subject="sent"), SeedMessage(received=ago(days=1), flags=SEEN)])
+    client = alice.imap_client()
+    try:
+        assert client.namespace() == ((("", "/"),), None, None)
+        assert "virtual/All" in {name for _f, _d, name in client.list_folders()}
+    finally:
+        client.logout()
+    pf = PolicyFile(tmp_path, {"p": {"rules": [
+        {"name": "old", "older_than": "30d", "folders": ["*"],
+         "exclude_folders": ["\\Trash", "\\Junk", "\\Sent"], "action": "delete"},
+    ]}})
+    name = pf.add_imap(alice, ca_file=str(hidden_dovecot.ca_file),
+                       virtual_prefixes=["virtual/"])
+    usage = pf.usage()
+    assert usage.code == 0, usage
+    assert usage.account(name)["messages"] == 5  # not 10: virtual/All shows them again
+    result = pf.run()
+    assert result.code == 0, result
+    assert {a["folder"] for a in result.account(name)["actions"]} == {"INBOX"}, result
+    counts = _counts(alice)
+    assert counts["Sent"] == 2 and counts["INBOX"] == 1

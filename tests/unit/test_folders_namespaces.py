@@ -164,3 +164,32 @@ def test_over_quota_cleanup_takes_nothing_from_a_named_shared_folder():
                        ("shared/bob", 3, False), ("INBOX", 1, True), ("INBOX", 2, True)]
     assert p.usage_after_bytes == 95 * kib - 2 * 19 * kib
     assert any("shared/bob is not this account's own storage" in w for w in p.warnings)
+
+
+# -- virtual_prefixes: what NAMESPACE does not say -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shown", "expected"),
+    [("virtual/All", "virtual/"), ("virtual", "virtual/"), ("virtualx", None),
+     ("Virtual/All", None), ("INBOX", None), ("inbox/views/a", "INBOX/views/")],
+)
+def test_virtual_prefix(shown, expected):
+    from retention.adapters.imap.namespaces import virtual_prefix
+
+    assert virtual_prefix(shown, ["virtual/", "INBOX/views"]) == expected
+
+
+@pytest.mark.parametrize("bad", ["*", "virtual/*", "%", "/", "", "\\All"])
+def test_virtual_prefixes_refuse_wildcards_and_attributes(tmp_path, bad):
+    from retention.config.load import ConfigError, load_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "policies: {p: {rules: []}}\n"
+        "accounts:\n"
+        "  - {name: a, host: h, username: u, password_env: X, policy: p,\n"
+        f"     virtual_prefixes: [{bad!r}]}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert "virtual_prefixes" in str(err.value) and ":4: " in str(err.value)

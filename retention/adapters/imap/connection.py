@@ -30,7 +30,7 @@ from imapclient.exceptions import LoginError
 
 from retention.adapters.deadline import COMMAND_FACTOR, Watchdog, io_timeout
 from retention.adapters.imap.fetch import parse_fetch
-from retention.adapters.imap.namespaces import Namespaces, parse_namespaces
+from retention.adapters.imap.namespaces import Namespaces, parse_namespaces, virtual_prefix
 from retention.adapters.imap.wire import (
     compress_uids,
     display_name,
@@ -53,7 +53,7 @@ from retention.errors import (
     TlsError,
     UidValidityChanged,
 )
-from retention.model import FolderInfo, MailProtocol
+from retention.model import FolderInfo, MailProtocol, Namespace
 
 if TYPE_CHECKING:
     from retention.adapters import SaslLogin
@@ -274,6 +274,8 @@ class ImapConnection:
         self._names: dict[str, str] | None = None  # agent name -> server name (decoded)
         self._folders: list[FolderInfo] | None = None
         self._namespaces: Namespaces | None = None
+        #: The account's ``virtual_prefixes`` (set by ``ImapSession.connect``).
+        self.virtual_prefixes: tuple[str, ...] = ()
         self._delimiter: str | None = "/"
         self._selected: tuple[str, bool] | None = None  # (server name, readonly)
         #: HIGHESTMODSEQ of the last SELECT/EXAMINE (RFC 7162), None when not offered.
@@ -419,10 +421,23 @@ class ImapConnection:
             self._namespaces = parse_namespaces(reply)
         return self._namespaces
 
+    def namespace_of(self, name: str, shown: str | None = None) -> Namespace:
+        """The namespace of decoded server name ``name`` (agent name ``shown``): what
+        NAMESPACE says, or the account's ``virtual_prefixes`` where it says nothing."""
+        found = self.namespaces().classify(name)
+        if not self.virtual_prefixes or not found.own:
+            return found
+        if shown is None:
+            if self._names is None:
+                self.list_folders()  # the delimiter
+            shown = display_name(name, self._delimiter)
+        prefix = virtual_prefix(shown, self.virtual_prefixes)
+        return found if prefix is None else Namespace("personal", prefix, inbox=False)
+
     def list_folders(self) -> list[FolderInfo]:
         """``LIST "" "*"`` -> decoded names with ``/`` levels, special-use attributes and
-        the namespace each lies in (``namespaces``)."""
-        spaces = self.namespaces()
+        the namespace each lies in (``namespace_of``)."""
+        self.namespaces()
         with self.guard("LIST"):
             rows = self._client.list_folders()
         if self.has("SPECIAL-USE") and not any(special_uses(r[0]) for r in rows):
@@ -455,7 +470,7 @@ class ImapConnection:
                     clashes.add(shown)
                 names[shown] = name
             infos.append(FolderInfo(shown, special_uses(flags), usable, "/",
-                                    spaces.classify(name)))
+                                    self.namespace_of(name, shown)))
         if clashes:
             infos = [replace(i, selectable=False) if i.name in clashes else i for i in infos]
         self._delimiter = delimiters[0] if delimiters else None

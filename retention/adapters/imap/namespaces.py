@@ -27,10 +27,14 @@ Rules:
 * A name in no listed namespace (only possible when no prefix is empty) is reported as
   not the user's own: the safe side.
 * No NAMESPACE (not advertised, or refused): every folder is the user's own, as before.
+* An account's ``virtual_prefixes`` (agent names, ``virtual/``) say what NAMESPACE does
+  not (a Dovecot namespace with ``hidden = yes`` is listed but not in the reply): a
+  folder under one is reported as another personal namespace (``virtual_prefix``).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +42,7 @@ from typing import Any
 from retention.adapters.imap.wire import display_name
 from retention.model import OWN, Namespace, NamespaceKind
 
-__all__ = ["Namespaces", "parse_namespaces"]
+__all__ = ["Namespaces", "parse_namespaces", "virtual_prefix"]
 
 _KINDS: tuple[NamespaceKind, ...] = ("personal", "other", "shared")
 _ORDER = {kind: i for i, kind in enumerate(_KINDS)}
@@ -148,3 +152,22 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
     return None
+
+
+def virtual_prefix(shown: str, prefixes: Sequence[str]) -> str | None:
+    """The configured prefix (``virtual/``) agent name ``shown`` lies under, or None.
+
+    ``virtual/`` and ``virtual`` both cover ``virtual`` itself and ``virtual/All``;
+    compared in NFC, ``INBOX`` case-insensitive as the first level.
+    """
+    name = _agent_key(shown)
+    for prefix in prefixes:
+        root = _agent_key(prefix.strip("/"))
+        if root and (name == root or name.startswith(root + "/")):
+            return prefix.strip("/") + "/"
+    return None
+
+
+def _agent_key(name: str) -> str:
+    name = unicodedata.normalize("NFC", name)
+    return _inbox_upper(name, "/")

@@ -92,6 +92,7 @@ class ImapSession(ImapActions):
         client = open_client(conn, password, label)
         session = cls(client, readonly=readonly, label=label, timeout=io_timeout(conn))
         session.provider_hint = str(getattr(conn, "provider", "auto"))
+        session.virtual_prefixes = tuple(getattr(conn, "virtual_prefixes", ()))
         welcome = getattr(client, "welcome", b"")
         session.greeting = welcome if isinstance(welcome, bytes) else b""
         return session
@@ -187,7 +188,6 @@ class ImapSession(ImapActions):
             self._drain()
         if typ != "OK":
             return None
-        spaces = self.namespaces()
         total = 0
         name: bytes | None = None
         for item in data:
@@ -201,7 +201,7 @@ class ImapSession(ImapActions):
                     raw = name if name is not None else _status_name(item[: m.start()])
                     # Only the user's own folders (review F2): not other users', shared
                     # or virtual ones.
-                    if raw is not None and spaces.classify(_decode(raw)).own:
+                    if raw is not None and self.namespace_of(_decode(raw)).own:
                         total += int(m.group(1))
             name = None
         return total
