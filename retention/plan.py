@@ -2,7 +2,9 @@
 
 A ``Plan`` is the single input of both the executor and the report: a dry-run renders it,
 a real run executes it and renders it with results. Every ``Action`` carries the rule that
-decided it, the clock that rule used and a human reason (borg prune's ``KeepResult``).
+decided it, the clock that rule used and a human reason (borg prune's ``KeepResult``); every
+other message is kept for exactly one ``KeptReason``, counted per folder in ``Plan.kept`` and
+listed one by one only when asked (borg prune's ``--list-kept``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,72 @@ class Action:
         return self.message.size if self.kind.frees_space else 0
 
 
+class KeptReason(StrEnum):
+    """Why a message no action takes stays where it is: one reason a message, the first that
+    applies in the planner's order (README "What was kept, and why")."""
+
+    DELETED = "deleted"  # already flagged \Deleted by another client
+    KEEP_WITHIN = "keep_within"  # received within keep_within
+    RESTORED = "restored"  # restored by `retention restore`, within restore_grace
+    # Protected by the rule that matched it; a message several words cover counts under the
+    # first of flagged, unread, answered, draft (the user's explicit mark first).
+    PROTECTED_FLAGGED = "protected_flagged"
+    PROTECTED_UNREAD = "protected_unread"
+    PROTECTED_ANSWERED = "protected_answered"
+    PROTECTED_DRAFT = "protected_draft"
+    IN_TARGET = "in_target"  # already in the folder the matching rule moves mail to
+    NO_RULE = "no_rule"  # no rule's conditions hold
+    NOT_NEEDED = "not_needed"  # only a when: over_quota rule matches; usage does not need it
+    NOT_OWN = "not_own"  # ... in another user's, shared or virtual folder: frees no quota
+    CAPPED = "capped"  # deferred to the next run by max_delete_per_run
+    EMPTY_FOLDER = "empty_folder"  # the rule would empty its folder (allow_empty_folder)
+    LABEL_KEPT = "label_kept"  # Gmail labels: the same message is kept in another folder
+    LABEL_COPY = "label_copy"  # Gmail labels: removed with its copy acted on in another folder
+
+    @property
+    def text(self) -> str:
+        """How the reports name it."""
+        return _KEPT_TEXT[self]
+
+
+_KEPT_TEXT = {
+    KeptReason.DELETED: "already \\Deleted by another client",
+    KeptReason.KEEP_WITHIN: "within keep_within",
+    KeptReason.RESTORED: "restored, within restore_grace",
+    KeptReason.PROTECTED_FLAGGED: "protected: flagged",
+    KeptReason.PROTECTED_UNREAD: "protected: unread",
+    KeptReason.PROTECTED_ANSWERED: "protected: answered",
+    KeptReason.PROTECTED_DRAFT: "protected: draft",
+    KeptReason.IN_TARGET: "already in the rule's target folder",
+    KeptReason.NO_RULE: "no rule matched",
+    KeptReason.NOT_NEEDED: "over-quota candidate, not needed",
+    KeptReason.NOT_OWN: "not the account's own storage: over-quota cleanup skips it",
+    KeptReason.CAPPED: "capped: deferred by max_delete_per_run",
+    KeptReason.EMPTY_FOLDER: "would empty the folder (allow_empty_folder: false)",
+    KeptReason.LABEL_KEPT: "kept under another Gmail label",
+    KeptReason.LABEL_COPY: "removed with its copy under another Gmail label",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeptTotal:
+    """Messages and bytes one folder keeps for one reason."""
+
+    folder: str
+    reason: KeptReason
+    messages: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """One kept message (listed only when the plan is asked for them)."""
+
+    message: Message
+    reason: KeptReason
+    rule: str | None = None  # the rule that protected it, or would have taken it
+
+
 @dataclass(frozen=True, slots=True)
 class Dropped:
     """Actions a safety rail removed from the plan, with the reason (reported, not failed)."""
@@ -93,6 +161,10 @@ class Plan:
     failed_actions: tuple[Action, ...] = field(default=())
     # Messages kept because the snapshot exempts them (restored mail), with the reason.
     exempted: tuple[tuple[Message, str], ...] = field(default=())
+    # Every message neither in actions nor in failed_actions, counted per (folder, reason)
+    # in snapshot folder order; one by one only when planned with list_kept (else None).
+    kept: tuple[KeptTotal, ...] = field(default=())
+    kept_messages: tuple[Kept, ...] | None = None
 
     @property
     def freed_bytes(self) -> int:

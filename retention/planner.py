@@ -24,6 +24,11 @@ This module owns the semantics of rules (README "The policy file"). Per message,
    folder a rule names frees none of this account's storage, so it is neither projected
    as freed nor taken by over-quota cleanup.
 
+Every message no action takes is kept for exactly one ``KeptReason``: the first step above
+that keeps it names it (an over-quota rule's rails, cap and empty folder, name it over the
+always-rule's protection; "not needed" does not). ``Plan.kept`` counts them per folder and
+reason; ``plan(..., list_kept=True)`` also lists them, which costs an object per message.
+
 Unknown times fail safe: a ``saved`` clock without a saved time counts as "now" (never old
 enough, youngest when ordering). Ages are compared at full (sub-second) precision against a
 timezone-aware ``now``; "older than" is strict.
@@ -32,9 +37,10 @@ timezone-aware ``now``; "older than" is strict.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from fractions import Fraction
@@ -61,7 +67,7 @@ from retention.model import (
     Snapshot,
     exempt_key,
 )
-from retention.plan import Action, ActionKind, Clock, Dropped, Plan
+from retention.plan import Action, ActionKind, Clock, Dropped, Kept, KeptReason, KeptTotal, Plan
 
 __all__ = ["Decision", "clock_time", "explain", "plan", "protected_by"]
 
@@ -143,6 +149,92 @@ def _time(m: Message, clock: Clock) -> datetime | None:
     if clock is Clock.SAVED:
         return m.saved
     return m.received
+
+
+_PROTECTED = (  # the reason a protected message counts under: the user's own mark first
+    ("flagged", KeptReason.PROTECTED_FLAGGED), ("unread", KeptReason.PROTECTED_UNREAD),
+    ("answered", KeptReason.PROTECTED_ANSWERED), ("draft", KeptReason.PROTECTED_DRAFT),
+)
+
+
+def _protected_reason(m: Message, protect: frozenset[str]) -> KeptReason | None:
+    for word, reason in _PROTECTED:
+        if word in protect and _PROTECT_TESTS[word](m.flags):
+            return reason
+    return None
+
+
+class _Tally:
+    """The kept messages: two integers per (folder, reason); a ``Kept`` per message only
+    when listing (bench_scan's 200,000-message dry-run keeps 190,000 of them)."""
+
+    __slots__ = ("counts", "listed")
+
+    def __init__(self, listing: bool) -> None:
+        self.counts: dict[tuple[str, KeptReason], list[int]] = {}
+        self.listed: list[Kept] | None = [] if listing else None
+
+    def add(self, m: Message, reason: KeptReason, rule: str | None = None) -> None:
+        c = self.counts.get((m.ref.folder, reason))
+        if c is None:
+            self.counts[(m.ref.folder, reason)] = [1, m.size]
+        else:
+            c[0] += 1
+            c[1] += m.size
+        if self.listed is not None:
+            self.listed.append(Kept(m, reason, rule))
+
+    def bulk(self, messages: Sequence[Message], reason: KeptReason,
+             rules: Iterable[str | None]) -> None:
+        """``add`` for many messages (``rules``: each one's rule name), at a fraction of the
+        cost a message: they come grouped by folder, so one count is kept until the folder
+        changes."""
+        counts = self.counts
+        folder: str | None = None
+        n = size = 0
+        for m in messages:
+            f = m.ref.folder
+            if f != folder:
+                if folder is not None:
+                    c = counts.setdefault((folder, reason), [0, 0])
+                    c[0] += n
+                    c[1] += size
+                folder, n, size = f, 0, 0
+            n += 1
+            size += m.size
+        if folder is not None:
+            c = counts.setdefault((folder, reason), [0, 0])
+            c[0] += n
+            c[1] += size
+        if self.listed is not None:
+            # not strict: ``rules`` may be itertools.repeat (one rule for the group)
+            self.listed += (Kept(m, reason, name)
+                            for m, name in zip(messages, rules, strict=False))
+
+    def hits(self, hits: _HitList, start: int, reason: KeptReason) -> None:
+        """``bulk`` for ``hits[start:]``."""
+        self.bulk(hits.messages[start:], reason, (r.name for r in hits.rules[start:]))
+
+    def totals(self, folder_order: Sequence[str]) -> tuple[KeptTotal, ...]:
+        order = {f: i for i, f in enumerate(folder_order)}
+        reasons = list(KeptReason)
+        keys = sorted(self.counts, key=lambda k: (order.get(k[0], len(order)), k[0],
+                                                  reasons.index(k[1])))
+        return tuple(KeptTotal(f, why, *self.counts[(f, why)]) for f, why in keys)
+
+    def kept(self, folder_order: Sequence[str]) -> tuple[Kept, ...] | None:
+        """The listed messages by folder, then reason, in snapshot order within each."""
+        if self.listed is None:
+            return None
+        order = {f: i for i, f in enumerate(folder_order)}
+        reasons = {r: i for i, r in enumerate(KeptReason)}
+        return tuple(sorted(self.listed, key=lambda k: (order.get(k.message.ref.folder, -1),
+                                                        reasons[k.reason])))
+
+
+# Why an open message (no always-action) is kept, unless the over-quota phase takes it.
+_Why = tuple[KeptReason, str | None]
+_NO_RULE: _Why = (KeptReason.NO_RULE, None)
 
 
 def _matches(r: _Rule, m: Message, now: datetime) -> bool:
@@ -294,38 +386,52 @@ class _HitList(Sequence[_Hit]):
 
 def _always_phase(
     rules: Sequence[_Rule], policy: Policy, snapshot: Snapshot, now: datetime,
-    exempted: list[tuple[Message, str]],
-) -> tuple[Sequence[_Hit], list[Message], list[Action]]:
-    """Decide every message by the always-rules: (hits, open messages, impossible ones)."""
+    exempted: list[tuple[Message, str]], tally: _Tally,
+) -> tuple[Sequence[_Hit], list[Message], list[_Why], list[Action]]:
+    """Decide every message by the always-rules: (hits, open messages and why each is kept
+    so far, impossible ones)."""
     always = [r for r in rules if r.rule.when == "always"]
     hits = _HitList()
     open_: list[Message] = []
+    why_open: list[_Why] = []
     failed: list[Action] = []
     keep_within = policy.keep_within
     exempt = dict(snapshot.exempt)
     for m in snapshot.messages():
-        if DELETED in m.flags or (keep_within and now - m.received < keep_within):
+        if DELETED in m.flags:
+            tally.add(m, KeptReason.DELETED)
+            continue
+        if keep_within and now - m.received < keep_within:
+            tally.add(m, KeptReason.KEEP_WITHIN)
             continue
         if exempt:
             why = exemption(m, exempt)
             if why is not None:
                 exempted.append((m, why))  # never planned, over quota included
+                tally.add(m, KeptReason.RESTORED)
                 continue
         r = _hit(always, m, now)
         if r is None:
             open_.append(m)
-        elif (r.protect and protected_by(m, r.protect)) or m.ref.folder == r.to_folder:
+            why_open.append(_NO_RULE)
+            continue
+        kept = _protected_reason(m, r.protect) if r.protect else None
+        if kept is None and m.ref.folder == r.to_folder:
+            kept = KeptReason.IN_TARGET
+        if kept is not None:
             open_.append(m)  # kept by this rule; an over-quota rule may still take it
+            why_open.append((kept, r.name))
         elif r.failure is not None:
             failed.append(_action(r, m, _reason(r, m)))
         else:
             hits.append((r, m))
-    return hits, open_, failed
+    return hits, open_, why_open, failed
 
 
 def _one_per_message(
-    hits: Sequence[_Hit], open_: list[Message], counts: dict[str, int]
-) -> tuple[Sequence[_Hit], list[Message], list[str]]:
+    hits: Sequence[_Hit], open_: list[Message], why_open: list[_Why], counts: dict[str, int],
+    tally: _Tally,
+) -> tuple[Sequence[_Hit], list[Message], list[_Why], list[str]]:
     """Where folders are labels of one stored message (``global_id``: Gmail), act once.
 
     Removing a Gmail message from one label folder really deletes it (the adapter moves it
@@ -334,7 +440,7 @@ def _one_per_message(
     copy is kept, none is acted on and the copies go back to the open messages.
     """
     if not any(m.global_id is not None for _, m in hits):
-        return hits, open_, []  # not a label server: nothing to do
+        return hits, open_, why_open, []  # not a label server: nothing to do
     kept_ids = {m.global_id for m in open_ if m.global_id is not None}
     # The copy acted on: the one in the fullest folder (any copy removes them all), so a
     # one-message label folder does not trip the empty-folder rail for nothing.
@@ -347,14 +453,18 @@ def _one_per_message(
                 best[gid] = (r, m)
     out: list[_Hit] = []
     back: list[Message] = []
+    back_why: list[_Why] = []
     for r, m in hits:
         gid = m.global_id
         if gid is None:
             out.append((r, m))
         elif gid in kept_ids:
             back.append(m)
+            back_why.append((KeptReason.LABEL_KEPT, r.name))
         elif best[gid][1] is m:
             out.append((r, m))
+        else:
+            tally.add(m, KeptReason.LABEL_COPY, r.name)
     notes: list[str] = []
     copies = len(hits) - len(out) - len(back)
     if copies:
@@ -363,7 +473,7 @@ def _one_per_message(
     if back:
         notes.append(f"{len(back)} message(s) not removed: the same message is kept in "
                      "another label folder, and deleting it on Gmail would remove every label")
-    return out, open_ + back, notes
+    return out, open_ + back, why_open + back_why, notes
 
 
 def _whole_messages(candidates: Sequence[Message], over: Sequence[_Rule],
@@ -382,7 +492,7 @@ def _whole_messages(candidates: Sequence[Message], over: Sequence[_Rule],
 
 
 def _empty_folder_rail(
-    hits: Sequence[_Hit], rules: Sequence[_Rule], counts: dict[str, int]
+    hits: Sequence[_Hit], rules: Sequence[_Rule], counts: dict[str, int], tally: _Tally,
 ) -> tuple[Sequence[_Hit], list[Dropped]]:
     """Drop a rule's actions in a folder the plan would empty, unless the rule allows it.
 
@@ -398,6 +508,9 @@ def _empty_folder_rail(
         if m.ref.folder in emptied and not r.allow_empty
     )
     kept = [(r, m) for r, m in hits if (r.name, m.ref.folder) not in doomed]
+    for r, m in hits:
+        if (r.name, m.ref.folder) in doomed:
+            tally.add(m, KeptReason.EMPTY_FOLDER, r.name)
     dropped = [
         Dropped(rule, folder, n, f"would remove every message of {folder}; "
                 "set allow_empty_folder: true on the rule to allow it")
@@ -421,18 +534,23 @@ def _percent(usage: int, limit: int, level: float) -> str:
 
 def _over_quota_phase(
     rules: Sequence[_Rule], candidates: Iterable[Message], state: _State,
-    projected: int, target: int, headline: str, now: datetime,
+    projected: int, target: int, headline: str, now: datetime, overrides: dict[int, _Why],
 ) -> tuple[int, list[Dropped]]:
-    """Take over-quota candidates until ``projected`` <= ``target``; return the projection."""
+    """Take over-quota candidates until ``projected`` <= ``target``; return the projection.
+
+    ``overrides`` gets why a candidate this phase held back is kept (by ``id``: cap, empty
+    folder, another label), over the reason the always phase gave it.
+    """
     over = [r for r in rules if r.rule.when == "over_quota"]
     chosen: list[tuple[tuple[int, datetime, str, int, int], _Rule, Message]] = []
     candidates = list(candidates)
     eligible = _whole_messages(candidates, over, now)
     for position, m in enumerate(candidates):
-        if m.global_id is not None and m.global_id not in eligible:
-            continue
         r = _hit(over, m, now)
         if r is None or protected_by(m, r.protect):
+            continue
+        if m.global_id is not None and m.global_id not in eligible:
+            overrides[id(m)] = (KeptReason.LABEL_KEPT, r.name)
             continue
         t = _time(m, r.clock) or now  # unknown counts as now: youngest
         # POP3 has no UIDs: ties (all first seen on the same run) go by position, i.e. the
@@ -455,12 +573,15 @@ def _over_quota_phase(
             break
         if m.global_id is not None:
             if m.global_id in taken:
-                continue  # another label of the same message: removed (and counted) once
+                # another label of the same message: removed (and counted) once
+                overrides[id(m)] = (KeptReason.LABEL_COPY, r.name)
+                continue
             taken.add(m.global_id)
         folder = m.ref.folder
         rf = (r.name, folder)
         if rf in banned:
             rail[rf] += 1
+            overrides[id(m)] = (KeptReason.EMPTY_FOLDER, r.name)
             continue
         if not r.allow_empty and state.removed[folder] + 1 >= state.counts.get(folder, 0):
             # The rail fires: all of this rule's actions in this folder leave the plan
@@ -469,6 +590,9 @@ def _over_quota_phase(
             mine = [a for a in state.actions
                     if a.over_quota and a.rule == r.name and a.message.ref.folder == folder]
             state.actions[:] = [a for a in state.actions if a not in mine]
+            for gone in (*(a.message for a in mine), m,
+                         *(h[2] for h in held if (h[1].name, h[2].ref.folder) == rf)):
+                overrides[id(gone)] = (KeptReason.EMPTY_FOLDER, r.name)
             back = sum(a.message.size for a in mine)
             projected += back
             wanted += back + sum(deferred.get(rf, ()))
@@ -483,6 +607,7 @@ def _over_quota_phase(
                 redo = [h for h in held if (h[1].name, h[2].ref.folder) not in banned]
                 held = []
                 for _, hr, hm in redo:
+                    overrides.pop(id(hm), None)
                     wanted += hm.size
                     state.deferred -= 1
                     deferred[(hr.name, hm.ref.folder)].remove(hm.size)
@@ -496,6 +621,7 @@ def _over_quota_phase(
             state.deferred += 1
             deferred.setdefault(rf, []).append(m.size)
             held.append((todo[i - 1][0], r, m))
+            overrides[id(m)] = (KeptReason.CAPPED, r.name)
             continue
         state.cap_left -= 1
         state.removed[folder] += 1
@@ -510,8 +636,12 @@ def _over_quota_phase(
     return projected, dropped
 
 
-def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
+def plan(policy: Policy, snapshot: Snapshot, now: datetime, *,
+         list_kept: bool = False) -> Plan:
     """What one run does to ``snapshot``'s account under ``policy`` at ``now``.
+
+    ``Plan.kept`` always counts the kept messages per folder and reason; ``list_kept``
+    also lists them one by one in ``Plan.kept_messages`` (``run --list-kept``).
 
     Rail order: the empty-folder rail judges the always-rules' full intent first (a rule
     that would empty a folder is suspicious whatever the cap); the cap then keeps the first
@@ -523,9 +653,12 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     quota = policy.quota
     counts = {f.name: len(f.messages) for f in snapshot.folders}
     exempted: list[tuple[Message, str]] = []
-    hits, open_, failed = _always_phase(rules, policy, snapshot, now, exempted)
-    hits, open_, label_notes = _one_per_message(hits, open_, counts)
-    hits, dropped = _empty_folder_rail(hits, rules, counts)
+    tally = _Tally(list_kept)
+    hits, open_, why_open, failed = _always_phase(rules, policy, snapshot, now, exempted,
+                                                  tally)
+    hits, open_, why_open, label_notes = _one_per_message(hits, open_, why_open, counts,
+                                                          tally)
+    hits, dropped = _empty_folder_rail(hits, rules, counts, tally)
     # A percentage is of the account's messages, not only of the folders the rules scan.
     total = snapshot.usage.messages
     cap = quota.max_delete_per_run.resolve(
@@ -533,6 +666,11 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
         else snapshot.message_count
     )
     actions = [_action(r, m, _reason(r, m)) for r, m in hits[:cap]]
+    if isinstance(hits, _HitList):
+        tally.hits(hits, cap, KeptReason.CAPPED)
+    else:
+        for r, m in hits[cap:]:
+            tally.add(m, KeptReason.CAPPED, r.name)
     state = _State(
         actions=actions,
         removed=Counter(a.message.ref.folder for a in actions),
@@ -549,6 +687,7 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
     warnings += label_notes
     over_quota = False
     short_by = 0
+    overrides: dict[int, _Why] = {}
     has_over_rules = any(r.rule.when == "over_quota" for r in rules)
     for r in rules:
         names = sorted(r.folders & foreign)
@@ -567,9 +706,10 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
         headline = f"over quota {_percent(usage, limit, quota.clean_above)}"
         projected, more = _over_quota_phase(
             rules, [m for m in open_ if m.ref.folder not in foreign], state, projected,
-            target, headline, now)
+            target, headline, now, overrides)
         dropped += more
         short_by = max(0, projected - target)
+    _keep_open(rules, open_, why_open, state.actions, overrides, tally, now, foreign)
     failed_count = Counter(a.rule for a in failed)
     failed_rules = tuple(
         (r.name, f"{r.failure}; {failed_count[r.name]} message(s) not acted on")
@@ -581,6 +721,8 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime) -> Plan:
         deferred_by_cap=state.deferred, over_quota=over_quota, dropped=tuple(dropped),
         warnings=tuple(warnings), failed_rules=failed_rules, failed_actions=tuple(failed),
         exempted=tuple(exempted),
+        kept=tally.totals([f.name for f in snapshot.folders]),
+        kept_messages=tally.kept([f.name for f in snapshot.folders]),
     )
 
 
@@ -635,6 +777,36 @@ def clock_refusal(policy: Policy, snapshot: Snapshot, now: datetime) -> str | No
             f"{format_duration(limit)}); if the system clock jumped ahead (a VM restore, a "
             "bad RTC), fix it; if the mailbox really got no mail for that long, raise "
             "clock_skew_limit (0d turns the check off)")
+
+
+def _keep_open(
+    rules: Sequence[_Rule], open_: Sequence[Message], why_open: Sequence[_Why],
+    actions: Sequence[Action], overrides: Mapping[int, _Why], tally: _Tally, now: datetime,
+    foreign: Set[str],
+) -> None:
+    """Count the open messages the over-quota phase did not take, each for one reason."""
+    over = [r for r in rules if r.rule.when == "over_quota"]
+    taken = {id(a.message) for a in actions if a.over_quota}
+    removed_ids = {a.message.global_id for a in actions if a.message.global_id is not None}
+    groups: dict[_Why, list[Message]] = {}  # counted by group: see _Tally.bulk
+    for m, why in zip(open_, why_open, strict=True):
+        if taken and id(m) in taken:
+            continue
+        o = overrides.get(id(m)) if overrides else None
+        if o is not None and (o[0] is not KeptReason.LABEL_COPY or m.global_id in removed_ids):
+            why = o
+        elif why is _NO_RULE and over:  # an over-quota rule may match: protected, or unneeded
+            r = _hit(over, m, now)
+            if r is not None:
+                why = (_protected_reason(m, r.protect) or (
+                    KeptReason.NOT_OWN if m.ref.folder in foreign else KeptReason.NOT_NEEDED),
+                       r.name)
+        group = groups.get(why)
+        if group is None:
+            groups[why] = group = []
+        group.append(m)
+    for (reason, rule), messages in groups.items():
+        tally.bulk(messages, reason, itertools.repeat(rule))
 
 
 def explain(policy: Policy, snapshot: Snapshot, now: datetime) -> list[Decision]:

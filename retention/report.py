@@ -1,7 +1,9 @@
 """Pure rendering of run results: JSON (a stable, documented shape) and a readable text table.
 
 Dry-runs and real runs render the same ``RunResult``; ``dry_run`` and each action's
-``result`` tell them apart. No I/O here: the CLI writes the strings where they belong.
+``result`` tell them apart. What stays is reported too: per folder and reason always, one
+line per message when the plan listed them (``run --list-kept``).
+No I/O here: the CLI writes the strings where they belong.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from retention.plan import totals
+from retention.model import Message
+from retention.plan import Kept, Plan, totals
 from retention.result import AccountResult, ActionResult, NoticeOutcome, RunResult
 
 
@@ -19,9 +22,7 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt is not None else None
 
 
-def action_dict(r: ActionResult) -> dict[str, Any]:
-    a = r.action
-    m = a.message
+def _message_dict(m: Message) -> dict[str, Any]:
     return {
         "folder": m.ref.folder,
         "uid": m.ref.uid,
@@ -30,6 +31,13 @@ def action_dict(r: ActionResult) -> dict[str, Any]:
         "message_id": m.message_id,
         "internal_date": _iso(m.received),
         "size": m.size,
+    }
+
+
+def action_dict(r: ActionResult) -> dict[str, Any]:
+    a = r.action
+    return {
+        **_message_dict(a.message),
         "action": a.kind.value,
         "to_folder": a.to_folder,
         "archive": a.archive,
@@ -39,6 +47,15 @@ def action_dict(r: ActionResult) -> dict[str, Any]:
         "result": r.result,
         "detail": r.detail,
     }
+
+
+def kept_dict(k: Kept) -> dict[str, Any]:
+    return {**_message_dict(k.message), "reason": k.reason.value, "rule": k.rule}
+
+
+def kept_totals(plan: Plan | None) -> list[dict[str, Any]]:
+    return [{"folder": t.folder, "reason": t.reason.value, "messages": t.messages,
+             "bytes": t.bytes} for t in (plan.kept if plan else ())]
 
 
 def notice_dict(n: NoticeOutcome) -> dict[str, Any]:
@@ -88,6 +105,11 @@ def account_dict(acct: AccountResult) -> dict[str, Any]:
              "size": m.size, "reason": why}
             for m, why in (plan.exempted if plan else ())
         ],
+        # Every message no action takes, per folder and reason; one by one (else null)
+        # with --list-kept.
+        "kept": kept_totals(plan),
+        "kept_messages": (None if plan is None or plan.kept_messages is None
+                          else [kept_dict(k) for k in plan.kept_messages]),
         "notices": [notice_dict(n) for n in acct.notices],
         "duration_seconds": round(acct.duration, 3),
     }
@@ -188,6 +210,8 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
         lines.append(f"   {verb}: {human_size(acct.freed_bytes)}")
     elif acct.status == "ok":
         lines.append("   nothing to do")
+    if plan:
+        lines.extend(_kept_text(plan))
     for m, why in plan.exempted if plan else ():
         lines.append(f"   kept {m.ref.folder} UID {m.ref.uid}: {why}")
     for n in acct.notices:
@@ -197,6 +221,27 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
         if n.status == "would_send":
             lines.append(f"      Subject: {n.subject}")
             lines.extend(f"      | {t}" for t in n.body.rstrip("\n").splitlines())
+    return lines
+
+
+def _kept_text(plan: Plan) -> list[str]:
+    """The kept summary (one row per folder and reason), then each kept message if listed."""
+    if not plan.kept:
+        return []
+    n = sum(t.messages for t in plan.kept)
+    size = sum(t.bytes for t in plan.kept)
+    lines = [f"   kept: {n} messages, {human_size(size)}"]
+    rows = [["KEPT IN", "REASON", "MESSAGES", "SIZE"]]
+    rows += [[t.folder, t.reason.text, str(t.messages), human_size(t.bytes)] for t in plan.kept]
+    lines.extend("     " + row for row in _table(rows))
+    if plan.kept_messages:
+        rows = [["KEPT", "FOLDER", "ID", "RECEIVED", "SIZE", "RULE", "REASON"]]
+        for k in plan.kept_messages:
+            m = k.message
+            ident = str(m.ref.uid) if m.ref.uid is not None else (m.ref.uidl or "")
+            rows.append(["kept", m.ref.folder, ident, f"{m.received:%Y-%m-%d %H:%M}",
+                         human_size(m.size), k.rule or "-", k.reason.text])
+        lines.extend("   " + row for row in _table(rows))
     return lines
 
 

@@ -44,7 +44,8 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     jobs, per_host = _jobs(config, args)
     progress = _progress(len(accounts), args)
     def one(a: Account) -> AccountResult:
-        return _logged(run_account(config, a, dry_run=args.dry_run, now=now), "run")
+        return _logged(run_account(config, a, dry_run=args.dry_run, now=now,
+                                   list_kept=args.list_kept), "run")
 
     results = tuple(run_ordered(
         accounts, one,

@@ -92,6 +92,8 @@ COMMANDS: tuple[_Command, ...] = (
         "audit history. With --dry-run nothing is changed (folders are EXAMINEd, bodies "
         "peeked) and the report says what would happen and why.",
         (("retention run -c site.yaml --dry-run", "what would go, and why (read-only)"),
+         ("retention run -c site.yaml --dry-run --list-kept --account alice",
+          "also each message that stays, and why (borg prune --list-kept)"),
          ("retention run -c site.yaml --metrics-textfile /var/lib/node_exporter/retention.prom",
           "from a timer: the run's metrics for node_exporter's textfile collector"),
          ("retention run -c site.yaml --account alice -v", "one account, with info logs"),
@@ -320,6 +322,11 @@ def _run(sp: argparse.ArgumentParser) -> None:
     _format(sp, ("text", "json", "html"), "; html is one self-contained page, for --output")
     sp.add_argument("--output", type=Path, default=None, metavar="PATH",
                     help="write the report to PATH (atomically) instead of stdout")
+    sp.add_argument(
+        "--list-kept", action="store_true",
+        help="list every kept message with its reason (protected, keep_within, no rule, "
+        "capped, ...), not only the counts per folder and reason that every report has",
+    )
     _jobs(sp)
     _shard(sp)
     sp.add_argument(

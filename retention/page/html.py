@@ -184,6 +184,34 @@ def _table(acct: AccountResult) -> str:
     return "".join(out)
 
 
+def _kept(acct: AccountResult) -> str:
+    """What stays, per folder and reason; then each kept message when the plan listed them."""
+    plan = acct.plan
+    if plan is None or not plan.kept:
+        return ""
+    out = ['<h3>What stays, by folder and reason</h3><table class="kept"><thead><tr>'
+           '<th>Folder</th><th>Reason</th><th class="num">Messages</th>'
+           '<th class="num">Size</th></tr></thead><tbody>']
+    out += [f'<tr data-folder="{_e(t.folder)}" data-reason="{_e(t.reason.value)}">'
+            f"<td>{_e(t.folder)}</td><td>{_e(t.reason.text)}</td>"
+            f'<td class="num">{t.messages}</td><td class="num">{_e(human_size(t.bytes))}</td>'
+            "</tr>" for t in plan.kept]
+    out.append("</tbody></table>")
+    if plan.kept_messages:
+        out.append('<h3>Kept messages</h3><table class="kept-messages"><thead><tr>'
+                   "<th>Folder</th><th>ID</th><th>Received</th><th>Size</th><th>Rule</th>"
+                   "<th>Reason</th></tr></thead><tbody>")
+        for k in plan.kept_messages:
+            m = k.message
+            ident = m.ref.uid if m.ref.uid is not None else (m.ref.uidl or "")
+            out.append(f'<tr data-reason="{_e(k.reason.value)}"><td>{_e(m.ref.folder)}</td>'
+                       f"<td>{_e(ident)}</td><td>{m.received:%Y-%m-%d %H:%M}</td>"
+                       f"<td>{_e(human_size(m.size))}</td><td>{_e(k.rule or '-')}</td>"
+                       f"<td>{_e(k.reason.text)}</td></tr>")
+        out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _account(acct: AccountResult, levels: Levels, dry_run: bool) -> str:
     parts = [f'<section class="account" id="account-{_e(acct.account)}" '
              f'data-account="{_e(acct.account)}" data-status="{_e(acct.status)}">',
@@ -195,6 +223,7 @@ def _account(acct: AccountResult, levels: Levels, dry_run: bool) -> str:
     for w in acct.warnings:
         parts.append(f'<p class="warning">warning: {_e(w)}</p>')
     parts.append("<h3>What goes, by folder and rule</h3>" + chart(acct))
+    parts.append(_kept(acct))
     plan = acct.plan
     if plan and plan.exempted:
         parts.append('<h3>Kept as restored</h3><ul class="exempted">')

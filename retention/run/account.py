@@ -158,6 +158,7 @@ class AccountPass:
         connect: Connector,
         stop: threading.Event | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        list_kept: bool = False,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -171,6 +172,7 @@ class AccountPass:
         self.run_id = run_id
         self.connect = connect
         self.stop = stop
+        self.list_kept = list_kept  # the plan lists every kept message (run --list-kept)
         self.warnings: list[str] = []
         self.limit_source: str | None = None
         if not account.tls_verify and account.security != "none":
@@ -283,7 +285,7 @@ class AccountPass:
                     server_time=server_time(session, snapshot, self.now,
                                             self.policy.clock_skew_limit),
                 )
-                plan = make_plan(self.policy, snapshot, self.now)
+                plan = make_plan(self.policy, snapshot, self.now, list_kept=self.list_kept)
                 refused = clock_refusal(self.policy, snapshot, self.now) if plan.actions else None
                 if refused and work is not None:
                     raise ClockSkew(refused)
@@ -423,8 +425,12 @@ def run_account(
     stop: threading.Event | None = None,
     connect: Connector = default_connect,
     sleep: Callable[[float], None] = time.sleep,
+    list_kept: bool = False,
 ) -> AccountResult:
-    """One cleanup pass over one account. Never raises for account-level failures."""
+    """One cleanup pass over one account. Never raises for account-level failures.
+
+    ``list_kept``: the report lists every kept message, not only their counts.
+    """
     now = now or datetime.now(UTC)
     assert now.tzinfo is not None
     p = AccountPass(
@@ -435,6 +441,7 @@ def run_account(
         run_id=run_id or new_run_id(now),
         connect=connect,
         stop=stop,
+        list_kept=list_kept,
     )
     try:
         state = StateDir(config.state_dir)

@@ -538,3 +538,28 @@ def test_cap_room_the_rail_gives_back_goes_to_the_deferred_candidates():
     p = run(pol, *mailbox, filler=False, usage=99 * KiB, limit=100 * KiB)
     assert uids(p) == [("INBOX", 3)]
     assert p.deferred_by_cap == 0
+
+
+def test_kept_messages_are_counted_per_folder_and_reason():
+    """Each kept message under one reason; counts always, the listing only when asked."""
+    pol = policy(rule("a", older_than="30d", protect=["flagged", "unread"]),
+                 rule("t", folders=["\\Trash"], older_than="30d", allow_empty_folder=True,
+                      age_by="received"),
+                 keep_within="7d", quota={"max_delete_per_run": 1})
+    mailbox = [msg("INBOX", 1, age=40 * DAY), msg("INBOX", 2, age=DAY),
+               msg("INBOX", 3, flags=()), msg("INBOX", 4, flags={FLAGGED}),
+               msg("INBOX", 5, flags={SEEN, DELETED}), msg("INBOX", 6, age=10 * DAY),
+               msg("Trash", 7, age=40 * DAY, size=500), msg("Trash", 8, age=50 * DAY)]
+    p = plan(pol, snapshot(*by_folder(*mailbox)), NOW)
+    assert uids(p) == [("INBOX", 1)]
+    assert p.kept_messages is None
+    assert [(t.folder, t.reason.value, t.messages, t.bytes) for t in p.kept] == [
+        ("INBOX", "deleted", 1, 1000), ("INBOX", "keep_within", 1, 1000),
+        ("INBOX", "protected_flagged", 1, 1000), ("INBOX", "protected_unread", 1, 1000),
+        ("INBOX", "no_rule", 1, 1000), ("Trash", "capped", 2, 1500)]
+    listed = plan(pol, snapshot(*by_folder(*mailbox)), NOW, list_kept=True).kept_messages
+    assert listed is not None
+    assert [(k.message.ref.uid, k.reason.value, k.rule) for k in listed] == [
+        (5, "deleted", None), (2, "keep_within", None), (4, "protected_flagged", "a"),
+        (3, "protected_unread", "a"), (6, "no_rule", None), (7, "capped", "t"),
+        (8, "capped", "t")]

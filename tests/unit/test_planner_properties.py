@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from retention.config.schema import Policy, effective_clock, effective_protect
 from retention.folders import select
 from retention.model import ANSWERED, DRAFT, FLAGGED, SEEN, Message, Snapshot
-from retention.plan import ActionKind, Clock
+from retention.plan import ActionKind, Clock, KeptReason
 from retention.planner import plan
 from tests.strategies import LEVELS, NOW, PROTECT_SETS, policies, policy, snapshots
 
@@ -202,3 +202,76 @@ def test_reaches_clean_to_whenever_the_candidates_suffice(pol: Policy, snap: Sna
     assert (p.short_by_bytes > 0) == (p.usage_after_bytes > target)
     if enough:
         assert p.usage_after_bytes <= target
+
+
+# ------------------------------------------------------------------ what is kept, and why
+
+
+def _partition_holds(pol: Policy, snap: Snapshot) -> None:
+    p = plan(pol, snap, NOW, list_kept=True)
+    assert p.kept_messages is not None
+    acted = [a.message.ref for a in (*p.actions, *p.failed_actions)]
+    kept = [k.message.ref for k in p.kept_messages]
+    # Every message is acted on, or kept for exactly one reason: never both, never neither.
+    assert sorted(acted + kept, key=repr) == sorted((m.ref for m in snap.messages()), key=repr)
+    assert len(set(acted + kept)) == snap.message_count
+    # The per-folder counts are the listing's, and cost no listing.
+    by: dict[tuple[str, KeptReason], list[int]] = {}
+    for k in p.kept_messages:
+        c = by.setdefault((k.message.ref.folder, k.reason), [0, 0])
+        c[0] += 1
+        c[1] += k.message.size
+    assert {(t.folder, t.reason): [t.messages, t.bytes] for t in p.kept} == by
+    unlisted = plan(pol, snap, NOW)
+    assert unlisted.kept == p.kept and unlisted.kept_messages is None
+    assert unlisted.actions == p.actions
+    # The reasons agree with the plan's own figures and with the messages.
+    count = {r: sum(t.messages for t in p.kept if t.reason is r) for r in KeptReason}
+    assert count[KeptReason.CAPPED] == p.deferred_by_cap
+    assert count[KeptReason.EMPTY_FOLDER] == sum(d.count for d in p.dropped)
+    assert count[KeptReason.RESTORED] == len(p.exempted)
+    rules = _rules(pol)
+    for k in p.kept_messages:
+        m = k.message
+        if k.reason is KeptReason.DELETED:
+            assert m.deleted
+        elif k.reason is KeptReason.KEEP_WITHIN:
+            assert pol.keep_within and NOW - m.received < pol.keep_within
+        elif k.reason.value.startswith("protected_"):
+            word = k.reason.value.removeprefix("protected_")
+            assert k.rule is not None
+            protect = effective_protect(rules[k.rule], pol, snap.protocol)
+            assert word in protect and _protected(m, frozenset({word}))
+        elif k.reason is KeptReason.NOT_NEEDED:
+            assert k.rule is not None and rules[k.rule].when == "over_quota"
+        elif k.reason is KeptReason.NO_RULE:
+            assert k.rule is None
+
+
+@props
+@given(pol=policies(), snap=snapshots())
+def test_every_message_is_acted_on_or_kept_for_exactly_one_reason(
+        pol: Policy, snap: Snapshot) -> None:
+    _partition_holds(pol, snap)
+
+
+@props
+@given(pol=cleanup_policies(), snap=snapshots())
+def test_every_message_is_acted_on_or_kept_under_quota_pressure(
+        pol: Policy, snap: Snapshot) -> None:
+    _partition_holds(pol, snap)
+
+
+@props
+@given(pol=policies(), snap=snapshots(), data=st.data())
+def test_every_label_copy_is_acted_on_or_kept_for_one_reason(
+        pol: Policy, snap: Snapshot, data: st.DataObject) -> None:
+    # Gmail: a few global ids shared across folders.
+    import dataclasses
+
+    gids = st.none() | st.sampled_from(["g1", "g2", "g3"])
+    folders = tuple(
+        dataclasses.replace(f, messages=tuple(
+            dataclasses.replace(m, global_id=data.draw(gids)) for m in f.messages))
+        for f in snap.folders)
+    _partition_holds(pol, dataclasses.replace(snap, folders=folders))

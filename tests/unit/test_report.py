@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 from retention import report
 from retention.model import SEEN, Message, MessageRef
-from retention.plan import Action, ActionKind, Clock, Plan
+from retention.plan import Action, ActionKind, Clock, Kept, KeptReason, KeptTotal, Plan
 from retention.result import AccountResult, ActionResult, RunResult
 
 NOW = datetime(2026, 11, 28, 3, 0, 0, tzinfo=UTC)
@@ -169,3 +170,47 @@ def test_usage_json_shape() -> None:
                              "error": None, "usage_bytes": 500, "limit_bytes": 1000,
                              "ratio": 0.5, "source": "quota"}
     assert second["source"] == "sum" and second["ratio"] is None
+
+
+def _kept_plan(listed: bool) -> Plan:
+    kept = (KeptTotal("INBOX", KeptReason.PROTECTED_UNREAD, 2, 3000),
+            KeptTotal("Trash", KeptReason.CAPPED, 1, 2048))
+    messages = (Kept(message("INBOX", 3), KeptReason.PROTECTED_UNREAD, "old-mail"),
+                Kept(message("INBOX", 4, size=952), KeptReason.PROTECTED_UNREAD, "old-mail"),
+                Kept(message("Trash", 9), KeptReason.CAPPED, "trash"))
+    return Plan("alice", (delete(),), usage_bytes=800_000, limit_bytes=1_000_000,
+                usage_after_bytes=800_000 - 2048, kept=kept,
+                kept_messages=messages if listed else None)
+
+
+def test_reports_count_what_is_kept_per_folder_and_reason() -> None:
+    acct = account((ActionResult(delete(), "planned"),), plan=_kept_plan(listed=False))
+    text = report.to_text(RunResult(True, NOW, (acct,)))
+    assert "kept: 3 messages, 4.9 KiB" in text
+    assert re.search(r"INBOX\s+protected: unread\s+2\s+2\.9 KiB", text), text
+    assert re.search(r"Trash\s+capped: deferred by max_delete_per_run\s+1\s+2\.0 KiB", text)
+    assert "UID 3" not in text and "\n   kept  " not in text  # counted, not listed
+    (row,) = json.loads(report.to_json(RunResult(True, NOW, (acct,))))["accounts"]
+    assert row["kept"] == [
+        {"folder": "INBOX", "reason": "protected_unread", "messages": 2, "bytes": 3000},
+        {"folder": "Trash", "reason": "capped", "messages": 1, "bytes": 2048}]
+    assert row["kept_messages"] is None
+
+
+def test_list_kept_lists_each_kept_message() -> None:
+    acct = account((ActionResult(delete(), "planned"),), plan=_kept_plan(listed=True))
+    text = report.to_text(RunResult(True, NOW, (acct,)))
+    listed = [line.split() for line in text.splitlines() if line.startswith("   kept  ")]
+    assert [(w[1], w[2], w[-1]) for w in listed] == [
+        ("INBOX", "3", "unread"), ("INBOX", "4", "unread"), ("Trash", "9", "max_delete_per_run")]
+    (row,) = json.loads(report.to_json(RunResult(True, NOW, (acct,))))["accounts"]
+    assert [(k["folder"], k["uid"], k["reason"], k["rule"], k["size"])
+            for k in row["kept_messages"]] == [
+        ("INBOX", 3, "protected_unread", "old-mail", 2048),
+        ("INBOX", 4, "protected_unread", "old-mail", 952),
+        ("Trash", 9, "capped", "trash", 2048)]
+    from retention.page.html import to_html
+
+    page = to_html(RunResult(True, NOW, (acct,)))
+    assert page.count('<tr data-reason="protected_unread">') == 2
+    assert 'data-folder="Trash" data-reason="capped"' in page
