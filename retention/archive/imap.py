@@ -10,9 +10,11 @@ refused before anything is appended.
 "Outcome unknown": when the connection drops or times out around an ``APPEND``, the
 message may or may not have been stored. The writer reconnects once and *reconciles*
 before appending again: it searches the target folder for the Message-ID (or, without
-one, for messages of the same size) and accepts a candidate whose bytes hash equal, so a
-retry never duplicates. If it cannot reconnect, the item is left ``planned`` in the journal
-and the next run's recovery reconciles it the same way (``find``).
+one, or with one ``SEARCH`` cannot match or refuses, for messages of the same size: review
+M8) and accepts a candidate whose bytes hash equal, so a retry never duplicates. A copy
+that fails verification is removed again (``discard``, review M11). If it cannot
+reconnect, the item is left ``planned`` in the journal and the next run's recovery
+reconciles it the same way (``find``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from retention.archive.base import Batch, Copy, Item, PasswordReader, Placed, WriteResult, sha256
 from retention.archive.paths import expand
-from retention.errors import AccountError, ArchiveError, ConnectError, FolderSkipped
+from retention.errors import (
+    AccountError,
+    ArchiveError,
+    ConnectError,
+    FolderSkipped,
+    ProtocolError,
+)
 
 if TYPE_CHECKING:
     from retention.adapters.imap.session import ImapSession
@@ -155,9 +163,13 @@ class ImapWriter:
             return None
         s = self.session()
         try:
-            if message_id:
-                candidates = s.find_by_message_id(folder, message_id)
-            else:
+            candidates = None
+            if message_id and _searchable(message_id):
+                try:
+                    candidates = s.find_by_message_id(folder, message_id)
+                except ProtocolError:  # a server that refuses the SEARCH (BAD): by size
+                    candidates = None
+            if candidates is None:
                 candidates = self._same_size(folder, size)
             if not candidates:
                 return None
@@ -208,6 +220,27 @@ class ImapWriter:
             out.append(digest is not None and digest == c.copy_sha256)
         return out
 
+    def discard(self, locators: Sequence[dict[str, Any]]) -> int:
+        """Remove copies that failed verification (exactly their APPENDUIDs): a target that
+        rewrites what it stores (Exchange) would otherwise keep one more unusable copy per
+        run (review M11). Returns how many went; a failure to remove is not an error (the
+        copy is only unusable, and the source is kept anyway)."""
+        from retention.model import MessageRef
+
+        by_folder: dict[str, list[int]] = {}
+        for loc in locators:
+            by_folder.setdefault(loc["folder"], []).append(int(loc["uid"]))
+        gone = 0
+        for folder, uids in by_folder.items():
+            try:
+                s = self.session()
+                validity, _exists = s.select(folder, readonly=True)
+                s.leave()
+                gone += len(s.delete([MessageRef(folder, validity, u) for u in uids]))
+            except (AccountError, FolderSkipped):
+                continue
+        return gone
+
     def find(self, row: JournalRow) -> tuple[str, dict[str, Any]] | None:
         folder = row.locator.get("folder")
         if not folder:
@@ -219,6 +252,14 @@ class ImapWriter:
 
     def close(self) -> None:
         self._drop()
+
+
+def _searchable(message_id: str) -> bool:
+    """Can ``SEARCH HEADER Message-ID`` find this id? Not when it was decoded from invalid
+    UTF-8 (U+FFFD stands for bytes the search would need) or holds a control character
+    (a lone CR): then the candidates are found by size instead (review M8)."""
+    return "\ufffd" not in message_id and not any(ord(c) < 32 or ord(c) == 127
+                                                   for c in message_id)
 
 
 class _Unknown(Exception):  # noqa: N818 - internal signal, not an error type

@@ -357,10 +357,16 @@ class Executor:
         ]) if stored else []
         good = [k for k, ok in zip(stored, oks, strict=True) if ok]
         bad = [k for k, ok in zip(stored, oks, strict=True) if not ok]
+        # A copy that differs is useless: a writer that can remove it does (review M11: an
+        # IMAP target that rewrites messages would keep one more per run), before the rows
+        # are closed, so a crash in between leaves at worst the copy, never a lost source.
+        discard = getattr(writer, "discard", None)
+        dropped = discard([result.stored[k][1] for k in bad]) if bad and discard else 0
+        note = " (removed from the target)" if bad and dropped == len(bad) else ""
         with self.journal.transaction("verified"):
             self.journal.mark([ids[k] for k in good], VERIFIED)
             self.journal.mark([ids[k] for k in bad], FAILED,
-                              detail="verification failed: the archived copy differs")
+                              detail=f"verification failed: the archived copy differs{note}")
         if good:
             removed: set[MessageRef] = set()
             kept: dict[MessageRef, str] = {}
