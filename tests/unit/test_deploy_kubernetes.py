@@ -113,9 +113,59 @@ def test_batch_cronjob_of_an_indexed_job() -> None:
     n = int(m.group(1))
     assert job["completions"] == n and job["parallelism"] <= n
     assert "--once-within" in args  # a retried or doubled index skips finished accounts
+    assert cron["spec"]["timeZone"] == "Etc/UTC"  # not the controller's local zone
     assert env["RETENTION_STATE_URL"]["value"].startswith("postgresql://")
     assert {d[0] for d in _patched_away(OVERLAYS / "batch")} == {
         "Deployment", "PersistentVolumeClaim", "Service", "ServiceMonitor", "PrometheusRule"}
+
+
+def _ports(rules: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    return {(p["protocol"], p["port"]) for r in rules for p in r["ports"]}
+
+
+def test_networkpolicy_covers_every_pod_and_port() -> None:
+    from retention.config.schema import DEFAULT_PORTS
+
+    policy = _one(K8S / "base" / "networkpolicy.yaml")
+    assert policy["kind"] == "NetworkPolicy"
+    assert "networkpolicy.yaml" in _one(K8S / "base" / "kustomization.yaml")["resources"]
+    spec = policy["spec"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    selector = spec["podSelector"]["matchLabels"]
+    cron = _one(OVERLAYS / "batch" / "cronjob.yaml")
+    pods = {
+        "deployment": _one(K8S / "base" / "deployment.yaml")["spec"]["template"],
+        "statefulset": _one(OVERLAYS / "sharded" / "statefulset.yaml")["spec"]["template"],
+        "cronjob": cron["spec"]["jobTemplate"]["spec"]["template"],
+    }
+    for name, template in pods.items():  # every variant's pods are under the policy
+        assert selector.items() <= template["metadata"]["labels"].items(), name
+    # Ingress: the metrics port only, from Prometheus.
+    (ingress,) = spec["ingress"]
+    assert _ports([ingress]) == {("TCP", 9478)}
+    assert ingress["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "prometheus"}
+    (container,) = pods["deployment"]["spec"]["containers"]
+    assert {p["containerPort"] for p in container["ports"]} == {9478}
+    # Egress: DNS, every default IMAP/POP3 port, SMTP, PostgreSQL, HTTPS (OAuth2).
+    egress = _ports(spec["egress"])
+    assert {("UDP", 53), ("TCP", 53)} <= egress
+    assert {("TCP", p) for p in DEFAULT_PORTS.values()} <= egress
+    assert {("TCP", 25), ("TCP", 465), ("TCP", 587), ("TCP", 5432), ("TCP", 443)} <= egress
+    assert all(not r.get("to") for r in spec["egress"])  # destinations: site-specific
+    # The shipped example policy's accounts reach their servers.
+    from retention.config.load import load_config
+
+    configmap = _one(K8S / "base" / "configmap.yaml")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "policy.yaml"
+        path.write_text(configmap["data"]["policy.yaml"], encoding="utf-8")
+        for account in load_config(path, env={}).accounts:
+            assert ("TCP", account.effective_port()) in egress, account.name
+    # The PostgreSQL the overlays use is on an allowed port.
+    env = _env(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+    assert ":5432/" in env["RETENTION_STATE_URL"]["value"]
 
 
 def test_cli_flags_in_the_manifests_exist() -> None:
@@ -153,6 +203,7 @@ def test_kustomize_renders_and_validates(kubectl: str, directory: Path) -> None:
         assert ("CronJob", "retention-sweep") in kinds and ("Deployment", "retention") not in kinds
     if directory in (K8S, K8S / "base"):
         assert ("Deployment", "retention") in kinds
+    assert ("NetworkPolicy", "retention") in kinds or directory.name == "postgres"
     try:
         import kubernetes_validate
     except ImportError:
