@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from retention.config.oauth import PATH_KEYS as OAUTH_PATH_KEYS
 from retention.config.oauth import OAuthCredential
+from retention.config.providers import PROVIDER_HOSTS
 from retention.config.schema import TRASH_JUNK, Config, Credential, ImapTarget, Policy
 from retention.config.template import prototype, with_credential
 from retention.config.yamlsource import YamlDoc, YamlError, load_yaml
@@ -493,6 +494,12 @@ def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[st
     for acct in config.accounts:
         if acct.oauth is not None:
             out.extend(oauth_warnings(f"account {acct.name}", acct.oauth, env))
+        if (PROVIDER_HOSTS.get(acct.host.lower(), ("", 0))[0] == "exchange"
+                and acct.oauth is None
+                and (acct.credential is None or isinstance(acct.credential, Credential))):
+            out.append(f"account {acct.name}: Exchange Online refuses password logins (basic "
+                       "authentication is off in every tenant): use a credential of type "
+                       "microsoft365 (README: OAuth2)")
         if acct.credentials is not None or acct.oauth is not None:
             continue  # reported once for the credential above
         if acct.password_env is not None and acct.password_env not in env:
