@@ -206,9 +206,9 @@ class ImapActions(ImapConnection):
                     return set()
                 uid_set = compress_uids(uids)
             with self.guard("UID EXPUNGE"):
-                typ, data = self._client._imap.uid("EXPUNGE", uid_set)
-                if typ != "OK":
-                    raise imaplib.IMAP4.error(f"EXPUNGE command error: {typ} {data!r}")
+                # imapclient's public UID EXPUNGE (RFC 4315): it checks UIDPLUS (from the
+                # capabilities cached at login, no extra round trip) and raises on NO/BAD.
+                self._client.uid_expunge(uid_set)
         except ProtocolError:
             # A NO/BAD: do not leave our \Deleted behind for another client's bare EXPUNGE.
             # (After a lost connection we cannot; the journal's recovery deletes again.)
