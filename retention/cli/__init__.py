@@ -65,7 +65,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     # Same format and the same scrubbing as serve: RETENTION_LOG_FORMAT over the file's.
     logs.set_format(resolve_settings(config.service).log_format)
     if command == "check":
-        return check.cmd_check(config)
+        return check.cmd_check(config, args)
     from retention.sources import load_fleet
 
     config = load_fleet(config)  # accounts from sources: read now, built lazily

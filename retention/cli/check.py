@@ -18,7 +18,7 @@ from retention.config.units import (
     format_percent,
     format_size,
 )
-from retention.errors import ExitCode
+from retention.errors import ConfigError, ExitCode
 
 
 def describe(config: Config) -> str:
@@ -81,7 +81,7 @@ def describe(config: Config) -> str:
     return "\n".join(out) + "\n"
 
 
-def cmd_check(config: Config) -> int:
+def cmd_check(config: Config, args: argparse.Namespace) -> int:
     from retention.sources.check import check_sources
 
     for w in config_warnings(config):
@@ -90,7 +90,17 @@ def cmd_check(config: Config) -> int:
     sys.stdout.write(describe(config))
     if lines:
         sys.stdout.write("\n" + "\n".join(lines) + "\n")
-    return ExitCode.OK
+    code: int = ExitCode.OK
+    if args.connect or args.archives:
+        from retention.cli import probes
+
+        if args.connect:
+            code = max(code, probes.cmd_connect(config, args))
+        if args.archives:
+            code = max(code, probes.cmd_archives(config, args))
+    elif args.account:
+        raise ConfigError("--account: only with --connect or --archives")
+    return code
 
 
 def cmd_accounts(config: Config, args: argparse.Namespace) -> int:

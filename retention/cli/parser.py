@@ -77,12 +77,22 @@ COMMANDS: tuple[_Command, ...] = (
         "Load the policy file, report each problem as FILE:LINE: field: message, print "
         "warnings, and print the effective policy of every account with each default "
         "filled in (the clock of each rule, the quota levels). Account sources are read and "
-        "summarised. No mail server is contacted.",
+        "summarised. No mail server is contacted unless --connect is given: it then logs in "
+        "to every account (those from sources too) read-only and reports the capabilities "
+        "that matter; --archives re-reads every archived copy of the audit history and "
+        "compares its SHA-256 with the recorded one. Neither changes a mailbox, an archive "
+        "or the state folder.",
         (("retention check -c policies/site.yaml", "validate and show the effective policy"),
          ("RETENTION_CONFIG=site.yaml retention check", "the same, the file from the "
-          "environment")),
-        exits=((ExitCode.OK, "the policy file is valid"),),
-        codes=_NO_ACCOUNT,
+          "environment"),
+         ("retention check -c site.yaml --connect",
+          "log in to every account: UIDPLUS, MOVE, QUOTA, CONDSTORE, SPECIAL-USE"),
+         ("retention check -c site.yaml --archives --account alice",
+          "re-hash alice's archived copies against the audit history")),
+        exits=((ExitCode.OK, "the policy file is valid (with --connect: every login worked; "
+                "with --archives: every copy is intact)"),
+               (ExitCode.FAILED, "with --connect: a login failed or a server lacks UIDPLUS "
+                "(POP3: UIDL); with --archives: a copy is missing or changed")),
     ),
     _Command(
         "run", "one pass over the accounts (add --dry-run to only report)",
@@ -312,6 +322,20 @@ def _format(sp: argparse.ArgumentParser, choices: Sequence[str], extra: str = ""
 
 def _check(sp: argparse.ArgumentParser) -> None:
     _config(sp)
+    sp.add_argument(
+        "--connect", action="store_true",
+        help="also log in to every account read-only (no folder selected, nothing written) "
+        "and report its capabilities, special-use folders and quota "
+        "(e.g. retention check -c site.yaml --connect --account alice)",
+    )
+    sp.add_argument(
+        "--archives", action="store_true",
+        help="also re-read every archived copy in the audit history and compare its "
+        "SHA-256 with the recorded one (e.g. retention check -c site.yaml --archives)",
+    )
+    sp.add_argument("--account", action="append", default=[], metavar="NAME",
+                    help="with --connect/--archives: only this account (repeatable)")
+    _jobs(sp)
 
 
 def _run(sp: argparse.ArgumentParser) -> None:
