@@ -166,6 +166,26 @@ def test_over_quota_cleanup_takes_nothing_from_a_named_shared_folder():
     assert any("shared/bob is not this account's own storage" in w for w in p.warnings)
 
 
+def test_a_shared_folder_only_an_over_quota_rule_covers_is_kept_as_not_own():
+    from retention.planner import plan
+    from tests.strategies import DAY, NOW, folder, msg, snapshot
+
+    kib = 1024
+    bob = FolderInfo("shared/bob", namespace=OTHER)
+    pol = policy(rule("full", folders=["INBOX", "shared/bob"], when="over_quota",
+                      allow_empty_folder=True),
+                 quota={"clean_above": "90%", "clean_to": "75%"})
+    mine = [msg("INBOX", u, age=(400 - u) * DAY, size=19 * kib) for u in range(1, 6)]
+    bobs = [msg("shared/bob", u, age=900 * DAY, size=10 * kib) for u in range(1, 3)]
+    snap = snapshot(folder(INBOX, *mine), folder(bob, *bobs), usage=95 * kib, limit=100 * kib)
+    p = plan(pol, snap, NOW, list_kept=True)
+    # bob's messages are older, yet not taken: removing them frees none of alice's quota.
+    assert [(a.message.ref.folder, a.message.ref.uid) for a in p.actions] == [
+        ("INBOX", 1), ("INBOX", 2)]
+    assert [(t.folder, t.reason.value, t.messages) for t in p.kept] == [
+        ("INBOX", "not_needed", 3), ("shared/bob", "not_own", 2)]
+
+
 # -- virtual_prefixes: what NAMESPACE does not say -----------------------------------
 
 
