@@ -12,7 +12,9 @@
     * ProtocolError        a NO/BAD answer or a missing capability (e.g. no UIDPLUS)
     * SecretError          the password is unset or unreadable
     * ArchiveError         an archive target failed; nothing unverified is deleted
-    * AccountLocked        another agent holds this account: skipped, not failed
+    * AccountLocked        another agent holds this account (or finished it within
+                           leases.once_within): skipped, not failed; a lock held makes
+                           ``retention run`` exit 1 unless --skip-locked-ok
   * SourceError            an account source (LDAP, SQL, file, command) cannot be read:
                            exit 2 in check/run; in serve the source keeps its last good list
   * FolderSkipped          skip one folder, go on with the others (e.g. UIDVALIDITY changed)
@@ -34,6 +36,9 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 ErrorKind = Literal["auth", "tls", "connect", "protocol", "config", "archive", "other"]
+# Why an account was skipped: another agent holds its lock or lease now (``locked``), or
+# one finished it within leases.once_within (``recent``, asked for: never a failure).
+SkipReason = Literal["locked", "recent"]
 
 
 class ExitCode(IntEnum):
@@ -145,9 +150,14 @@ class ClockSkew(AccountError):
 
 
 class AccountLocked(AccountError):
-    """Another agent is processing this account (lock in state_dir): skipped, not failed."""
+    """Another agent is processing this account (lock in state_dir, or a lease), or
+    finished it within ``leases.once_within`` (``reason``): skipped, not failed."""
 
     kind = "other"
+
+    def __init__(self, message: str, reason: SkipReason = "locked") -> None:
+        super().__init__(message)
+        self.reason: SkipReason = reason
 
 
 SourceErrorKind = Literal["config", "connect", "tls", "auth", "query"]

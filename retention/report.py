@@ -78,6 +78,9 @@ def account_dict(acct: AccountResult) -> dict[str, Any]:
         "status": acct.status,
         "error": acct.error,
         "error_kind": acct.error_kind,
+        # With status skipped: locked (another agent holds it: not cleaned; exit 1 unless
+        # --skip-locked-ok) or recent (finished within leases.once_within).
+        "skip_reason": acct.skip_reason,
         "hold": plan.hold if plan else False,
         "usage_bytes": acct.usage_bytes,
         "limit_bytes": acct.limit_bytes,
@@ -151,7 +154,9 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
     if acct.plan and acct.plan.hold:
         head += "  HOLD: report only, nothing is changed"
     lines = [head]
-    if acct.error:
+    if acct.status == "skipped":
+        lines.append(f"   skipped ({acct.skip_reason}): {acct.error}")
+    elif acct.error:
         lines.append(f"   error ({acct.error_kind}): {acct.error}")
     if acct.usage_bytes is not None:
         limit = human_size(acct.limit_bytes) if acct.limit_bytes else "unknown"
@@ -252,8 +257,10 @@ def to_text(run: RunResult) -> str:
         lines.append("")
         lines.extend(_account_text(acct, run.dry_run))
     failed = sum(1 for a in run.accounts if a.status == "error")
+    skipped = sum(1 for a in run.accounts if a.status == "skipped")
     lines.append("")
-    lines.append(f"{len(run.accounts)} accounts, {failed} failed")
+    lines.append(f"{len(run.accounts)} accounts, {failed} failed"
+                 + (f", {skipped} skipped" if skipped else ""))
     return "\n".join(lines) + "\n"
 
 

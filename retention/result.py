@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from retention.errors import ErrorKind, ExitCode
+from retention.errors import ErrorKind, ExitCode, SkipReason
 from retention.model import MailProtocol
 from retention.plan import Action, Plan
 
@@ -53,8 +53,9 @@ class AccountResult:
     status: Status
     started: datetime
     finished: datetime
-    error: str | None = None
+    error: str | None = None  # why it failed, or why it was skipped
     error_kind: ErrorKind | None = None
+    skip_reason: SkipReason | None = None  # with status skipped: locked | recent
     plan: Plan | None = None
     results: tuple[ActionResult, ...] = ()
     usage_bytes: int | None = None
@@ -86,6 +87,20 @@ class RunResult:
     accounts: tuple[AccountResult, ...]
 
     @property
+    def locked(self) -> tuple[AccountResult, ...]:
+        """Accounts skipped because another agent holds them (not those done recently)."""
+        return tuple(a for a in self.accounts
+                     if a.status == "skipped" and a.skip_reason != "recent")
+
+    @property
     def exit_code(self) -> ExitCode:
+        return self.exit_code_for(skip_locked_ok=False)
+
+    def exit_code_for(self, *, skip_locked_ok: bool) -> ExitCode:
+        """1 when an account failed, or (unless ``skip_locked_ok``) was skipped because
+        another agent holds it: that account was not cleaned, and a timer or a job should
+        say so; 0 otherwise (accounts skipped by ``leases.once_within`` were done)."""
         failed = any(a.status == "error" for a in self.accounts)
-        return ExitCode.FAILED if failed else ExitCode.OK
+        if failed or (self.locked and not skip_locked_ok):
+            return ExitCode.FAILED
+        return ExitCode.OK

@@ -70,6 +70,11 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             fields = {"event": "account_failed", "account": a.account,
                       "error_kind": a.error_kind, "error": a.error}
             _runlog.error("%s", logfmt(fields), extra={"fields": fields})
+    for a in result.locked:  # not cleaned either: a failure unless --skip-locked-ok
+        fields = {"event": "account_skipped", "account": a.account, "reason": a.skip_reason,
+                  "detail": a.error}
+        level = logging.INFO if args.skip_locked_ok else logging.ERROR
+        _runlog.log(level, "%s", logfmt(fields), extra={"fields": fields})
     if textfile is not None:
         from retention.service.textfile import write_run_metrics
 
@@ -79,7 +84,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             print(f"retention: --metrics-textfile {textfile}: {e.strerror or e}",
                   file=sys.stderr)
             return ExitCode.FAILED
-    return result.exit_code
+    return result.exit_code_for(skip_locked_ok=args.skip_locked_ok)
 
 
 def _textfile(path: Path | None) -> Path | None:

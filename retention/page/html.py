@@ -30,7 +30,7 @@ table{border-collapse:collapse;width:100%;margin-top:.5em}
 th,td{border-bottom:1px solid #eee;padding:.25em .5em;text-align:left;vertical-align:top}
 th{cursor:pointer;background:#f4f4f4;user-select:none}th.sorted:after{content:" \\25BE"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-.status-error{color:#b00}.muted{color:#777}input.filter{width:20em;padding:.2em}
+.status-error{color:#b00}.status-skipped{color:#a60}.muted{color:#777}input.filter{width:20em;padding:.2em}
 svg text{font-size:11px;fill:#222}
 """
 
@@ -217,7 +217,10 @@ def _account(acct: AccountResult, levels: Levels, dry_run: bool) -> str:
              f'data-account="{_e(acct.account)}" data-status="{_e(acct.status)}">',
              f'<h2>{_e(acct.account)} <span class="muted">({_e(acct.protocol)})</span> '
              f'<span class="status-{_e(acct.status)}">{_e(acct.status)}</span></h2>']
-    if acct.error:
+    if acct.status == "skipped":
+        parts.append(f'<p class="status-skipped">skipped ({_e(acct.skip_reason)}): '
+                     f'{_e(acct.error)}</p>')
+    elif acct.error:
         parts.append(f'<p class="status-error">{_e(acct.error_kind)}: {_e(acct.error)}</p>')
     parts.append(usage_bar(acct, levels.get(acct.account), dry_run))
     for w in acct.warnings:

@@ -37,6 +37,7 @@ from retention.errors import (
     ErrorKind,
     FolderSkipped,
     RetentionError,
+    SkipReason,
     Throttled,
 )
 from retention.folders import folders_to_scan
@@ -384,6 +385,7 @@ class AccountPass:
         *,
         error: str | None = None,
         error_kind: ErrorKind | None = None,
+        skip_reason: SkipReason | None = None,
         plan: Plan | None = None,
         results: tuple[ActionResult, ...] = (),
         usage: Usage | None = None,
@@ -402,6 +404,7 @@ class AccountPass:
             finished=self.clock(),
             error=error,
             error_kind=error_kind,
+            skip_reason=skip_reason,
             plan=plan,
             results=results,
             usage_bytes=usage.usage_bytes if usage is not None else None,
@@ -471,7 +474,7 @@ def run_account(
                     sleep(BACKOFF[attempt])
             raise AssertionError("unreachable")
     except AccountLocked as e:
-        return p.result("skipped", error=str(e), error_kind="other")
+        return p.result("skipped", error=str(e), skip_reason=e.reason)
     except AccountError as e:
         return p.result(
             "error", error=str(e) or type(e).__name__, error_kind=e.kind,

@@ -82,7 +82,7 @@ def account_lease(
         once_within=once.total_seconds() if once else None, outer=stop,
     ) as got:
         if isinstance(got, Refused):
-            raise AccountLocked(_why(got))
+            raise AccountLocked(_why(got), "recent" if got.reason == "done" else "locked")
         yield got
 
 

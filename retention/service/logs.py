@@ -103,6 +103,7 @@ def account_run_fields(result: AccountResult, kind: str) -> dict[str, object]:
         "account": result.account,
         "run_id": result.run_id,
         "outcome": result.status,
+        "skip_reason": result.skip_reason,
         "started": result.started.isoformat(timespec="milliseconds"),
         "actions": len(done),
         "failed_actions": failed or None,

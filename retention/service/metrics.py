@@ -86,7 +86,9 @@ class _Account:
     actions: dict[tuple[str, str], int] = field(default_factory=dict)
     freed: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    skipped: int = 0
+    # Skipped runs by reason: busy (serve: still in flight from the last tick), locked
+    # (another agent holds the account), recent (done within leases.once_within).
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def count_error(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
@@ -268,7 +270,7 @@ def _snapshot(a: _Account, now: float) -> _Snap:
             "retention_freed_bytes_total": {(k,): v for k, v in a.freed.items()},
             # Every reason from 0, so the first error is an increase() an alert can see.
             "retention_account_errors_total": {(k,): float(a.errors.get(k, 0)) for k in REASONS},
-            "retention_runs_skipped_total": {(): a.skipped} if a.skipped else {},
+            "retention_runs_skipped_total": {(k,): float(v) for k, v in a.skipped.items()},
         },
     )
 
@@ -289,7 +291,9 @@ _COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("retention_actions_total", "Messages acted on, by action and rule", ("action", "rule")),
     ("retention_freed_bytes_total", "Bytes freed, by action", ("action",)),
     ("retention_account_errors_total", "Failed runs and measurements, by reason", ("reason",)),
-    ("retention_runs_skipped_total", "Runs skipped because the account was still busy", ()),
+    ("retention_runs_skipped_total",
+     "Runs skipped: busy (the last one still running), locked (another agent holds the "
+     "account), recent (done within leases.once_within)", ("reason",)),
 )
 _FLEET: dict[str, Callable[[list[float]], float]] = {
     "retention_mailbox_usage_bytes": sum,
@@ -393,8 +397,9 @@ class Metrics:
         self.run_duration.observe(result.duration)
         with self.collector.lock:
             a = self._account(result.account)
-            if result.status == "skipped":  # another agent held the account's lock
-                a.skipped += 1
+            if result.status == "skipped":  # another agent held it, or did it recently
+                reason = result.skip_reason or "locked"
+                a.skipped[reason] = a.skipped.get(reason, 0) + 1
                 return
             a.last_run = result.finished.timestamp()
             self.fleet.finished(result.account)
@@ -425,7 +430,8 @@ class Metrics:
     def observe_skip(self, account: str, schedule: str | None = None) -> None:
         """A tick found the account still in flight: nothing ran (nor is it due this sweep)."""
         with self.collector.lock:
-            self._account(account).skipped += 1
+            skipped = self._account(account).skipped
+            skipped["busy"] = skipped.get("busy", 0) + 1
             if schedule is not None:
                 self.fleet.not_due(schedule)
 

@@ -159,5 +159,5 @@ def _carry(metrics: Metrics, accounts: Sequence[Account], previous: Samples) -> 
             for labels, value in errors.get(label, []):
                 if value:
                     a.errors[labels.get("reason", "other")] = int(value)
-            for _, value in skipped.get(label, []):
-                a.skipped = int(value)
+            for labels, value in skipped.get(label, []):
+                a.skipped[labels.get("reason", "locked")] = int(value)

@@ -13,10 +13,8 @@ a real run, then ``retention history``; the tests below it check one aspect each
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import mailbox
-import os
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -541,25 +539,41 @@ def test_hold_reports_only(tmp_path: Path, make_user: Any, where: str) -> None:
 
 
 def test_locked_account_is_skipped(tmp_path: Path, make_user: Any) -> None:
+    """Another agent holds the account's lock: skipped, changed nothing, and exit 1 (the
+    account was not cleaned) unless --skip-locked-ok; processed once the lock is free."""
+    from retention.state import StateDir
+
     user, _seeded = _over_quota_user(make_user)
     pf = PolicyFile(tmp_path, quota_policy())
     name = pf.add_imap(user)
     before = user.folder_state()
     usage = user.usage()
-    locks = tmp_path / "state" / "locks"
-    locks.mkdir(parents=True)
-    fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "another agent" holds the account
+    with StateDir(tmp_path / "state").lock(name):  # "another agent" holds the account
         result = pf.run()
-        assert result.code == 0, str(result)
+        assert result.code == 1, str(result)
         acct = result.account(name)
-        assert acct["status"] == "skipped", str(result)
+        assert acct["status"] == "skipped" and acct["skip_reason"] == "locked", str(result)
+        assert acct["error_kind"] is None and "another agent" in acct["error"]
         assert acct["actions"] == []
+        assert f"event=account_skipped account={name} reason=locked" in result.stderr
+        assert "Traceback" not in result.stderr
+
+        text = pf.cli("run", "--format", "text")
+        assert text.code == 1, str(text)
+        assert "status=skipped" in text.stdout and "skipped (locked): another agent" in (
+            text.stdout)
+        assert "1 accounts, 0 failed, 1 skipped" in text.stdout
+
+        tolerated = pf.cli("run", "--format", "json", "--skip-locked-ok")
+        assert tolerated.code == 0, str(tolerated)
+        assert tolerated.account(name)["status"] == "skipped"
+
+        prom = tmp_path / "retention.prom"
+        pf.cli("run", "--skip-locked-ok", "--metrics-textfile", str(prom))
+        assert (f'retention_runs_skipped_total{{account="{name}",reason="locked"}}'
+                in prom.read_text())
         assert user.folder_state() == before
         assert user.usage() == usage
-    finally:
-        os.close(fd)
 
     # Once the other agent is done, the account is processed as usual.
     acct = ok(pf.run(), name)

@@ -231,3 +231,52 @@ def test_serve_keeps_the_command_lines_level(stderr: Stderr) -> None:
     logs.configure_cli(0)
     logs.configure("INFO", "logfmt")  # no -v/-q: the setting
     assert logging.getLogger("retention").level == logging.INFO
+
+
+# -- a skipped account: its own outcome, exit 1 unless --skip-locked-ok ---------------------
+
+
+def _result(name: str, status: str, skip_reason: str | None = None):
+    from datetime import UTC, datetime
+
+    from retention.result import AccountResult
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    return AccountResult(account=name, protocol="imap", run_id="r", dry_run=False,
+                         status=status, started=now, finished=now,  # type: ignore[arg-type]
+                         error="another agent is processing this account" if skip_reason
+                         else None, skip_reason=skip_reason)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("statuses,ok_flag,code", [
+    ([("a", "ok", None)], False, 0),
+    ([("a", "ok", None), ("b", "skipped", "locked")], False, 1),
+    ([("a", "ok", None), ("b", "skipped", "locked")], True, 0),
+    ([("a", "ok", None), ("b", "skipped", "recent")], False, 0),  # leases.once_within
+    ([("a", "error", None), ("b", "skipped", "locked")], True, 1),
+])
+def test_exit_code_of_a_skipped_account(statuses, ok_flag: bool, code: int) -> None:
+    from datetime import UTC, datetime
+
+    from retention.result import RunResult
+
+    run = RunResult(False, datetime(2026, 12, 1, tzinfo=UTC),
+                    tuple(_result(*s) for s in statuses))
+    assert run.exit_code_for(skip_locked_ok=ok_flag) == code
+    assert run.exit_code == run.exit_code_for(skip_locked_ok=False)
+
+
+def test_report_says_skipped_and_why() -> None:
+    from datetime import UTC, datetime
+
+    from retention import report
+    from retention.result import RunResult
+
+    run = RunResult(False, datetime(2026, 12, 1, tzinfo=UTC),
+                    (_result("a", "ok"), _result("b", "skipped", "locked")))
+    text = report.to_text(run)
+    assert "== b (imap) status=skipped" in text
+    assert "skipped (locked): another agent is processing this account" in text
+    assert "error (" not in text and text.endswith("2 accounts, 0 failed, 1 skipped\n")
+    (b,) = [a for a in json.loads(report.to_json(run))["accounts"] if a["account"] == "b"]
+    assert (b["status"], b["skip_reason"], b["error_kind"]) == ("skipped", "locked", None)

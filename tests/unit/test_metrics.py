@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import urllib.error
@@ -126,11 +127,15 @@ def test_error_reasons_are_a_fixed_set(kind, reason):
     assert error_reason(kind) == reason
 
 
-def test_skipped_runs_are_counted(reg):
+def test_skipped_runs_are_counted_by_reason(reg):
     m = Metrics(reg)
-    m.observe_skip("bob")
+    m.observe_skip("bob")  # serve: the last run is still in flight
     m.observe_run(result("bob", "skipped"))  # another agent held the lock
-    assert value(reg, "retention_runs_skipped_total", account="bob") == 2
+    m.observe_run(dataclasses.replace(result("bob", "skipped"), skip_reason="locked"))
+    m.observe_run(dataclasses.replace(result("bob", "skipped"), skip_reason="recent"))
+    assert value(reg, "retention_runs_skipped_total", account="bob", reason="busy") == 1
+    assert value(reg, "retention_runs_skipped_total", account="bob", reason="locked") == 2
+    assert value(reg, "retention_runs_skipped_total", account="bob", reason="recent") == 1
     assert value(reg, "retention_last_run_timestamp_seconds", account="bob") is None
 
 

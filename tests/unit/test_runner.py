@@ -232,12 +232,14 @@ def test_locked_account_is_skipped(tmp_path: Path) -> None:
     with StateDir(config.state_dir).lock("alice"):
         result = run(config, connect)
 
-    assert result.status == "skipped"
+    assert result.status == "skipped" and result.skip_reason == "locked"
     assert result.error and "another agent" in result.error
     assert connect.calls == []
     assert server.state() == before
-    # Skipped is not failed: the exit code stays 0.
-    assert RunResult(False, NOW, (result,)).exit_code == 0
+    # Skipped is not failed, but the account was not cleaned: exit 1 unless the caller
+    # says another agent holding it is fine (issue 15).
+    assert RunResult(False, NOW, (result,)).exit_code == 1
+    assert RunResult(False, NOW, (result,)).exit_code_for(skip_locked_ok=True) == 0
     # The lock is released afterwards: the next run works.
     assert run(config, connect).status == "ok"
 

@@ -178,8 +178,8 @@ def test_account_in_flight_is_skipped_and_reported(svc_factory, caplog):
     wait_active(fake, 2)
     with caplog.at_level(logging.INFO, logger="retention.runs"):
         svc.sweep(NEVER)
-    assert metric(svc, "retention_runs_skipped_total", account="a") == 1
-    assert metric(svc, "retention_runs_skipped_total", account="b") == 1
+    assert metric(svc, "retention_runs_skipped_total", account="a", reason="busy") == 1
+    assert metric(svc, "retention_runs_skipped_total", account="b", reason="busy") == 1
     assert "event=account_skipped account=a reason=in_flight" in caplog.text
     assert svc.shutdown(timeout=5) == 0  # the fakes honour the stop event
     assert Counter(n for n, _, _ in fake.runs) == {"a": 1, "b": 1}
@@ -194,7 +194,7 @@ def test_real_ticks_coalesce_and_never_overlap(svc_factory):
     assert svc.shutdown(timeout=5) == 0
     assert fake.overlaps == []
     assert 1 <= len(fake.runs) <= 2
-    assert (metric(svc, "retention_runs_skipped_total", account="a") or 0) >= 1
+    assert (metric(svc, "retention_runs_skipped_total", account="a", reason="busy") or 0) >= 1
     runs = sorted(fake.runs, key=lambda r: r[1])
     for (_, _, end), (_, start, _) in zip(runs, runs[1:], strict=False):
         assert start >= end
