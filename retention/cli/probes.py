@@ -14,7 +14,13 @@ from retention.cli.common import select
 from retention.config.schema import Config
 from retention.errors import ExitCode
 from retention.report import human_size
-from retention.run.probe import ArchiveCheck, Probe, check_archives, probe_account
+from retention.run.probe import (
+    ArchiveCheck,
+    Probe,
+    check_archives,
+    probe_account,
+    probe_target,
+)
 
 
 def cmd_connect(config: Config, args: argparse.Namespace) -> int:
@@ -27,18 +33,24 @@ def cmd_connect(config: Config, args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else config.service.concurrency
     per_host = config.service.max_connections_per_host
     limits = host_limits("max_connections_per_host" in config.service.model_fields_set)
-    failed = False
     print("\nconnect (read-only logins):")
-    for p in run_ordered(accounts, lambda a: probe_account(config, a), jobs=jobs,
-                         per_host=per_host, host_limits=limits,
-                         is_error=lambda p: p.failed):
-        print("\n".join(probe_lines(p)))
-        if p.failed:
-            failed = True
-            print(f"retention: account {p.account}: check --connect failed: "
-                  f"{p.error or 'missing ' + ', '.join(c for c, _ in p.missing)}",
-                  file=sys.stderr)
-    return ExitCode.FAILED if failed else ExitCode.OK
+    probes = [_show(p) for p in run_ordered(  # shown as they come, in account order
+        accounts, lambda a: probe_account(config, a), jobs=jobs, per_host=per_host,
+        host_limits=limits, is_error=lambda p: p.failed)]
+    if not args.account:  # and the IMAP archive targets the accounts archive to
+        for name, target in sorted(config.archives.items()):
+            if target.type == "imap":
+                probes.append(_show(probe_target(name, target)))
+    return ExitCode.FAILED if any(p.failed for p in probes) else ExitCode.OK
+
+
+def _show(p: Probe) -> Probe:
+    print("\n".join(probe_lines(p)), flush=True)
+    if p.failed:
+        what = "" if p.account.startswith("archive ") else "account "
+        print(f"retention: {what}{p.account}: check --connect failed: "
+              f"{p.error or 'missing ' + ', '.join(c for c, _ in p.missing)}", file=sys.stderr)
+    return p
 
 
 def probe_lines(p: Probe) -> list[str]:

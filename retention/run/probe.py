@@ -99,6 +99,28 @@ def probe_account(config: Config, account: Account, connect: Connect | None = No
             pass
 
 
+def probe_target(name: str, target: ImapTarget) -> Probe:
+    """Log in to an IMAP archive target read-only: it needs UIDPLUS to verify copies."""
+    from retention.adapters.imap.session import ImapSession
+    from retention.config.secrets import read_password
+
+    base = Probe(f"archive {name}", "imap", f"{target.host}:{target.effective_port()}")
+    try:
+        session = ImapSession.connect(target, read_password(target), readonly=True)
+    except AccountError as e:
+        return _failed(base, str(e) or type(e).__name__, e.kind)
+    try:
+        caps = session.capabilities()
+    except AccountError as e:
+        return _failed(base, str(e) or type(e).__name__, e.kind)
+    finally:
+        session.close()
+    present = tuple(c for c, _ in IMAP_CAPABILITIES if c in caps)
+    missing = tuple((c, "archived copies cannot be verified (no APPENDUID)")
+                    for c in ("UIDPLUS",) if c not in caps)
+    return Probe(base.account, base.protocol, base.where, present=present, missing=missing)
+
+
 def _failed(base: Probe, error: str, kind: ErrorKind) -> Probe:
     return Probe(base.account, base.protocol, base.where, error=error, error_kind=kind)
 

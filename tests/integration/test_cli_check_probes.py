@@ -39,6 +39,13 @@ def test_connect_reports_a_wrong_password_and_still_checks_the_others(
     bad_name = pf.add_imap(bad, password=wrong)  # first: the one after it is still checked
     good_name = pf.add_imap(good)
     pop_name = pf.add_pop3(good, name="good-pop3")
+    vault = make_user()  # an IMAP archive target is logged in to as well
+    pf.env["VAULT_PASSWORD"] = vault.password
+    pf.extra = {"archives": {"vault": {
+        "type": "imap", "host": vault.server.host, "port": vault.server.imaps_port,
+        "security": "tls", "ca_file": str(vault.server.ca_file), "username": vault.name,
+        "password_env": "VAULT_PASSWORD"}}}
+    pf.write()
 
     result = pf.cli("check", "--connect")
 
@@ -54,6 +61,8 @@ def test_connect_reports_a_wrong_password_and_still_checks_the_others(
     assert f"{pop_name}: pop3 " in lines[pop_name] and ": ok; has UIDL" in lines[pop_name]
     assert bad_name in result.stderr and good_name not in result.stderr
     assert pop_name not in result.stderr
+    assert "archive vault: imap " in result.stdout and ": ok; has UIDPLUS" in lines["archive vault"]
+    assert vault.password not in result.stdout + result.stderr
     for text in (result.stdout, result.stderr):
         assert wrong not in text and good.password not in text
     # Read-only: the mailboxes are as they were, and no state folder was made.
