@@ -53,7 +53,15 @@ def imap_bye(_line: bytes) -> bytes:
     return b"* BYE injected: shutting down\r\n"
 
 
-Arm = Callable[[FaultProxy, "Rig"], None]
+class Arm:
+    """Arms one fault on the proxy; ``what`` describes it for the table in docs/faults.md."""
+
+    def __init__(self, fn: Callable[[FaultProxy, Rig], None], what: str) -> None:
+        self.fn = fn
+        self.what = what
+
+    def __call__(self, proxy: FaultProxy, rig: Rig) -> None:
+        self.fn(proxy, rig)
 
 
 @dataclass
@@ -77,23 +85,36 @@ class Rig:
     release: threading.Event = field(default_factory=threading.Event)
 
 
+def _name(pattern: bytes) -> str:
+    return NAMES.get(pattern, "`" + pattern.decode().lstrip("^") + "`")
+
+
 def cut(pattern: bytes, after: int = 0) -> Arm:
-    return lambda p, _r: p.drop_on(pattern, after_reply_bytes=after, times=None)
+    what = (f"connection cut after {after} byte{'s' if after > 1 else ''} of the answer to"
+            if after else "connection cut right after")
+    return Arm(lambda p, _r: p.drop_on(pattern, after_reply_bytes=after, times=None),
+               f"{what} {_name(pattern)}")
 
 
 def answer(pattern: bytes, reply: Any) -> Arm:
-    return lambda p, _r: p.reply_on(pattern, reply, times=None)
+    said = {imap_no: "`NO`", imap_bye: "`* BYE`"}.get(reply, "`BAD`")
+    if isinstance(reply, bytes):
+        said = "`-ERR`"
+    return Arm(lambda p, _r: p.reply_on(pattern, reply, times=None),
+               f"{said} answers {_name(pattern)}")
 
 
 def stall(pattern: bytes) -> Arm:
-    return lambda p, r: p.stall_on(pattern, r.release, times=None)
+    return Arm(lambda p, r: p.stall_on(pattern, r.release, times=None),
+               f"the server stalls after {_name(pattern)}, longer than `timeout`")
 
 
 def trickle(pattern: bytes) -> Arm:
-    return lambda p, _r: p.trickle_on(pattern, 0.3, times=None)
+    return Arm(lambda p, _r: p.trickle_on(pattern, 0.3, times=None),
+               f"the answer to {_name(pattern)} trickles one byte per 0.3 s, past the deadline")
 
 
-def _other_client(rig: Rig, work: Callable[[Any], None]) -> Arm:
+def _other_client(rig: Rig, work: Callable[[Any], None], what: str) -> Arm:
     def arm(p: FaultProxy, _r: Rig) -> None:
         def act(_line: bytes) -> None:
             client = rig.user.imap_client()
@@ -102,7 +123,7 @@ def _other_client(rig: Rig, work: Callable[[Any], None]) -> Arm:
             finally:
                 client.logout()
         p.call_on(rb"^\S+ SELECT \"?" + FOLDER.encode(), act)
-    return arm
+    return Arm(arm, what)
 
 
 def recreate_folder(rig: Rig) -> Arm:
@@ -112,7 +133,8 @@ def recreate_folder(rig: Rig) -> Arm:
         client.create_folder(FOLDER)
         for raw, flags, when in rig.seeds:
             client.append(FOLDER, raw, flags=flags, msg_time=when)
-    return _other_client(rig, work)
+    return _other_client(rig, work, "another client deletes and recreates the folder (new "
+                         "UIDVALIDITY) between scan and act")
 
 
 def expunge_and_flag(rig: Rig) -> Arm:
@@ -124,7 +146,8 @@ def expunge_and_flag(rig: Rig) -> Arm:
         client.add_flags(first, [b"\\Flagged"])
         client.add_flags(second, [b"\\Deleted"])
         client.uid_expunge(second)
-    return _other_client(rig, work)
+    return _other_client(rig, work, "another client flags one planned message and expunges "
+                         "another between scan and act")
 
 
 META = rb"UID FETCH .*FLAGS"
@@ -132,6 +155,12 @@ BODY = rb"UID FETCH .*BODY\.PEEK\[\]"
 EXPUNGE = rb"UID EXPUNGE"
 MOVE = rb"UID MOVE"
 APPEND = rb"^\S+ APPEND "
+LAST_LINE = rb"^Seeded by tests/dovecot"
+NAMES = {META: "the metadata `UID FETCH`", BODY: "`UID FETCH ... BODY.PEEK[]`",
+         EXPUNGE: "`UID EXPUNGE` (after `UID STORE \\Deleted`)", MOVE: "`UID MOVE`",
+         APPEND: "`APPEND` to the IMAP archive",
+         LAST_LINE: "the last line of an `APPEND` literal (stored, unanswered)",
+         rb"^RETR": "POP3 `RETR`", rb"^QUIT": "POP3 `QUIT`"}
 
 CASES: dict[str, Case | Callable[[Rig], Case]] = {
     # -- the metadata UID FETCH of the scan
@@ -167,7 +196,7 @@ CASES: dict[str, Case | Callable[[Rig], Case]] = {
     # -- APPEND to an IMAP archive (cut after the "+ OK" continuation: stored, unanswered)
     # the message's last line reached the server: stored, but the answer is cut; the
     # archive reconnects and finds it by Message-ID + hash, so the run ends ok
-    "imap-append-cut": Case("imap", "archive-imap", cut(rb"^Seeded by tests/dovecot", 1),
+    "imap-append-cut": Case("imap", "archive-imap", cut(LAST_LINE, 1),
                             status="ok", says="/Archive;UID="),
     "imap-append-bye": Case("imap", "archive-imap", answer(APPEND, imap_bye),
                             kinds=("connect", "archive"), says="APPEND"),
@@ -337,3 +366,41 @@ def test_fault(name: str, make_user: Any, tmp_path: Path) -> None:
             assert where == {"source": 0, "moved": 1, "archive": 0}, (sha, where)
         else:
             assert where == {"source": 0, "moved": 0, "archive": 1}, (sha, where)
+
+
+# -- the table of cases and outcomes (docs/faults.md) -------------------------------------
+
+ACTIONS = {"delete": "delete", "archive": "archive (mbox)", "move": "move",
+           "archive-imap": "archive (IMAP target)"}
+NEXT = {"delete": "the planned ones deleted, the kept ones in place",
+        "move": "the planned ones once in the target folder, the kept ones in place",
+        "archive": "the planned ones once in the archive and gone from the source",
+        "archive-imap": "the planned ones once in the archive and gone from the source"}
+TABLE_DOC = Path(__file__).resolve().parents[2] / "docs" / "faults.md"
+BEGIN, END = "<!-- fault-table:begin -->", "<!-- fault-table:end -->"
+
+
+def table() -> str:
+    """The markdown table of every case: what ``test_fault`` injects and asserts."""
+    rows = ["| case | account, action | injected fault (every attempt of the first run) "
+            "| first run | nothing lost, nothing unplanned removed | next run |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name in sorted(CASES):
+        spec = CASES[name]
+        case = spec(Rig(None, None)) if callable(spec) else spec  # type: ignore[arg-type]
+        if case.status == "error":
+            first = f"clear account error ({' or '.join(case.kinds)}) saying \"{case.says}\""
+        else:
+            first = f"ok; the report says \"{case.says}\""
+        rows.append(f"| `{name}` | {case.protocol.upper()}, {ACTIONS[case.action]} | "
+                    f"{case.arm.what} | {first} | yes | ok: {NEXT[case.action]} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_table() -> None:
+    """Rewrite the table in docs/faults.md (``python -c 'from tests.integration.test_faults
+    import write_table; write_table()'``)."""
+    text = TABLE_DOC.read_text(encoding="utf-8")
+    head, rest = text.split(BEGIN, 1)
+    _old, tail = rest.split(END, 1)
+    TABLE_DOC.write_text(f"{head}{BEGIN}\n{table()}{END}{tail}", encoding="utf-8")
