@@ -295,9 +295,10 @@ class Journal:
                                   migrate=_migrate, synchronous="FULL")
             conn.row_factory = sqlite3.Row
             for suffix in ("-wal", "-shm"):  # journals created by an earlier version
-                side = path.with_name(path.name + suffix)
-                if side.exists():
-                    os.chmod(side, 0o600)
+                # Another thread's last connection may delete them between the two calls
+                # (serve: one account's pass ends while another's opens the journal).
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(path.with_name(path.name + suffix), 0o600)
         except sqlite.NewerSchema as e:
             raise JournalError(f"journal {path} was {e}") from None
         except sqlite3.Error as e:

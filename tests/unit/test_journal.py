@@ -245,3 +245,24 @@ def test_history_entry_point(tmp_path):
     assert len(out["entries"]) == 2
     with pytest.raises(ConfigError):
         hist.history(Cfg(), since="30x")
+
+
+def test_open_survives_the_wal_file_vanishing_under_it(tmp_path, monkeypatch):
+    """serve: one pass's last connection deletes -wal/-shm while another pass opens the
+    journal (between its exists() and chmod before): the open must not fail the account."""
+    path = tmp_path / "state" / "journal.sqlite3"
+    first = Journal.open(path)
+    first.bind_mailbox("alice", "imap:alice@h:993")  # a write: the -wal file exists now
+    assert path.with_name(path.name + "-wal").exists()
+    real = os.chmod
+
+    def chmod(target, mode, *args, **kwargs):
+        if str(target).endswith(("-wal", "-shm")):
+            raise FileNotFoundError(2, "No such file or directory", str(target))
+        return real(target, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    second = Journal.open(path)
+    assert second.open_rows("alice") == []
+    second.close()
+    first.close()
