@@ -16,6 +16,10 @@ show, never by the journal alone. The invariants it keeps:
 * Our own ``\\Deleted`` flags are finished: a delete cut between ``UID STORE \\Deleted`` and
   ``UID EXPUNGE`` is completed for exactly the planned UIDs. Left behind, the flag would make
   the planner skip the message as another client's pending delete.
+* A move made by ``UID COPY`` + ``UID STORE \\Deleted`` + ``UID EXPUNGE`` (a server without
+  MOVE) cut after the COPY is finished too, when the target folder holds a byte-identical
+  copy (found by Message-ID, compared whole): the source is removed exactly, instead of a
+  second COPY next run (a duplicate) or our ``\\Deleted`` left on it (review M6).
 
 One unit of work: an ``Executor`` owns a ``Recovery`` and shares its containers with it
 (``handled``: ref key -> detail, so the plan's action for a message recovery finished is
@@ -30,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item
+from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
 from retention.archive.mbox import repair_intent, verify_copies
 from retention.errors import ArchiveError, FolderSkipped
 from retention.model import FolderInfo, Message, MessageRef, Protection
@@ -145,9 +149,9 @@ class Recovery:
         to_delete: list[JournalRow] = []
         for row in rows:
             self._recover_row(row, report, to_delete)
-        by_folder: dict[str, list[JournalRow]] = {}
+        by_folder: dict[tuple[str, bool], list[JournalRow]] = {}
         for row in to_delete:
-            by_folder.setdefault(row.folder, []).append(row)
+            by_folder.setdefault((row.folder, row.action in _MOVES), []).append(row)
         for folder_rows in by_folder.values():
             self._recover_deletes(folder_rows, report)
         return report
@@ -196,6 +200,9 @@ class Recovery:
                 # the plan chose rather than leave our flag behind.
                 to_delete.append(row)
                 return
+            if present and row.action in _MOVES and self._copied_to_target(row):
+                to_delete.append(row)  # the COPY was made: finish the move (M6)
+                return
             if present:
                 self.journal.mark([row.id], DROPPED, detail="interrupted before acting; "
                                   "message left in place")
@@ -238,8 +245,11 @@ class Recovery:
         self.journal.step("source-removed")
         gone = [r for r in rows if r.ref in removed]
         vanished = [r for r in rows if r.ref not in removed]
-        self.journal.mark([r.id for r in vanished], DELETED,
+        self.journal.mark([r.id for r in vanished if r.action not in _MOVES], DELETED,
                           detail="gone before recovery could delete it; the copy is verified")
+        self.journal.mark([r.id for r in vanished if r.action in _MOVES], MOVED,
+                          detail="gone before recovery could finish the move; the copy is in "
+                          "the target folder")
         report.completed += len(vanished)
         report.finished.extend(vanished)
         if self._pop3:
@@ -248,7 +258,11 @@ class Recovery:
             report.pending_commit += len(gone)
             report.pending.extend(gone)
         else:
-            self.journal.mark([r.id for r in gone], DELETED, detail="completed by recovery")
+            moves = [r for r in gone if r.action in _MOVES]
+            self.journal.mark([r.id for r in moves], MOVED, detail=(
+                "completed by recovery: the interrupted run's copy is in the target folder"))
+            self.journal.mark([r.id for r in gone if r.action not in _MOVES], DELETED,
+                              detail="completed by recovery")
             report.completed += len(gone)
             report.finished.extend(gone)
         for r in gone:
@@ -284,6 +298,27 @@ class Recovery:
             assert row.copy_sha256 is not None
             out.extend(self._recovery_writer(row).verify([Copy(row.locator, row.copy_sha256)]))
         return out
+
+    def _copied_to_target(self, row: JournalRow) -> bool:
+        """Did an interrupted COPY-fallback move already copy ``row``'s message? Only on a
+        server without MOVE (a UID MOVE is atomic: a message still in its folder was not
+        moved), only by Message-ID, and only for a byte-identical copy."""
+        s: Any = self.session
+        has, find = getattr(s, "has", None), getattr(s, "find_by_message_id", None)
+        if has is None or find is None or has("MOVE") or not row.message_id or not row.to_folder:
+            return False
+        try:
+            target = s.resolve(row.to_folder)
+            uids = find(target, row.message_id)
+            if not uids:
+                return False
+            source = dict(s.fetch([row.ref]))
+            copies = s.fetch_uids(target, uids)
+        except FolderSkipped:
+            return False
+        body = source.get(row.ref)
+        return body is not None and any(
+            sha256(c) == sha256(body) for c in copies.values())
 
     def _flagged_deleted(self, ref: MessageRef) -> bool:
         return ref.key() in self._deleted_flag
@@ -348,6 +383,9 @@ class _LocatorOnly:
 
     def close(self) -> None:
         return None
+
+
+_MOVES = (ActionKind.MOVE.value, ActionKind.TRASH.value)
 
 
 def _by_protection(rows: Sequence[JournalRow], rules: Mapping[str, Protection] | None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from retention.run.account import run_account
 from retention.testing.dovecot import MailUser, SeedMessage
@@ -87,3 +90,41 @@ def test_m11_repeated_runs_against_a_rewriting_target_leave_no_copies(
         assert r.status == "error" and "failed verification" in (r.error or ""), r.error
     assert len(user.folder_state()["INBOX"]) == 1
     assert _vault_copies(vault) == 0, vault.folder_state()  # before: one per run
+
+
+def _move_policy() -> dict[str, Any]:
+    return {"p": {"protect": [], "rules": [
+        {"name": "old", "folders": ["INBOX"], "older_than": "30d", "age_by": "received",
+         "allow_empty_folder": True, "action": {"move_to": "Old"}}]}}
+
+
+@pytest.mark.parametrize("cut_before", ["UID STORE", "UID EXPUNGE"])
+def test_m6_a_copy_fallback_move_cut_part_way_is_finished_exactly_once(
+    make_user: Any, tmp_path: Path, cut_before: str
+) -> None:
+    """A server without MOVE: the move is UID COPY, UID STORE \\Deleted, UID EXPUNGE. Cut
+    before the STORE (the copy is made) or before the EXPUNGE (our \\Deleted is set): the
+    next run finishes the move, no second copy in the target, no \\Deleted left behind."""
+    user = make_user()
+    go = user.seed("INBOX", [SeedMessage(received=ago(days=100 + i), flags={"\\Seen"})
+                             for i in range(3)])
+    keep = user.seed("INBOX", [SeedMessage(received=ago(days=1), flags={"\\Seen"})])
+    with FaultProxy(user.server.host, user.server.imap_port) as proxy:
+        proxy.replace_down(b" MOVE", b"")  # the capability lists lose MOVE
+        pf = PolicyFile(tmp_path, _move_policy())
+        pf.add_imap(user, security="none", host="127.0.0.1", port=proxy.port)
+        # Answered by the proxy: the command never reaches the server.
+        proxy.reply_on(rb"^\S+ " + cut_before.encode(), b"* BYE injected\r\n", times=None)
+        first = _run(pf)
+        assert first.status == "error", first
+        assert not proxy.sent(rb"^\S+ UID MOVE")
+        proxy.reset()
+        proxy.replace_down(b" MOVE", b"")
+        second = _run(pf)
+    assert second.status == "ok", second.error
+    state = user.folder_state()
+    moved = Counter(m.sha256 for m in state.get("Old", {}).values())
+    assert moved == Counter(sha256(r) for r in go), moved  # each exactly once
+    inbox = state["INBOX"]
+    assert [m.sha256 for m in inbox.values()] == [sha256(r) for r in keep]
+    assert not any("\\Deleted" in m.flags for m in inbox.values())
