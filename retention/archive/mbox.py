@@ -231,6 +231,10 @@ def _resolve_missing(journal: Journal, intent: Intent) -> None:
 # -- the writer ----------------------------------------------------------------------------
 
 
+# How each codec's files begin (an mbox: its first "From " line).
+_MAGIC = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd", "none": b"From "}
+
+
 class _Open:
     """One locked mbox file of a batch."""
 
@@ -278,6 +282,7 @@ class MboxWriter:
                 try:
                     _repair_dead(self.journal, self.journal.intents(path=path), path, fd)
                     offset = os.fstat(fd).st_size
+                    self._check_codec(path, fd, offset)
                 except BaseException:
                     locks.release()
                     os.close(fd)
@@ -309,6 +314,20 @@ class MboxWriter:
         self._held.extend(opened)
         done = [p for p in placed if p is not None]
         return Batch(done, intents=[(o.path, o.offset) for o in opened], state=opened)
+
+    def _check_codec(self, path: str, fd: int, size: int) -> None:
+        """Refuse to append to a file written with another compression (review M5: a
+        ``compress`` switched from gzip to none on a path ending in ``.gz`` would append
+        plain entries into a gzip stream, and ``zcat`` would drop them)."""
+        if size == 0:
+            return
+        head = os.pread(fd, 5, 0)
+        found = next((c for c, magic in _MAGIC.items() if head.startswith(magic)), None)
+        if found is not None and found != self.target.compress:
+            raise ArchiveError(
+                f"archive {self.name}: {path} holds {found} data but this target writes "
+                f"compress: {self.target.compress}; appending would make the entries "
+                "unreadable: give the new compression its own path")
 
     def _open_locked(self, path: str) -> tuple[int, Locks]:
         p = Path(path)

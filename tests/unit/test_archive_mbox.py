@@ -20,6 +20,7 @@ from retention.archive.mbox import (
     repair_intent,
 )
 from retention.config.schema import MboxTarget
+from retention.errors import ArchiveError
 from retention.model import Message, MessageRef
 from retention.plan import Action, ActionKind, Clock
 from retention.state.journal import DROPPED, Journal, NewRow
@@ -118,6 +119,32 @@ def test_writer_appends_members_and_verifies(tmp_path, codec):
     loc["entry_offset"] += 1
     assert w.verify([Copy(loc, batch.placed[0].copy_sha256)]) == [False]
     w.close()
+
+
+def test_a_path_written_with_another_compression_is_refused_not_appended_to(tmp_path):
+    """M5: compress switched from gzip to none on a path ending in .gz: plain entries in a
+    gzip stream would be dropped by zcat; the append is refused and the file unchanged."""
+    journal = Journal.open(tmp_path / "j.sqlite3")
+    path = str(tmp_path / "a.mbox.gz")
+
+    def append(codec: str) -> None:
+        w = MboxWriter("cold", MboxTarget(type="mbox", path=path, compress=codec),
+                       account="alice", journal=journal, run_id="r1")
+        try:
+            batch = w.place([_item(1, b"Subject: one\r\n\r\nbody\r\n")])
+            assert w.write(batch).error is None
+            w.release(batch)
+        finally:
+            w.close()
+
+    append("gzip")
+    before = (tmp_path / "a.mbox.gz").read_bytes()
+    with pytest.raises(ArchiveError, match="holds gzip data but this target writes"):
+        append("none")
+    assert (tmp_path / "a.mbox.gz").read_bytes() == before
+    assert gzip.decompress(before).count(b"From MAILER-DAEMON") == 1
+    append("gzip")  # the right codec still appends
+    journal.close()
 
 
 class Died(BaseException):
