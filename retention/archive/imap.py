@@ -234,8 +234,7 @@ class ImapWriter:
         for folder, uids in by_folder.items():
             try:
                 s = self.session()
-                validity, _exists = s.select(folder, readonly=True)
-                s.leave()
+                validity = s.folder_uidvalidity(folder)
                 gone += len(s.delete([MessageRef(folder, validity, u) for u in uids]))
             except (AccountError, FolderSkipped):
                 continue

@@ -287,6 +287,25 @@ def test_verification_mismatch_keeps_source(tmp_path, journal, monkeypatch):
     assert server.uids("INBOX") == [2]
 
 
+def test_imap_copies_that_fail_verification_are_removed_from_the_target(journal):
+    """M11: a target that rewrites what it stores keeps no unusable copies."""
+    server, vault = FakeServer(), FakeServer()
+    seed(server, folders=("INBOX",), per_folder=3)
+    archives = imap_set(vault)
+    w = archives.writer("cold", journal, "r1")
+    real = w.verify
+    w.verify = lambda copies: [ok and k != 1 for k, ok in enumerate(real(copies))]
+    ex = new_executor(server, journal, archives)
+    with pytest.raises(ArchiveError, match="verification"):
+        ex.execute(plan_for(server))
+    assert [r.result for r in ex.results] == ["done", "failed", "done"]
+    assert server.uids("INBOX") == [2]  # the source of the bad copy is kept
+    assert sum(len(b.messages) for b in vault.folders.values()) == 2  # its copy is gone
+    failed = [r for r in journal.rows(range(1, 10)) if r.state == "failed"]
+    assert [r.detail for r in failed] == [
+        "verification failed: the archived copy differs (removed from the target)"]
+
+
 def test_append_timeout_is_reconciled_not_duplicated(journal):
     server, vault = FakeServer(), FakeServer()
     seed(server)
