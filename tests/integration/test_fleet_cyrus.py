@@ -127,9 +127,9 @@ def test_admin_authzid_plans_what_user_logins_plan_and_deletes_only_that(
     assert [a["status"] for a in dry["accounts"]] == ["ok", "ok"]
     assert planned(dry) == own
     # Each user: i+1 INBOX messages older than a year and the Trash message of 90 days.
-    trash = "Trash" if cyrus.altnamespace else "INBOX/Trash"
+    # Folder names are relative to the personal namespace: INBOX.Trash is "Trash" too.
     assert [sorted({(x[0], x[3]) for x in own[u.name]}) for u in users] == [
-        [("INBOX", "old"), (trash, "trash")]] * 2
+        [("INBOX", "old"), ("Trash", "trash")]] * 2
     assert [len(own[u.name]) for u in users] == [2, 3]
     assert {u.name: u.folder_state() for u in users} == before  # the dry run changed nothing
 
@@ -147,7 +147,9 @@ def test_admin_authzid_plans_what_user_logins_plan_and_deletes_only_that(
 
 
 def _agent_name(cyrus: Cyrus, server_name: str) -> str:
-    # The agent shows folder names with "/" between levels whatever the separator.
+    # The agent's names: "/" between levels, without the personal namespace's "INBOX.".
+    if not cyrus.altnamespace and server_name.startswith("INBOX."):
+        server_name = server_name[len("INBOX."):]
     return server_name.replace(cyrus.separator, "/")
 
 
@@ -198,3 +200,61 @@ def test_wrong_admin_password_or_a_non_admin_fails_every_account_as_auth(
                  capsys, "--dry-run", expect=1)
     assert [a["error_kind"] for a in report["accounts"]] == ["auth", "auth"]
     assert other.password not in json.dumps(report)
+
+
+def test_move_to_a_new_folder_lands_in_the_personal_namespace(
+    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Regression: with altnamespace off a user may only create folders under ``INBOX.``;
+    ``move_to: Archive/2023`` was sent as CREATE Archive.2023 (Cyrus: "Permission denied")
+    and failed the account. The folder is now INBOX.Archive.2023, named Archive/2023, and
+    the next scan finds it under that name."""
+    user = users[0]
+    before = user.folder_state()
+    old = {uid for uid, m in before["INBOX"].items() if m.internaldate < ago(days=365)}
+    policies = {"archive": {"protect": [], "rules": [
+        {"name": "file", "folders": ["INBOX"], "older_than": "365d",
+         "action": {"move_to": "Archive/2023"}}]},
+        "archived": {"protect": [], "rules": [
+            {"name": "purge", "folders": ["Archive/*"], "older_than": "365d",
+             "action": "delete", "allow_empty_folder": True}]}}
+    monkeypatch.setenv("CYRUS_ADMIN_PW", cyrus.admin_password)
+    account = {**_account(cyrus), "name": user.name, "username": user.name,
+               "credentials": "cyrus-admin"}
+    credentials = {"cyrus-admin": {"username": cyrus.admin, "password_env": "CYRUS_ADMIN_PW",
+                                   "login_as": "authzid"}}
+
+    def policy(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                        "policies": policies, "credentials": credentials,
+                                        "accounts": [{**account, "policy": name}]}))
+        return path
+
+    report = run(policy("archive"), capsys)
+    assert report["accounts"][0]["status"] == "ok", report["accounts"][0].get("error")
+    after = user.folder_state()
+    target = cyrus.user_folder("Archive/2023")
+    assert sorted(m.sha256 for m in after[target].values()) == sorted(
+        m.sha256 for uid, m in before["INBOX"].items() if uid in old)
+    assert set(after["INBOX"]) == set(before["INBOX"]) - set(old)
+    again = planned(run(policy("archived"), capsys, "--dry-run"))
+    assert [(x[0], x[3]) for x in again[user.name]] == [("Archive/2023", "purge")] * len(old)
+
+
+def test_usage_without_a_quota_root_sums_the_folders(
+    tmp_path: Path, cyrus: Cyrus, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # No SETQUOTA: Cyrus answers GETQUOTAROOT INBOX with no root; the agent sums sizes.
+    user = cyrus.add_user(f"u{next(_names)}noquota")
+    user.append("INBOX", [SeedMessage(received=ago(days=3), size=3000)])
+    user.append("Trash", [SeedMessage(received=ago(days=3), size=1000)])
+    path = with_admin(tmp_path, cyrus, [user], monkeypatch)
+    capsys.readouterr()
+    assert main(["usage", "--format", "json", "-c", str(path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    row = (rows["accounts"] if isinstance(rows, dict) else rows)[0]
+    assert (row["source"], row["usage_bytes"], row["limit_bytes"], row["messages"]) == (
+        "sum", 4000, None, 2)

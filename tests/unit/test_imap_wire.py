@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from imapclient.exceptions import IMAPClientError
 
 from retention.adapters import tls
+from retention.adapters.imap.namespaces import parse_namespaces
 from retention.adapters.imap.wire import (
     ESCAPED_SLASH,
     MAX_SET_CHARS,
@@ -25,6 +26,8 @@ from retention.adapters.imap.wire import (
     parse_date,
     parse_header_fields,
     parse_message_id,
+    prefixed_name,
+    relative_name,
     reply_text,
     selectable,
     server_name,
@@ -122,6 +125,30 @@ def test_names_with_other_delimiters():
     assert server_name("ゴミ箱", "/") == "ゴミ箱"
     assert display_name("a/b", None) == f"a{ESCAPED_SLASH}b" and server_name(
         f"a{ESCAPED_SLASH}b", None) == "a/b"
+
+
+def test_personal_namespace_under_inbox():
+    # NAMESPACE of Cyrus (altnamespace off) and Courier; Dovecot's usual ""; another prefix.
+    def level(reply):
+        return parse_namespaces(reply).inbox_level_prefix()
+
+    assert level(((("INBOX.", "."),), (("user.", "."),), (("", "."),))) == "INBOX."
+    assert level(((("inbox/", "/"),), None, None)) == "inbox/"
+    assert level(((("", "/"), ("virtual/", "/")), (("shared/", "/"),), None)) == ""
+    assert level(((("#mh/", "/"),), None, None)) == ""  # not a second name of the root
+    assert level(None) == "" and level(((("INBOX.", None),), None, None)) == ""
+    # The agent names a Cyrus user's INBOX.Trash "Trash", as on other servers.
+    assert relative_name("INBOX.Trash", "INBOX.", ".") == "Trash"
+    assert relative_name("INBOX.Archive.2023", "INBOX.", ".") == "Archive.2023"
+    assert relative_name("inbox.Trash", "INBOX.", ".") == "Trash"
+    for kept in ("INBOX", "user.bob.Trash", "INBOX.INBOX", "INBOX.inbox.x", "Trash"):
+        assert relative_name(kept, "INBOX.", ".") == kept
+    assert relative_name("INBOX.Trash", "", ".") == "INBOX.Trash"
+    # A folder to create goes under the prefix (Cyrus refuses one outside it).
+    assert prefixed_name("Archive.2023", "INBOX.") == "INBOX.Archive.2023"
+    assert prefixed_name("INBOX.Archive", "INBOX.") == "INBOX.Archive"
+    assert prefixed_name("inbox", "INBOX.") == "inbox"
+    assert prefixed_name("Archive", "") == "Archive"
 
 
 def test_special_use_and_selectable():

@@ -35,6 +35,8 @@ from retention.adapters.imap.wire import (
     compress_uids,
     display_name,
     expand_uid_set,
+    prefixed_name,
+    relative_name,
     reply_text,
     selectable,
     server_name,
@@ -430,14 +432,15 @@ class ImapConnection:
         if shown is None:
             if self._names is None:
                 self.list_folders()  # the delimiter
-            shown = display_name(name, self._delimiter)
+            shown = display_name(relative_name(
+                name, self.namespaces().inbox_level_prefix(), self._delimiter), self._delimiter)
         prefix = virtual_prefix(shown, self.virtual_prefixes)
         return found if prefix is None else Namespace("personal", prefix, inbox=False)
 
     def list_folders(self) -> list[FolderInfo]:
         """``LIST "" "*"`` -> decoded names with ``/`` levels, special-use attributes and
         the namespace each lies in (``namespace_of``)."""
-        self.namespaces()
+        spaces = self.namespaces()
         with self.guard("LIST"):
             rows = self._client.list_folders()
         if self.has("SPECIAL-USE") and not any(special_uses(r[0]) for r in rows):
@@ -445,6 +448,8 @@ class ImapConnection:
         infos: list[FolderInfo] = []
         names: dict[str, str] = {}
         delimiters: list[str] = []
+        # Cyrus (altnamespace: no), Courier: the user's folders are under "INBOX.".
+        prefix = spaces.inbox_level_prefix()
         clashes: set[str] = set()
         for flags, delim, raw_name in rows:
             name = raw_name if isinstance(raw_name, str) else _text(raw_name)
@@ -461,7 +466,7 @@ class ImapConnection:
                 usable = False
                 shown = display_name(name, delimiter)
             else:
-                shown = display_name(name, delimiter)
+                shown = display_name(relative_name(name, prefix, delimiter), delimiter)
                 if shown in names and names[shown] != name:
                     # Two server names shown alike ("a/b" inside one level vs a real
                     # U+2215): which one a rule means is unknowable, so neither is touched.
@@ -505,7 +510,11 @@ class ImapConnection:
         for shown, real in self._names.items():
             if _key(shown) == wanted:
                 return real
-        return server_name(name, self._delimiter)
+        real = server_name(name, self._delimiter)
+        if _key(name) == "INBOX":
+            return real
+        # A folder to create goes under the user's own prefix (Cyrus refuses one outside).
+        return prefixed_name(real, self.namespaces().inbox_level_prefix())
 
     def resolve(self, name: str) -> str:
         """A special-use attribute (``\\Trash``) or a name -> the agent name of the folder

@@ -82,6 +82,21 @@ class Namespaces:
         personal = [e for e in self.entries if e.kind == "personal"]
         return personal[0].prefix if personal else None
 
+    def inbox_level_prefix(self) -> str:
+        """The user's own namespace prefix when it is INBOX's level plus the delimiter, else "".
+
+        Cyrus with ``altnamespace: no`` (Debian's imapd.conf) and Courier say
+        ``(("INBOX." "."))``: ``INBOX.Trash`` there is the folder other servers call
+        ``Trash`` (the agent shows it so: one policy for both), and a folder created
+        outside the prefix is refused (Cyrus: "Permission denied"). Other prefixes
+        (``#mh/``, ``~/``) are not a second name of the root: "".
+        """
+        entry = self._entry("INBOX")
+        if entry is None or entry.kind != "personal" or not entry.delimiter:
+            return ""
+        level = _inbox_upper(entry.prefix, entry.delimiter)
+        return entry.prefix if level == "INBOX" + entry.delimiter else ""
+
     def classify(self, name: str) -> Namespace:
         """The namespace of a decoded server name (see the module docstring)."""
         if not self.entries or name.upper() == "INBOX":

@@ -22,7 +22,9 @@ the contract):
 
 Folder names are decoded Unicode with ``/`` between levels whatever the server's separator;
 a literal ``/`` inside one level on a server with another separator is shown as U+2215
-(``imap_wire.ESCAPED_SLASH``). The session keeps the map back to the server's names.
+(``imap_wire.ESCAPED_SLASH``). They are relative to the personal namespace: where it is
+``INBOX.`` (Cyrus with ``altnamespace: no``, Courier) ``INBOX.Trash`` is ``Trash``, and a
+folder to create goes under the prefix. The session keeps the map back to the server's names.
 
 The IMAP archive target (``retention.archive.imap``) also uses ``append``,
 ``find_by_message_id``, ``fetch_uids``, ``folder_exists``, ``ensure_folder`` and

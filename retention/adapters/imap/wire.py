@@ -259,6 +259,29 @@ def display_name(server_name: str, delimiter: str | None) -> str:
     return "/".join(parts)
 
 
+def relative_name(server: str, prefix: str, delimiter: str | None) -> str:
+    """``server`` (decoded) without the user's own namespace ``prefix`` when that is INBOX's
+    level (``Namespaces.inbox_level_prefix``: ``INBOX.`` on Cyrus and Courier).
+
+    Unchanged outside the prefix, and where the rest would read as INBOX (a folder
+    ``INBOX.INBOX`` stays ``INBOX/INBOX``, never a second INBOX).
+    """
+    if not prefix or server[:len(prefix)].upper() != prefix.upper():
+        return server
+    rest = server[len(prefix):]
+    if not rest or (rest.split(delimiter, 1)[0] if delimiter else rest).upper() == "INBOX":
+        return server
+    return rest
+
+
+def prefixed_name(server: str, prefix: str) -> str:
+    """The inverse of ``relative_name`` for a name the server did not list (a folder to
+    create): under ``prefix`` unless it is INBOX or already under the prefix."""
+    if not prefix or server.upper() == "INBOX" or server[:len(prefix)].upper() == prefix.upper():
+        return server
+    return prefix + server
+
+
 def server_name(display: str, delimiter: str | None) -> str:
     """The inverse of ``display_name`` (the server name still decoded, not modified UTF-7)."""
     if delimiter == "/":
