@@ -7,11 +7,13 @@ evidence first:
 
 1. the newest date of the scan the server stamped (IMAP INTERNALDATE or SAVEDATE): a
    mailbox that gets mail is proven at once, with no extra command;
-2. when that is older than the limit (an idle mailbox, or a clock that jumped ahead),
+2. when that is older than the limit (the rules scan only folders that get nothing new,
+   such as Trash), the INTERNALDATE of INBOX's newest message (one EXAMINE and FETCH);
+3. when that is older too (an idle mailbox, or a clock that jumped ahead),
    IMAP servers with WITHIN (RFC 5032) are asked with their own clock: ``UID SEARCH UID u
    OLDER s`` for that newest message, with ``s`` chosen so that a hit means the server's
    now is past ``now - clock_skew_limit``; one read-only EXAMINE and SEARCH;
-3. POP3 keeps no server dates (its ages are the agent's first sightings): the top
+4. POP3 keeps no server dates (its ages are the agent's first sightings): the top
    ``Received:`` stamp of the newest message, read with ``TOP n 0`` (none: no check).
 
 Why these and not the IMAP greeting or a probe APPEND: greetings carry no time, and an
@@ -44,6 +46,12 @@ def server_time(session: MailSession, snapshot: Snapshot, now: datetime,
     message, at = newest
     if not limit or now - at <= limit:
         return at
+    inbox = getattr(session, "newest_internaldate", None)
+    delivered: datetime | None = inbox() if inbox is not None else None
+    if delivered is not None and at < delivered <= now:
+        at = delivered  # a later proof; the WITHIN probe below still uses the scanned one
+        if now - at <= limit:
+            return at
     older_than = getattr(session, "older_than", None)
     if older_than is None:
         return at

@@ -101,6 +101,22 @@ def test_pop3_forward_jump_refuses(make_user: Any, tmp_path: Path) -> None:
     assert user.folder_state().get("INBOX", {}) == {}
 
 
+def test_trash_only_policy_is_confirmed_by_the_inbox(make_user: Any, tmp_path: Path) -> None:
+    """The rules scan only Trash, where nothing new arrived for 100 days; INBOX got mail
+    yesterday: its newest INTERNALDATE proves the clock, no WITHIN needed."""
+    user = make_user()
+    user.seed("Trash", [SeedMessage(received=ago(days=100), flags={"\\Seen"})])
+    _seed(user, 1)
+    rule = {**RULE, "folders": ["\\Trash"], "age_by": "received"}
+    pf = PolicyFile(tmp_path, {"p": {"rules": [rule]}})
+    pf.add_imap(user)
+    result = _run(pf, NOW)
+    assert result.status == "ok", result.error
+    assert user.folder_state().get("Trash", {}) == {}
+    jumped = _run(pf, JUMP)  # nothing left to remove: no refusal needed
+    assert jumped.status == "ok", jumped.error
+
+
 def test_clock_check_off(make_user: Any, tmp_path: Path) -> None:
     user = make_user()
     _seed(user, 100, 1)
@@ -109,3 +125,21 @@ def test_clock_check_off(make_user: Any, tmp_path: Path) -> None:
     result = _run(pf, JUMP)
     assert result.status == "ok", result.error
     assert user.folder_state().get("INBOX", {}) == {}
+
+
+def test_adapter_reads_the_servers_evidence(make_user: Any) -> None:
+    """The two IMAP reads the check relies on, against Dovecot's own clock."""
+    from tests.integration.test_imap_adapter import open_session
+
+    user = make_user()
+    with open_session(user, readonly=True) as empty:
+        assert empty.newest_internaldate() is None  # an empty INBOX proves nothing
+    _seed(user, 300, 2)
+    with open_session(user, readonly=True) as s:
+        newest = s.newest_internaldate()
+        assert newest is not None and abs(newest - ago(days=2)) < timedelta(minutes=5)
+        info = next(f for f in s.list_folders() if f.name == "INBOX")
+        old = min(s.scan(info, with_sent=False).messages, key=lambda m: m.received)
+        day = 86400
+        assert s.older_than(old.ref, 299 * day) is True  # Dovecot's now: 300 days later
+        assert s.older_than(old.ref, 301 * day) is False

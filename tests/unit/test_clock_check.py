@@ -90,3 +90,22 @@ def test_received_stamp_is_the_topmost_received_field() -> None:
     assert received_stamp(b"Date: Mon, 1 Jan 2001 00:00:00 +0000\r\n\r\n") is None
     assert received_stamp(b"Received: from a; not a date\r\n\r\n") is None
     assert received_stamp(b"\xff\xfe garbage") is None
+
+
+class _Inbox:
+    """A server without WITHIN whose INBOX got mail at ``delivered``."""
+
+    def __init__(self, delivered: datetime | None) -> None:
+        self.delivered = delivered
+
+    def newest_internaldate(self) -> datetime | None:
+        return self.delivered
+
+
+def test_inbox_delivery_proves_the_clock_when_the_scanned_folders_are_idle() -> None:
+    trash = _snap(NOW - 100 * DAY)  # a Trash-only policy: nothing new in Trash
+    assert server_time(_Inbox(NOW - DAY), trash, NOW, 30 * DAY) == NOW - DAY  # type: ignore[arg-type]
+    # A stale INBOX, or a future date (forged or a slow agent clock) prove nothing more.
+    assert server_time(_Inbox(NOW - 90 * DAY), trash, NOW, 30 * DAY) == NOW - 90 * DAY  # type: ignore[arg-type]
+    assert server_time(_Inbox(NOW + DAY), trash, NOW, 30 * DAY) == NOW - 100 * DAY  # type: ignore[arg-type]
+    assert server_time(_Inbox(None), trash, NOW, 30 * DAY) == NOW - 100 * DAY  # type: ignore[arg-type]

@@ -578,7 +578,10 @@ class ImapConnection:
         try:
             if self.has("UNSELECT"):
                 with self.guard("UNSELECT"):
-                    typ, data = self._client._imap._simple_command("UNSELECT")
+                    # imaplib's unselect(), not a bare command: it also puts imaplib's own
+                    # state back to AUTH, or a later ENABLE is refused as "illegal in state
+                    # SELECTED" before it is sent.
+                    typ, data = self._client._imap.unselect()
                     if typ != "OK":
                         raise imaplib.IMAP4.error(f"UNSELECT command error: {typ} {data!r}")
             elif not readonly:

@@ -506,6 +506,23 @@ class ImapSession(ImapActions):
             return None
         return spooled
 
+    def newest_internaldate(self, folder: str = "INBOX") -> datetime | None:
+        """The INTERNALDATE of ``folder``'s highest UID (its newest delivery), read-only;
+        None when empty or missing. Evidence for the clock check (review M10) when the
+        rules scan only folders that get no new mail (a Trash-only policy)."""
+        if not self.folder_exists(folder):
+            return None
+        self.select(folder, readonly=True)
+        try:
+            uids = self.search_uids("ALL")
+            found = self._fetch([uids[-1]], ["INTERNALDATE"]) if uids else {}
+        except BaseException:
+            self.leave(quiet=True)
+            raise
+        self.leave()
+        value = next(iter(found.values()), {}).get(b"INTERNALDATE")
+        return value if isinstance(value, datetime) else None
+
     def older_than(self, ref: MessageRef, seconds: int) -> bool | None:
         """Does the server, by its own clock, count ``ref`` older than ``seconds``? (RFC
         5032 ``OLDER``: its INTERNALDATE against the server's now.) Read-only (EXAMINE,
