@@ -9,8 +9,9 @@
 #                     python-ldap, the [ldap] extra, from source; it has no wheels)
 #   chromium          (headless: the tests render the HTML report in a real browser)
 #   groff             (groff-base: the tests render the generated man page, `retention man`)
-#   Cyrus IMAP        (cyrus-common sasl2-bin, and cyrus-imapd's imapd: the tests' real Cyrus
-#                     for admin logins; see cyrus_imapd below for why it is unpacked)
+#   Cyrus IMAP        (cyrus-common sasl2-bin, cyrus-imapd's imapd and cyrus-pop3d's pop3d: the
+#                     tests' real Cyrus for admin logins; see cyrus_daemons below for why
+#                     those two are unpacked)
 # Nothing to do when all are present. Installing needs root (apt-get); without it
 # this prints what to install and fails.
 set -euo pipefail
@@ -60,34 +61,37 @@ command -v groff >/dev/null 2>&1 || missing+=(groff)
 [ -x /usr/lib/cyrus/bin/master ] || missing+=(cyrus-master)
 command -v saslpasswd2 >/dev/null 2>&1 || missing+=(saslpasswd2)
 
-# Debian's cyrus-imapd and dovecot-imapd conflict (both provide imap-server), and the tests
-# need both. So cyrus-imapd (a single binary, imapd, on top of cyrus-common) is unpacked
-# with dpkg-deb into $cyrus_root, never installed: Dovecot stays, apt's state stays
-# consistent, and retention/testing/cyrus.py finds imapd there. The unpacked version must
-# be cyrus-common's (imapd links its private libraries): a stamp file records it.
+# Debian's cyrus-imapd and cyrus-pop3d conflict with dovecot-imapd and dovecot-pop3d (they
+# provide imap-server, pop3-server), and the tests need both servers. So the two Cyrus
+# packages (one binary each, imapd and pop3d, on top of cyrus-common) are unpacked with
+# dpkg-deb into $cyrus_root, never installed: Dovecot stays, apt's state stays consistent,
+# and retention/testing/cyrus.py finds the binaries there. The unpacked version must be
+# cyrus-common's (the binaries link its private libraries): a stamp file records it.
 cyrus_root=/opt/retention-cyrus
-cyrus_imapd_ok() {
-    [ -x /usr/lib/cyrus/bin/imapd ] && return 0
+cyrus_daemons_ok() {
+    [ -x /usr/lib/cyrus/bin/imapd ] && [ -x /usr/lib/cyrus/bin/pop3d ] && return 0
     local have
     have=$(dpkg-query -W -f='${Version}' cyrus-common 2>/dev/null) || return 1
-    [ -x "$cyrus_root/usr/lib/cyrus/bin/imapd" ] \
+    [ -x "$cyrus_root/usr/lib/cyrus/bin/imapd" ] && [ -x "$cyrus_root/usr/lib/cyrus/bin/pop3d" ] \
         && [ "$(cat "$cyrus_root/VERSION" 2>/dev/null)" = "$have" ]
 }
-cyrus_imapd() {
-    cyrus_imapd_ok && return 0
+cyrus_daemons() {
+    cyrus_daemons_ok && return 0
     local version tmp
     version=$(dpkg-query -W -f='${Version}' cyrus-common)
     tmp=$(mktemp -d)
     # apt-get download runs as _apt when it can: let it write here.
     chown _apt "$tmp" 2>/dev/null || true
-    (cd "$tmp" && apt-get download -q "cyrus-imapd=$version" </dev/null)
+    (cd "$tmp" && apt-get download -q "cyrus-imapd=$version" "cyrus-pop3d=$version" </dev/null)
     rm -rf "$cyrus_root"
     mkdir -p "$cyrus_root"
-    dpkg-deb -x "$tmp"/cyrus-imapd_*.deb "$cyrus_root"
+    for deb in "$tmp"/cyrus-imapd_*.deb "$tmp"/cyrus-pop3d_*.deb; do
+        dpkg-deb -x "$deb" "$cyrus_root"
+    done
     echo "$version" >"$cyrus_root/VERSION"
     rm -rf "$tmp"
 }
-cyrus_imapd_ok || missing+=(cyrus-imapd)
+cyrus_daemons_ok || missing+=(cyrus-imapd/pop3d)
 # INSTALL_DEPS_FORCE=1 goes through the install anyway (to test this script).
 if [ ${#missing[@]} -eq 0 ] && [ "${INSTALL_DEPS_FORCE:-0}" != 1 ]; then
     exit 0
@@ -101,7 +105,7 @@ echo "install-deps: missing ${missing[*]}; installing ${packages[*]}" >&2
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: not root; please run as root:" >&2
     echo "  apt-get update && apt-get install -y --no-install-recommends ${packages[*]}" >&2
-    echo "  and then this script again (it unpacks cyrus-imapd into $cyrus_root)" >&2
+    echo "  and then this script again (it unpacks cyrus-imapd and cyrus-pop3d into $cyrus_root)" >&2
     exit 1
 fi
 
@@ -127,7 +131,7 @@ apt-get install -y -q --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${packages[@]}" </dev/null
 
-cyrus_imapd
+cyrus_daemons
 
 for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc chromium groff saslpasswd2; do
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -135,8 +139,8 @@ for tool in dovecot doveadm promtool openssl slapd slapadd ldapsearch cc chromiu
         exit 1
     fi
 done
-if ! cyrus_imapd_ok || [ ! -x /usr/lib/cyrus/bin/master ]; then
-    echo "install-deps: Cyrus IMAP (master, imapd) still missing after install" >&2
+if ! cyrus_daemons_ok || [ ! -x /usr/lib/cyrus/bin/master ]; then
+    echo "install-deps: Cyrus IMAP (master, imapd, pop3d) still missing after install" >&2
     exit 1
 fi
 echo "install-deps: ok ($(dovecot --version), $(promtool --version 2>&1 | head -n1))" >&2

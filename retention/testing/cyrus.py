@@ -4,7 +4,8 @@ This module owns a private Cyrus IMAP 3.x instance: its complete ``imapd.conf`` 
 ``cyrus.conf`` (nothing of the system's ``/etc/imapd.conf``, ``/var/lib/cyrus`` or the
 Debian service), a SASL ``sasldb2`` made with ``saslpasswd2 -f`` (``sasl_pwcheck_method:
 auxprop``), an admin (``admins: admin``), IMAP with plaintext logins allowed (loopback
-only) and IMAPS with a throw-away CA, on unprivileged ports of 127.0.0.1 picked at runtime.
+only), IMAPS with a throw-away CA and, where pop3d is installed, POP3, on unprivileged
+ports of 127.0.0.1 picked at runtime.
 Users' mailboxes are created by the admin (``CREATE user.alice``, or ``user/alice`` with
 ``unixhierarchysep: yes``), quotas set by the admin (``SETQUOTA``), messages seeded with
 ``APPEND`` (flags and INTERNALDATE kept). No pytest dependency::
@@ -21,10 +22,11 @@ is the current user, and master stays who it is. Cyrus logs to syslog (nothing c
 on a test host); its own stdout/stderr go to ``master.log``.
 
 Binaries: master, ctl_cyrusdb (package ``cyrus-common``) in ``/usr/lib/cyrus/bin``;
-``imapd`` (package ``cyrus-imapd``) there too, or, where Dovecot is installed, under
-``/opt/retention-cyrus``: the two Debian packages conflict (both provide
-``imap-server``), so ``scripts/install-deps.sh`` unpacks cyrus-imapd there instead of
-removing Dovecot. ``RETENTION_CYRUS_IMAPD`` names another imapd.
+``imapd`` and ``pop3d`` (packages ``cyrus-imapd``, ``cyrus-pop3d``) there too, or, where
+Dovecot is installed, under ``/opt/retention-cyrus``: the Debian packages conflict with
+Dovecot's (they provide ``imap-server``, ``pop3-server``), so ``scripts/install-deps.sh``
+unpacks them there instead of removing Dovecot. ``RETENTION_CYRUS_IMAPD`` and
+``RETENTION_CYRUS_POP3D`` name other binaries.
 
 Layout of an instance directory (fresh per instance, short path: unix sockets inside)::
 
@@ -66,7 +68,8 @@ from retention.testing.host import (
 )
 from retention.testing.pki import PkiError, make_certificates
 
-__all__ = ["Cyrus", "CyrusError", "CyrusUnavailable", "CyrusUser", "cyrus_unavailable_reason"]
+__all__ = ["Cyrus", "CyrusError", "CyrusUnavailable", "CyrusUser", "cyrus_pop3_unavailable_reason",
+           "cyrus_unavailable_reason"]
 
 CYRUS_BIN = Path("/usr/lib/cyrus/bin")
 #: Where install-deps.sh unpacks cyrus-imapd when Dovecot's imapd package is installed.
@@ -87,11 +90,24 @@ class CyrusUnavailable(CyrusError):
     """Cyrus IMAP (or a tool it needs) is not installed on this machine."""
 
 
-def _imapd() -> Path | None:
-    explicit = os.environ.get("RETENTION_CYRUS_IMAPD")
+def _daemon(name: str) -> Path | None:
+    """``imapd`` or ``pop3d``: $RETENTION_CYRUS_IMAPD (..._POP3D), the package's place, or
+    where install-deps.sh unpacks it."""
+    explicit = os.environ.get(f"RETENTION_CYRUS_{name.upper()}")
     candidates = [Path(explicit)] if explicit else [
-        CYRUS_BIN / "imapd", PRIVATE_ROOT / "usr/lib/cyrus/bin/imapd"]
+        CYRUS_BIN / name, PRIVATE_ROOT / "usr/lib/cyrus/bin" / name]
     return next((p for p in candidates if os.access(p, os.X_OK)), None)
+
+
+def _imapd() -> Path | None:
+    return _daemon("imapd")
+
+
+def cyrus_pop3_unavailable_reason() -> str | None:
+    """Why a Cyrus with POP3 can't be started here (pop3d is optional for the rig)."""
+    return cyrus_unavailable_reason() or (None if _daemon("pop3d") else (
+        "not installed: pop3d (run `make deps`, or apt-get install cyrus-pop3d; next to "
+        "Dovecot see scripts/install-deps.sh)"))
 
 
 def cyrus_unavailable_reason() -> str | None:
@@ -178,12 +194,13 @@ class Cyrus:
         self.keep = keep
         self.admin_password = "Adm1n-" + secrets.token_hex(6)
         self.directory = Path()
-        self.imap_port = self.imaps_port = 0
+        self.imap_port = self.imaps_port = self.pop3_port = 0  # pop3: 0 without pop3d
         self.users: dict[str, CyrusUser] = {}
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return (f"<Cyrus {self.directory} imap={self.imap_port} imaps={self.imaps_port} "
+                f"pop3={self.pop3_port} "
                 f"sep={self.separator!r} altnamespace={self.altnamespace}>")
 
     @property
@@ -226,7 +243,8 @@ class Cyrus:
             self._prepare()
             last = ""
             for _attempt in range(4):
-                self.imap_port, self.imaps_port = free_ports(2)
+                self.imap_port, self.imaps_port, pop3 = free_ports(3)
+                self.pop3_port = pop3 if _daemon("pop3d") else 0
                 self._write_cyrus_conf()
                 if self._spawn_and_wait(timeout):
                     atexit.register(self.stop)  # a forgotten stop() leaves no daemon
@@ -304,9 +322,12 @@ class Cyrus:
             encoding="utf-8")
 
     def _write_cyrus_conf(self) -> None:
-        d, imapd = self.directory, _imapd()
+        d, imapd, pop3d = self.directory, _imapd(), _daemon("pop3d")
         conf = f"-C {d}/imapd.conf"
-        # Absolute commands: imapd may live outside master's service path (see docstring).
+        pop3 = (f'  pop3 cmd="{pop3d} {conf}" listen="{HOST}:{self.pop3_port}" prefork=0\n'
+                if self.pop3_port else "")
+        # Absolute commands: the daemons may live outside master's service path (see the
+        # module docstring).
         (d / "cyrus.conf").write_text(
             "START {\n"
             f'  recover cmd="{CYRUS_BIN}/ctl_cyrusdb {conf} -r"\n'
@@ -314,6 +335,7 @@ class Cyrus:
             "SERVICES {\n"
             f'  imap cmd="{imapd} {conf}" listen="{HOST}:{self.imap_port}" prefork=1\n'
             f'  imaps cmd="{imapd} -s {conf}" listen="{HOST}:{self.imaps_port}" prefork=0\n'
+            f"{pop3}"
             "}\n"
             "EVENTS {\n"
             "}\n",
@@ -333,6 +355,8 @@ class Cyrus:
             start_new_session=True)
         deadline = time.monotonic() + timeout
         pending: dict[int, bytes | None] = {self.imap_port: b"* OK", self.imaps_port: None}
+        if self.pop3_port:
+            pending[self.pop3_port] = b"+OK"
         while pending:
             if "Address already in use" in self.log_tail(50):
                 self._kill()
@@ -429,8 +453,11 @@ class Cyrus:
             with contextlib.suppress(Exception):
                 client.logout()
 
-    def set_quota(self, user: str, quota_kib: int | None) -> None:
-        limits = f"(STORAGE {quota_kib})" if quota_kib is not None else "()"
+    def set_quota(self, user: str, quota_kib: int | None, messages: int | None = None) -> None:
+        """The admin's ``SETQUOTA user.NAME (STORAGE kib MESSAGE n)``; None: no limit."""
+        resources = [f"STORAGE {quota_kib}"] if quota_kib is not None else []
+        resources += [f"MESSAGE {messages}"] if messages is not None else []
+        limits = f"({' '.join(resources)})"
         with self.admin_session() as admin:
             _ok(admin.setquota(self.users[user].mailbox, limits), "SETQUOTA")
 

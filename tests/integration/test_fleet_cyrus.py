@@ -23,9 +23,10 @@ import pytest
 import yaml
 
 from retention.cli import main
-from retention.testing.cyrus import Cyrus, CyrusUser
+from retention.testing.cyrus import Cyrus, CyrusUser, cyrus_pop3_unavailable_reason
 from retention.testing.dovecot import SeedMessage
 from tests.integration.helpers import ago
+from tests.integration.sources_support import require
 
 SEEN = frozenset({"\\Seen"})
 QUOTA_KIB = 1024
@@ -40,6 +41,10 @@ POLICIES = {
     "short": {"protect": [], "rules": [
         {"name": "month", "folders": ["INBOX"], "older_than": "30d", "action": "delete"}]},
 }
+# POP3: INBOX only, aged by the Date header (first_seen would make nothing old yet).
+POP3_POLICIES = {"pop": {"protect": [], "rules": [
+    {"name": "old", "folders": ["INBOX"], "older_than": "365d", "action": "delete",
+     "age_by": "sent"}]}}
 
 
 @pytest.fixture
@@ -58,7 +63,10 @@ def users(cyrus: Cyrus) -> list[CyrusUser]:
     return out
 
 
-def _account(cyrus: Cyrus, *, tls: bool = False) -> dict[str, Any]:
+def _account(cyrus: Cyrus, *, tls: bool = False, pop3: bool = False) -> dict[str, Any]:
+    if pop3:
+        return {"protocol": "pop3", "host": cyrus.host, "port": cyrus.pop3_port,
+                "security": "none", "allow_plaintext": True, "timeout": "60s"}
     if tls:
         return {"protocol": "imap", "host": cyrus.host, "port": cyrus.imaps_port,
                 "security": "tls", "ca_file": str(cyrus.ca_file), "timeout": "60s"}
@@ -69,24 +77,25 @@ def _account(cyrus: Cyrus, *, tls: bool = False) -> dict[str, Any]:
 def write_policy(tmp_path: Path, body: dict[str, Any]) -> Path:
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "policies": POLICIES,
-                                    **body}), encoding="utf-8")
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                    "policies": POLICIES | POP3_POLICIES, **body}),
+                    encoding="utf-8")
     return path
 
 
 def per_user(tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
-             monkeypatch: pytest.MonkeyPatch) -> Path:
+             monkeypatch: pytest.MonkeyPatch, *, pop3: bool = False) -> Path:
     accounts = []
     for i, u in enumerate(users):
         monkeypatch.setenv(f"CYRUS_PW_{i}", u.password)
-        accounts.append({**_account(cyrus), "name": u.name, "username": u.name,
-                         "password_env": f"CYRUS_PW_{i}", "policy": "std"})
+        accounts.append({**_account(cyrus, pop3=pop3), "name": u.name, "username": u.name,
+                         "password_env": f"CYRUS_PW_{i}", "policy": "pop" if pop3 else "std"})
     return write_policy(tmp_path, {"accounts": accounts})
 
 
 def with_admin(tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
                monkeypatch: pytest.MonkeyPatch, *, admin: str | None = None,
-               password: str | None = None, tls: bool = False) -> Path:
+               password: str | None = None, tls: bool = False, pop3: bool = False) -> Path:
     monkeypatch.setenv("CYRUS_ADMIN_PW", password or cyrus.admin_password)
     tmp_path.mkdir(exist_ok=True)
     passwd = tmp_path / "users.passwd"
@@ -96,8 +105,9 @@ def with_admin(tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
                                         "password_env": "CYRUS_ADMIN_PW",
                                         "login_as": "authzid"}},
         "sources": [{"name": "cyrus", "type": "passwd-file", "path": str(passwd),
-                     "account": {**_account(cyrus, tls=tls), "credentials": "cyrus-admin",
-                                 "policy": "std"}}],
+                     "account": {**_account(cyrus, tls=tls, pop3=pop3),
+                                 "credentials": "cyrus-admin",
+                                 "policy": "pop" if pop3 else "std"}}],
     })
 
 
@@ -111,7 +121,7 @@ def run(path: Path, capsys: pytest.CaptureFixture[str], *extra: str,
 
 
 def planned(report: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
-    return {a["account"]: sorted((x["folder"], x["uid"], x["action"], x["rule"])
+    return {a["account"]: sorted((x["folder"], x["uid"] or x["uidl"], x["action"], x["rule"])
                                  for x in a["actions"]) for a in report["accounts"]}
 
 
@@ -157,6 +167,8 @@ def test_usage_through_the_admin_is_cyrus_quota(
     tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # The second user also has a MESSAGE limit: (STORAGE u l MESSAGE n m) in one line.
+    cyrus.set_quota(users[1].name, QUOTA_KIB, messages=100)
     path = with_admin(tmp_path, cyrus, users, monkeypatch)
     capsys.readouterr()
     assert main(["usage", "--jobs", "2", "--format", "json", "-c", str(path)]) == 0
@@ -258,3 +270,27 @@ def test_usage_without_a_quota_root_sums_the_folders(
     row = (rows["accounts"] if isinstance(rows, dict) else rows)[0]
     assert (row["source"], row["usage_bytes"], row["limit_bytes"], row["messages"]) == (
         "sum", 4000, None, 2)
+
+
+def test_pop3_admin_auth_plain_plans_and_deletes_what_user_logins_plan(
+    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # POP3 AUTH PLAIN with an initial response, authzid = the user (the agent's own lines:
+    # poplib has no SASL), against Cyrus's pop3d.
+    require("Cyrus POP3", cyrus_pop3_unavailable_reason())
+    before = {u.name: u.folder_state()["INBOX"] for u in users}
+    own = planned(run(per_user(tmp_path / "own", cyrus, users, monkeypatch, pop3=True),
+                      capsys, "--dry-run"))
+    admin_path = with_admin(tmp_path / "admin", cyrus, users, monkeypatch, pop3=True)
+    assert planned(run(admin_path, capsys, "--dry-run")) == own
+    assert [len(own[u.name]) for u in users] == [1, 2]  # i+1 older than a year (Date header)
+    report = run(admin_path, capsys)
+    assert [a["status"] for a in report["accounts"]] == ["ok", "ok"]
+    assert planned(report) == own
+    for u in users:
+        # Exactly the old ones are gone: what is left is the 60-day and the new messages.
+        after = u.folder_state()["INBOX"]
+        assert set(after) < set(before[u.name]) and len(after) == len(before[u.name]) - len(
+            own[u.name])
+        assert all(m.internaldate > ago(days=365) for m in after.values())
