@@ -17,8 +17,9 @@ Users' mailboxes are created by the admin (``CREATE user.alice``, or ``user/alic
 
 Root: Cyrus's ``master`` drops to the ``cyrus_user`` itself (``become_cyrus``), so the
 instance directory is handed to the Debian package's ``cyrus`` user and master is started
-as root; every child (imapd, ctl_cyrusdb) then runs as ``cyrus``. Not root: ``cyrus_user``
-is the current user, and master stays who it is. Cyrus logs to syslog (nothing catches it
+as root; every child (imapd, pop3d, ctl_cyrusdb) then runs as ``cyrus``. Not root:
+``cyrus_user`` is the current user, and master stays who it is (checked as ``nobody``:
+start, add_user, APPEND, GETQUOTA, POP3 all work; nothing needs root). Cyrus logs to syslog (nothing catches it
 on a test host); its own stdout/stderr go to ``master.log``.
 
 Binaries: master, ctl_cyrusdb (package ``cyrus-common``) in ``/usr/lib/cyrus/bin``;
