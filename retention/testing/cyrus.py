@@ -19,8 +19,8 @@ Root: Cyrus's ``master`` drops to the ``cyrus_user`` itself (``become_cyrus``), 
 instance directory is handed to the Debian package's ``cyrus`` user and master is started
 as root; every child (imapd, pop3d, ctl_cyrusdb) then runs as ``cyrus``. Not root:
 ``cyrus_user`` is the current user, and master stays who it is (checked as ``nobody``:
-start, add_user, APPEND, GETQUOTA, POP3 all work; nothing needs root). Cyrus logs to syslog (nothing catches it
-on a test host); its own stdout/stderr go to ``master.log``.
+start, add_user, APPEND, GETQUOTA, POP3 all work; nothing needs root). Cyrus logs to
+syslog (nothing catches it on a test host); its own stdout/stderr go to ``master.log``.
 
 Binaries: master, ctl_cyrusdb (package ``cyrus-common``) in ``/usr/lib/cyrus/bin``;
 ``imapd`` and ``pop3d`` (packages ``cyrus-imapd``, ``cyrus-pop3d``) there too, or, where
