@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -94,9 +94,13 @@ def zone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        # A slim container may ship no zone data at all: then say where it comes from.
+        missing = "" if available_timezones() else (
+            " (this system has no time zone data: install the OS package tzdata or "
+            "pip install tzdata)")
         raise ScheduleError(
             f"unknown time zone {name!r}: use an IANA name such as Europe/Paris, "
-            "America/New_York or UTC") from None
+            f"America/New_York or UTC{missing}") from None
 
 
 class _CronTrigger(CronTrigger):  # type: ignore[misc]  # APScheduler 3 is untyped

@@ -143,3 +143,16 @@ def test_check_prints_the_timezone(tmp_path: Path, capsys) -> None:
         encoding="utf-8")
     assert main(["check", "-c", str(policy)]) == 0
     assert "schedule: 0 3 * * * (Europe/Paris)" in capsys.readouterr().out
+
+
+def test_no_zone_data_at_all_says_how_to_get_it(monkeypatch) -> None:
+    import retention.config.schedule as schedule
+
+    def no_data(key: str) -> None:
+        raise schedule.ZoneInfoNotFoundError(key)
+
+    monkeypatch.setattr(schedule, "ZoneInfo", no_data)
+    monkeypatch.setattr(schedule, "available_timezones", set)
+    with pytest.raises(ScheduleError, match="no time zone data: install the OS package tzdata"):
+        parse_schedule("0 3 * * *", timezone="Europe/Paris")
+    assert parse_schedule("0 3 * * *", timezone="UTC").timezone is UTC  # needs no data
