@@ -79,8 +79,9 @@ PRIVATE_ROOT = Path("/opt/retention-cyrus")
 CYRUS_USER = "cyrus"
 SERVERNAME = "cyrus.test"  # also the SASL realm of every sasldb entry
 _DIR_PREFIX = "retention-cyrus-"
-# Cyrus user names: no separator characters (".", "/"), no "@" (virtdomains: off).
+# Cyrus user names: no separator characters (".", "/"); "@domain" only with virtdomains.
 _USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 
 
 class CyrusError(RuntimeError):
@@ -182,6 +183,8 @@ class Cyrus:
     altnamespace: a user's folders beside INBOX (``Trash``) instead of under it
       (``INBOX.Trash``). Both default to off, as Debian's imapd.conf has them; Cyrus
       upstream's default since 3.0 is both on.
+    virtdomains: ``virtdomains: userid``: users are ``alice@example.org`` (sasldb realm
+      ``example.org``, mailbox ``user.alice@example.org``); the admin stays global.
     keep: leave the directory behind after stop() (also env RETENTION_KEEP_CYRUS=1).
     """
 
@@ -189,8 +192,9 @@ class Cyrus:
     admin = "admin"
 
     def __init__(self, *, unixhierarchysep: bool = False, altnamespace: bool = False,
-                 keep: bool = False) -> None:
+                 virtdomains: bool = False, keep: bool = False) -> None:
         self.unixhierarchysep = unixhierarchysep
+        self.virtdomains = virtdomains
         self.altnamespace = altnamespace
         self.keep = keep
         self.admin_password = "Adm1n-" + secrets.token_hex(6)
@@ -299,7 +303,7 @@ class Cyrus:
             f"servername: {SERVERNAME}\n"
             f"cyrus_user: {self._owner()[2]}\n"
             f"admins: {self.admin}\n"
-            "virtdomains: off\n"
+            f"virtdomains: {'userid' if self.virtdomains else 'off'}\n"
             f"unixhierarchysep: {yes_no[self.unixhierarchysep]}\n"
             f"altnamespace: {yes_no[self.altnamespace]}\n"
             # Plaintext logins on loopback only; IMAPS is there for TLS tests.
@@ -403,9 +407,11 @@ class Cyrus:
     def _saslpasswd(self, name: str, password: str) -> None:
         tool = which("saslpasswd2")
         assert tool is not None
-        # -p: the password on stdin, never on a command line.
+        local, _at, domain = name.partition("@")
+        # -p: the password on stdin, never on a command line. The realm is the domain.
         proc = subprocess.run(
-            [tool, "-f", str(self.directory / "sasldb2"), "-u", SERVERNAME, "-p", "-c", name],
+            [tool, "-f", str(self.directory / "sasldb2"), "-u", domain or SERVERNAME, "-p",
+             "-c", local],
             input=password, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise CyrusError(f"saslpasswd2 {name} failed: {proc.stderr.strip()}")
@@ -414,7 +420,9 @@ class Cyrus:
                  trash: str | None = "Trash") -> CyrusUser:
         """A sasldb user with a mailbox created by the admin, a ``STORAGE`` quota of
         ``quota_kib`` (None: none) and a ``trash`` folder marked ``\\Trash`` (None: none)."""
-        if not _USERNAME_RE.match(name) or name in self.users or name == self.admin:
+        local, at, domain = name.partition("@")
+        if (not _USERNAME_RE.match(local) or name in self.users or name == self.admin
+                or bool(at) != self.virtdomains or (at and not _DOMAIN_RE.match(domain))):
             raise ValueError(f"unsupported or duplicate Cyrus user name {name!r}")
         user = CyrusUser(self, name, password or "Pw-" + secrets.token_hex(6))
         self._saslpasswd(name, user.password)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,12 @@ import pytest
 import yaml
 
 from retention.cli import main
-from retention.testing.cyrus import Cyrus, CyrusUser, cyrus_pop3_unavailable_reason
+from retention.testing.cyrus import (
+    Cyrus,
+    CyrusUser,
+    cyrus_pop3_unavailable_reason,
+    cyrus_unavailable_reason,
+)
 from retention.testing.dovecot import SeedMessage
 from tests.integration.helpers import ago
 from tests.integration.sources_support import require
@@ -321,3 +327,45 @@ def test_quota_cleanup_through_the_admin_reaches_its_target_in_cyrus_quota(
     # Cyrus counts whole KiB: the projection is the same to within one.
     assert abs(account["usage_after_bytes"] - used_after) < 1024
     assert [x["rule"] for x in account["actions"]] == ["full"] * 5
+
+
+
+@pytest.fixture(scope="module")
+def cyrus_domains() -> Iterator[Cyrus]:
+    """A Cyrus with ``virtdomains: userid`` (users ``ann@fleet.example.org``), Debian layout."""
+    require("Cyrus IMAP", cyrus_unavailable_reason())
+    with Cyrus(virtdomains=True) as server:
+        yield server
+
+
+def test_virtual_domains_admin_and_policy_by_plan_what_user_logins_plan(
+    tmp_path: Path, cyrus_domains: Cyrus, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An ISP's Cyrus: email-style users in two domains, a global admin acting for all,
+    policy_by by address; the same plans as the users' own logins."""
+    cy = cyrus_domains
+    users = []
+    for i, name in enumerate(("ann@fleet.example.org", "ben@fleet.example.org",
+                              "cat@vip.example.com")):
+        user = cy.add_user(name, quota_kib=QUOTA_KIB)
+        user.append("INBOX", [
+            *(SeedMessage(received=ago(days=400 + d), flags=SEEN, size=2000) for d in range(i + 1)),
+            *(SeedMessage(received=ago(days=60), flags=SEEN, size=2000) for _ in range(2)),
+            SeedMessage(received=ago(days=1), size=2000)])
+        users.append(user)
+    own_path = per_user(tmp_path / "own", cy, users, monkeypatch)
+    body = yaml.safe_load(own_path.read_text())
+    body["accounts"][2]["policy"] = "short"
+    own_path.write_text(yaml.safe_dump(body))
+    own = planned(run(own_path, capsys, "--dry-run"))
+    admin_path = with_admin(tmp_path / "admin", cy, users, monkeypatch)
+    body = yaml.safe_load(admin_path.read_text())
+    body["sources"][0]["policy_by"] = [{"match": "*@vip.example.com", "policy": "short"}]
+    admin_path.write_text(yaml.safe_dump(body))
+    report = run(admin_path, capsys, "--dry-run")
+    assert [a["status"] for a in report["accounts"]] == ["ok"] * 3
+    assert planned(report) == own
+    # ann 1 and ben 2 older than a year; cat (vip: 30 days) 3 + the two of 60 days.
+    assert [len(own[u.name]) for u in users] == [1, 2, 5]
+    assert {x[3] for x in own["cat@vip.example.com"]} == {"month"}
