@@ -369,3 +369,24 @@ def test_virtual_domains_admin_and_policy_by_plan_what_user_logins_plan(
     # ann 1 and ben 2 older than a year; cat (vip: 30 days) 3 + the two of 60 days.
     assert [len(own[u.name]) for u in users] == [1, 2, 5]
     assert {x[3] for x in own["cat@vip.example.com"]} == {"month"}
+
+
+def test_a_shared_folder_named_like_a_users_own_is_never_touched(
+    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Debian's layout has the shared namespace at "" next to the user's "INBOX.": a
+    public top-level ``Trash`` and the user's ``INBOX.Trash`` are both shown as Trash.
+    Which one a rule means is unknowable, so neither is touched (the INBOX still is).
+    Upstream's layout lists the public one as ``Shared Folders/Trash``: no clash."""
+    with cyrus.admin_session() as admin:
+        assert admin.create("Trash")[0] == "OK"
+        assert admin.setacl("Trash", "anyone", "lrs")[0] == "OK"
+    try:
+        own = planned(run(per_user(tmp_path, cyrus, users, monkeypatch), capsys, "--dry-run"))
+    finally:
+        with cyrus.admin_session() as admin:
+            admin.setacl("Trash", cyrus.admin, "lrswipkxtecda")
+            assert admin.delete("Trash")[0] == "OK"
+    expected = [("INBOX", "old")] + ([("Trash", "trash")] if cyrus.altnamespace else [])
+    assert [sorted({(x[0], x[3]) for x in own[u.name]}) for u in users] == [expected] * 2
