@@ -69,13 +69,15 @@ def users(cyrus: Cyrus) -> list[CyrusUser]:
     return out
 
 
-def _account(cyrus: Cyrus, *, tls: bool = False, pop3: bool = False) -> dict[str, Any]:
+def _account(cyrus: Cyrus, *, tls: str | None = None, pop3: bool = False) -> dict[str, Any]:
+    """Plaintext on loopback; ``tls``: ``tls`` (IMAPS) or ``starttls``, verified by the CA."""
     if pop3:
         return {"protocol": "pop3", "host": cyrus.host, "port": cyrus.pop3_port,
                 "security": "none", "allow_plaintext": True, "timeout": "60s"}
     if tls:
-        return {"protocol": "imap", "host": cyrus.host, "port": cyrus.imaps_port,
-                "security": "tls", "ca_file": str(cyrus.ca_file), "timeout": "60s"}
+        return {"protocol": "imap", "host": cyrus.host, "security": tls,
+                "port": cyrus.imaps_port if tls == "tls" else cyrus.imap_port,
+                "ca_file": str(cyrus.ca_file), "timeout": "60s"}
     return {"protocol": "imap", "host": cyrus.host, "port": cyrus.imap_port,
             "security": "none", "allow_plaintext": True, "timeout": "60s"}
 
@@ -101,7 +103,7 @@ def per_user(tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
 
 def with_admin(tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
                monkeypatch: pytest.MonkeyPatch, *, admin: str | None = None,
-               password: str | None = None, tls: bool = False, pop3: bool = False) -> Path:
+               password: str | None = None, tls: str | None = None, pop3: bool = False) -> Path:
     monkeypatch.setenv("CYRUS_ADMIN_PW", password or cyrus.admin_password)
     tmp_path.mkdir(exist_ok=True)
     passwd = tmp_path / "users.passwd"
@@ -192,14 +194,15 @@ def test_usage_through_the_admin_is_cyrus_quota(
     assert cyrus.admin_password not in out + err
 
 
-def test_admin_over_imaps_verified_against_the_rig_ca(
-    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser],
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_admin_over_tls_verified_against_the_rig_ca(
+    tmp_path: Path, cyrus: Cyrus, users: list[CyrusUser], security: str,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     own = planned(run(per_user(tmp_path / "own", cyrus, users, monkeypatch), capsys,
                       "--dry-run"))
-    report = run(with_admin(tmp_path / "tls", cyrus, users, monkeypatch, tls=True), capsys,
-                 "--dry-run")
+    report = run(with_admin(tmp_path / "tls", cyrus, users, monkeypatch, tls=security),
+                 capsys, "--dry-run")
     assert planned(report) == own
 
 
