@@ -8,6 +8,7 @@ No I/O here: the CLI writes the strings where they belong.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -127,6 +128,7 @@ def to_json(run: RunResult) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
+@functools.lru_cache(maxsize=4096)  # a report of 10,000 actions has few distinct sizes
 def human_size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -185,6 +187,9 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
         lines.append(f"   warning: {w}")
     if acct.results:
         rows = [["RESULT", "ACTION", "FOLDER", "ID", "RECEIVED", "SIZE", "RULE", "REASON"]]
+        # strftime once per distinct time (a scan shares runs of equal dates); keyed with the
+        # zone too, since equal instants in two zones print differently.
+        when: dict[tuple[datetime, Any], str] = {}
         for r in acct.results:
             a = r.action
             m = a.message
@@ -201,7 +206,8 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
                     act,
                     m.ref.folder,
                     ident,
-                    f"{m.received:%Y-%m-%d %H:%M}",
+                    when.get((m.received, m.received.tzinfo)) or when.setdefault(
+                        (m.received, m.received.tzinfo), f"{m.received:%Y-%m-%d %H:%M}"),
                     human_size(m.size),
                     a.rule,
                     reason,

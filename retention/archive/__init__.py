@@ -46,9 +46,6 @@ from retention.archive.base import (
     sha256,
     write_all,
 )
-from retention.archive.imap import ImapWriter
-from retention.archive.maildir import MaildirWriter
-from retention.archive.mbox import MboxWriter
 from retention.errors import ArchiveError
 
 if TYPE_CHECKING:
@@ -96,12 +93,20 @@ class ArchiveSet:
         target = self.targets.get(name)
         if target is None:
             raise ArchiveError(f"archive target {name!r} is not configured")
+        # The writers are imported when first used: most runs archive nothing, and every
+        # start-up (``retention run``, ``usage``, ``check``) would pay for all three.
         w: ArchiveWriter
         if target.type == "mbox":
+            from retention.archive.mbox import MboxWriter
+
             w = MboxWriter(name, target, account=self.account, journal=journal, run_id=run_id)
         elif target.type == "maildir":
+            from retention.archive.maildir import MaildirWriter
+
             w = MaildirWriter(name, target, account=self.account)
         else:
+            from retention.archive.imap import ImapWriter
+
             if self._secrets is None:
                 from retention.config.secrets import read_password
 

@@ -265,12 +265,12 @@ class Executor:
         skipped: dict[MessageRef, str] | None = None,
     ) -> None:
         skipped = skipped or {}
-        done = [(i, a, row) for (i, a), row in zip(chunk, ids, strict=True)
-                if a.message.ref in removed]
-        gone = [(i, a, row) for (i, a), row in zip(chunk, ids, strict=True)
-                if a.message.ref not in removed and a.message.ref not in skipped]
-        kept = [(i, a, row) for (i, a), row in zip(chunk, ids, strict=True)
-                if a.message.ref not in removed and a.message.ref in skipped]
+        done: list[tuple[int, Action, int]] = []
+        gone: list[tuple[int, Action, int]] = []
+        kept: list[tuple[int, Action, int]] = []
+        for (i, a), row in zip(chunk, ids, strict=True):  # one pass: each ref hashed once
+            ref = a.message.ref
+            (done if ref in removed else kept if ref in skipped else gone).append((i, a, row))
         with self.journal.transaction("removed"):
             if self._pop3:
                 self.journal.mark([row for _, _, row in done], DELETING)

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from retention.archive import ArchiveSet, ArchiveWriter, Copy, Item, sha256
-from retention.archive.mbox import repair_intent, verify_copies
 from retention.errors import ArchiveError, FolderSkipped
 from retention.model import FolderInfo, Message, MessageRef, Protection
 from retention.plan import Action, ActionKind, Clock
@@ -132,6 +131,8 @@ class Recovery:
     def _run(self) -> RecoveryReport:
         report = RecoveryReport()
         for intent in self.journal.intents(account=self.account):
+            from retention.archive.mbox import repair_intent  # only when one is left
+
             repair_intent(self.journal, intent)
         foreign = self.journal.foreign_rows(self.account)
         if foreign:
@@ -354,6 +355,7 @@ class _LocatorOnly:
 
     def verify(self, copies: Sequence[Copy]) -> list[bool]:
         from retention.archive.maildir import current_path, matches
+        from retention.archive.mbox import verify_copies
 
         out = []
         for c in copies:

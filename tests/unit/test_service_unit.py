@@ -388,6 +388,16 @@ def test_five_and_six_field_schedules():
             parse_schedule(bad)
 
 
+def test_default_schedule_parses():
+    """``config.load`` skips parsing the default schedule (start-up time): it must parse."""
+    from retention.config.schema import Policy
+
+    default = Policy.model_fields["schedule"].default
+    t = parse_schedule(default, timezone=UTC)
+    assert t.get_next_fire_time(None, datetime(2024, 6, 3, tzinfo=UTC)) == \
+        datetime(2024, 6, 3, 3, 0, tzinfo=UTC)
+
+
 # -- logs ------------------------------------------------------------------------------------
 
 
