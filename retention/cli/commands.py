@@ -43,9 +43,12 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     jobs, per_host = _jobs(config, args)
     progress = _progress(len(accounts), args)
+    # Only the JSON report shows Message-IDs; a pass that acts reads them anyway (journal).
+    ids = args.format == "json"
+
     def one(a: Account) -> AccountResult:
         return _logged(run_account(config, a, dry_run=args.dry_run, now=now,
-                                   list_kept=args.list_kept), "run")
+                                   list_kept=args.list_kept, message_ids=ids), "run")
 
     results = tuple(run_ordered(
         accounts, one,

@@ -160,8 +160,10 @@ class AccountPass:
         stop: threading.Event | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         list_kept: bool = False,
+        message_ids: bool = True,
     ) -> None:
         self.config = config
+        self.message_ids = message_ids  # a read-only pass: whether its report shows them
         self.clock = clock
         self._bound = False  # the observation store knows which mailbox this account is
         self.account = account
@@ -292,8 +294,12 @@ class AccountPass:
                     raise ClockSkew(refused)
                 if refused:  # dry-run or hold: reported, as what a real run would refuse
                     plan = dataclasses.replace(plan, warnings=(*plan.warnings, refused))
-                if not _needs_sent(self.policy, self.account.protocol):
-                    # The scan read no header; with the Date it read the Message-ID too.
+                # The scan read no header (with the Date it read the Message-ID too). A real
+                # pass journals every Message-ID it acts on (the audit history); a read-only
+                # one reads them only when its report shows them (10,000 planned messages:
+                # 10,000 message files the server opens and parses).
+                if not _needs_sent(self.policy, self.account.protocol) and (
+                        work is not None or self.message_ids):
                     plan = with_message_ids(session, plan, self.warnings, self.scan_cache())
                 if self.hold:
                     plan = dataclasses.replace(plan, hold=True)
@@ -429,10 +435,13 @@ def run_account(
     connect: Connector = default_connect,
     sleep: Callable[[float], None] = time.sleep,
     list_kept: bool = False,
+    message_ids: bool = True,
 ) -> AccountResult:
     """One cleanup pass over one account. Never raises for account-level failures.
 
     ``list_kept``: the report lists every kept message, not only their counts.
+    ``message_ids``: False when the caller's report of a dry-run (or hold) pass does not show
+    them (text, HTML); a pass that acts always reads and journals them.
     """
     now = now or datetime.now(UTC)
     assert now.tzinfo is not None
@@ -445,6 +454,7 @@ def run_account(
         connect=connect,
         stop=stop,
         list_kept=list_kept,
+        message_ids=message_ids,
     )
     try:
         state = StateDir(config.state_dir)

@@ -429,6 +429,23 @@ def test_a_sent_clock_scan_already_read_the_message_ids(tmp_path: Path) -> None:
     assert all(r.action.message.message_id for r in result.results)
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_message_ids_only_when_the_report_shows_them_or_the_pass_acts(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    """A dry-run whose report does not show Message-IDs (text, HTML) does not read them;
+    a real pass always does (its journal and audit history carry them)."""
+    server, refs = populated()
+    connect = Connector(server)
+    config = make_config(tmp_path)
+    result = run_account(config, config.account("alice"), dry_run=dry_run, now=NOW,
+                         connect=connect, sleep=lambda _: None, message_ids=False)
+    assert result.status == "ok", result.error
+    assert {r.action.message.ref for r in result.results} >= {refs["old1"], refs["old2"]}
+    assert (connect.sessions[0].calls["message_ids"] == 0) is dry_run
+    assert all((r.action.message.message_id is None) is dry_run for r in result.results)
+
+
 def test_a_folder_changed_before_its_message_ids_are_read_is_a_warning(
     tmp_path: Path,
 ) -> None:

@@ -499,3 +499,15 @@ def test_load_yaml_empty_file(tmp_path: Path) -> None:
 def test_load_yaml_missing_file_is_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_yaml(tmp_path / "nope.yaml")
+
+
+@pytest.mark.skipif(yamlsource._CLOADER is None, reason="PyYAML built without libyaml")
+def test_libyaml_composes_exactly_what_safeloader_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path (libyaml) gives the same data, lines and raw scalars as SafeLoader."""
+    text = ("\ufeffk: '日本'\na: 'é漢字😀'\nb: No  # x\nc:\n  - {d: 1.5, e: ~}\n  - &x [1, 2]\n"
+            "f: *x\nbase: &b {p: 1}\nm:\n  <<: *b\n  q: 2\ng: |\n  ü block\n  x\n")
+    fast = yamlsource.parse_yaml(text, Path("p.yaml"))
+    monkeypatch.setattr(yamlsource, "_CLOADER", None)
+    slow = yamlsource.parse_yaml(text, Path("p.yaml"))
+    assert (fast.data, fast._lines, fast._raw) == (slow.data, slow._lines, slow._raw)
+    assert fast.raw_scalar(("b",)) == "No" and fast.line_of(("m", "q")) == 11
