@@ -5,10 +5,11 @@
 Measured by hand, never asserted in tests. Builds the service's ``Metrics`` exactly as
 ``serve`` does (``set_accounts`` from a policy, then one measurement and one run result
 per account, with usage ratios spread over 0-110% and 1% of the accounts in error), then
-renders the Prometheus text exposition (``generate_latest``) ``--runs`` times, then
-serves ``GET /metrics`` through the service's WSGI app (``service.http.make_app``:
-client_python's ``make_wsgi_app``) ``--runs`` times, plain and gzip. Prints the body
-size, the median render time, the number of series, and the cost of filling the state (the observations a real sweep would deliver over a day).
+renders ``--runs`` rounds of: the Prometheus text exposition (``generate_latest``), then
+``GET /metrics`` through the service's WSGI app (``service.http.make_app``: client_python's
+``make_wsgi_app``), plain and gzip. Prints the body size, the median times, the number of
+series, and the cost of filling the state (the observations a real sweep would deliver
+over a day).
 With ``--mode all`` and fewer accounts it shows what the per-account series cost instead.
 Target (issue 13): under 200 KB and 0.2 s at 1,000,000 accounts under top:100.
 """
