@@ -29,9 +29,10 @@ above warn/clean, in error by reason, sweep progress, oldest success) are export
 number depends on the schedules and reasons, never on the account count. Under ``top:K``
 and ``none`` a scrape costs O(K), not O(accounts): see bench/bench_metrics.py.
 
-``retention_run_duration_seconds`` never has an account label. Only account names,
-rule names, action kinds and error reasons appear as label values, so an e-mail address
-appears only when an account is named after one.
+``retention_run_duration_seconds`` and ``retention_notices_total`` never have an account
+label. Only account names, rule names, action kinds, error reasons and notice kinds and
+outcomes appear as label values, so an e-mail address appears only when an account is
+named after one.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from retention import __version__
@@ -333,6 +334,16 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        # Fleet-wide, like the duration: kinds and statuses are fixed sets, so a million
+        # accounts still make a handful of series. "failed" and "unknown" mean an owner
+        # may not have been told; "will_retry" is tried again by the next run.
+        self.notices = Counter(
+            "retention_notices",
+            "Notices to mailbox owners, by kind (warning, archived) and outcome "
+            "(sent, will_retry, failed, unknown, already_sent, would_send)",
+            ["kind", "status"],
+            registry=registry,
+        )
 
     def _account(self, name: str) -> _Account:
         a = self.collector.accounts.get(name)
@@ -395,6 +406,8 @@ class Metrics:
     def observe_run(self, result: AccountResult) -> None:
         """A finished cleanup run: counters, timestamps and the usage measured after it."""
         self.run_duration.observe(result.duration)
+        for notice in result.notices:
+            self.notices.labels(notice.kind, notice.status).inc()
         with self.collector.lock:
             a = self._account(result.account)
             if result.status == "skipped":  # another agent held it, or did it recently

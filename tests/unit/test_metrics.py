@@ -327,3 +327,18 @@ def test_http_a_failing_collector_is_a_500_not_a_dead_server(reg, caplog):
         assert request(base + "/healthz")[0] == 200
     finally:
         server.stop()
+
+
+def test_notices_are_counted_by_kind_and_outcome_without_an_account_label(reg):
+    from retention.result import NoticeOutcome
+
+    m = Metrics(reg)
+    sent = NoticeOutcome("warning", "warning:bob:1", "sent", "append", "s", "b", "en")
+    held = NoticeOutcome("archived", "archived:bob:r1", "will_retry", "smtp", "s", "b", "en")
+    m.observe_run(dataclasses.replace(result("bob"), notices=(sent, held)))
+    m.observe_run(dataclasses.replace(result("alice@example.com"), notices=(sent,)))
+    assert value(reg, "retention_notices_total", kind="warning", status="sent") == 2
+    assert value(reg, "retention_notices_total", kind="archived", status="will_retry") == 1
+    for line in generate_latest(reg).decode().splitlines():
+        if line.startswith("retention_notices"):
+            assert "account=" not in line
