@@ -337,7 +337,7 @@ class AccountPass:
             yield None
             return
         with (
-            StateDir(self.config.state_dir).journal() as journal,
+            StateDir(self.config.state_dir, self.config.state_url).journal() as journal,
             ArchiveSet(self.config.archives, account=self.account.name) as archives,
         ):
             journal.bind_mailbox(self.account.name, self.account.mailbox_identity())

@@ -63,9 +63,12 @@ def close_stores() -> None:
 @contextmanager
 def account_lease(
     config: Config, account: str, *, dry_run: bool, stop: threading.Event | None,
-    owner: str | None = None,
+    owner: str | None = None, once: bool = True,
 ) -> Iterator[Held | None]:
     """Hold the account's lease for the block; None for a dry run.
+
+    ``once=False`` (``retention restore``): taken even when a pass finished within
+    ``leases.once_within``, and given back without recording a finished pass.
 
     Raises:
         AccountLocked: another agent holds the lease, or a pass finished within
@@ -75,11 +78,11 @@ def account_lease(
     if dry_run or not config.state_url:
         yield None
         return
-    once = config.leases.once_within
+    once_within = config.leases.once_within if once else None
     with lease_store(config) as store, held(
         store, account, owner or _OWNER,
         ttl=config.leases.ttl.total_seconds(),
-        once_within=once.total_seconds() if once else None, outer=stop,
+        once_within=once_within.total_seconds() if once_within else None, outer=stop,
     ) as got:
         if isinstance(got, Refused):
             raise AccountLocked(_why(got), "recent" if got.reason == "done" else "locked")

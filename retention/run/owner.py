@@ -23,7 +23,8 @@ def exemptions(config: Config, account: Account, now: datetime) -> tuple[tuple[s
     from retention.state.restores import live_holds
 
     out: list[tuple[str, str]] = []
-    for h in live_holds(StateDir(config.state_dir).journal_path, account.name, now):
+    for h in live_holds(StateDir(config.state_dir).journal_path, account.name, now,
+                        config.state_url):
         out.append((exempt_key(h.folder, h.uidvalidity, h.uid), h.reason()))
         if h.message_id:
             out.append(("mid:" + h.message_id, h.reason()))

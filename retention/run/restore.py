@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from retention.archive import ArchiveSet, sha256
 from retention.archive.read import original, read_copy
 from retention.errors import AccountError, ArchiveError, ConfigError, FolderSkipped
+from retention.run.lease import account_lease
 from retention.state.journal import Journal, JournalRow
 from retention.state.restores import FAILED, PRESENT, RESTORED, Hold, RestoreLog
 
@@ -115,12 +116,14 @@ def restore(
         )
     report = RestoreReport(account.name, f"restore-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
                            dry_run)
-    state = StateDir(config.state_dir)
-    path = state.journal_path
-    if not path.exists():
+    state = StateDir(config.state_dir, config.state_url)
+    if not state.has_journal():
         return report
-    with state.lock(account.name), Journal.open(path) as journal, \
-            RestoreLog.open(path) as log, \
+    # The mailbox's lease too (state_url): no replica's pass acts on it meanwhile.
+    with state.lock(account.name), account_lease(
+            config, account.mailbox_identity(), dry_run=dry_run, stop=None, once=False), \
+            state.journal() as journal, \
+            state.restore_log() as log, \
             ArchiveSet(config.archives, account=account.name, secrets=password) as archives:
         done = log.restored_sources(account.name)
         todo: list[tuple[JournalRow, bytes]] = []

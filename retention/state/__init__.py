@@ -6,6 +6,10 @@ and usage samples, ``state.observations``), ``notices.sqlite3`` (notices to the 
 and their warning levels, ``state.notices``) and ``locks/<account>.lock`` (one agent per
 account at a time). Folders are created 0700 and files 0600; nothing else in the package
 spells these names. ``history`` queries the journal for ``retention history``.
+
+With ``state_url`` (``StateDir(path, state_url)``) the journal and the restore record are
+in that PostgreSQL instead of ``journal.sqlite3`` (``retention.state.journaldb``), shared by
+every agent; everything else stays in the folder.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from retention.errors import AccountLocked
 from retention.state.journal import Journal
 from retention.state.notices import NoticeStore
 from retention.state.observations import Observations
+from retention.state.restores import RestoreLog
 
 JOURNAL_FILE = "journal.sqlite3"
 OBSERVATIONS_FILE = "observations.sqlite3"
@@ -31,8 +36,9 @@ LOCKS_DIR = "locks"
 class StateDir:
     """The agent's ``state_dir`` (see the module docstring)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, state_url: str | None = None) -> None:
         self.path = Path(path)
+        self.state_url = state_url or None
 
     @property
     def journal_path(self) -> Path:
@@ -52,7 +58,19 @@ class StateDir:
 
     def journal(self) -> Journal:
         """Open (creating when missing) the journal."""
+        if self.state_url:
+            return Journal.open_url(self.state_url)
         return Journal.open(self.journal_path)
+
+    def has_journal(self) -> bool:
+        """Whether a journal may hold rows (a shared one always may)."""
+        return bool(self.state_url) or self.journal_path.exists()
+
+    def restore_log(self) -> RestoreLog:
+        """Open the restore record, next to the journal."""
+        if self.state_url:
+            return RestoreLog.open_url(self.state_url)
+        return RestoreLog.open(self.journal_path)
 
     def observations(self) -> Observations:
         """Open (creating when missing) the observation store."""

@@ -16,7 +16,8 @@ ENTRY keys: ``when`` (completion time, UTC ISO 8601), ``account``, ``folder``,
 ``archive`` (target name),
 ``archive_location``, ``sha256`` (of the source bytes, archive only), ``uid``,
 ``uidvalidity``, ``uidl``, ``reason``, ``run_id``. Absent values are ``null`` (empty in CSV).
-It reads the journal only; it never connects to a server.
+It reads the journal only (the shared PostgreSQL one with ``state_url``: every agent's
+removals); it never connects to a mail server.
 """
 
 from __future__ import annotations
@@ -148,13 +149,12 @@ def history(
             raise ConfigError(f"--since: {e}") from None
     if isinstance(since, timedelta):
         since = _moment(since, now)
-    state = StateDir(config.state_dir)
-    if not state.journal_path.exists():
+    state = StateDir(config.state_dir, getattr(config, "state_url", None))
+    if not state.has_journal():
         return render([], fmt)
-    path = state.journal_path
     with state.journal() as journal:
         entries = query(journal, accounts=accounts, since=since, now=now)
-        entries += restore_entries(journal, path, accounts=accounts, since=since, now=now)
+        entries += restore_entries(journal, state, accounts=accounts, since=since, now=now)
         entries += abandoned_entries(journal, accounts=accounts, since=since)
     entries.sort(key=lambda e: e["when"] or "")
     return render(entries, fmt)
@@ -177,7 +177,7 @@ def abandoned_entries(journal: Journal, *, accounts: Sequence[str] = (),
 
 def restore_entries(
     journal: Journal,
-    path: Path,
+    state: StateDir | Path,
     *,
     accounts: Sequence[str] = (),
     since: datetime | timedelta | None = None,
@@ -190,7 +190,7 @@ def restore_entries(
     if isinstance(since, timedelta):
         since = (now or datetime.now(UTC)) - since
     out = []
-    with RestoreLog.open(path) as log:
+    with (RestoreLog.open(state) if isinstance(state, Path) else state.restore_log()) as log:
         for r in log.entries():
             if r["state"] != RESTORED or (accounts and r["account"] not in accounts):
                 continue

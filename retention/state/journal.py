@@ -29,6 +29,11 @@ recovery can truncate a torn append (see ``retention.archive.mbox``).
 
 Durability: WAL mode with ``synchronous=FULL``: a commit is on disk when it returns.
 
+Storage: the SQLite file ``state_dir/journal.sqlite3`` (``open``), or, with ``state_url:
+postgresql://...``, a PostgreSQL shared by every replica (``open_url``): the same rows, the
+same statements and the same transactions; ``retention.state.journaldb`` owns the
+difference and the durability each backend promises.
+
 Crash injection for tests: every commit, and every external side effect the executor
 announces with ``step()``, is a numbered *step*. With ``RETENTION_TEST_CRASH_AFTER=N`` in
 the environment (or ``crash_after=N``) the process SIGKILLs itself right after step N;
@@ -60,6 +65,7 @@ from retention.errors import JournalError
 from retention.model import MessageRef
 from retention.plan import Action
 from retention.state import sqlite
+from retention.state.journaldb import Cursor, Db, PostgresDb, SqliteDb, describe_error
 
 PLANNED = "planned"
 ARCHIVED = "archived"
@@ -241,19 +247,22 @@ def _dt(text: str | None) -> datetime | None:
 
 
 class Journal:
-    """The SQLite journal. One instance per thread (SQLite connections are not shared)."""
+    """The journal. One instance per thread (connections are not shared)."""
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
-        path: Path,
+        db: Db,
+        path: Path | None,
         *,
         crash_after: int | None = None,
         step_log: Path | None = None,
         now: Callable[[], datetime] | None = None,
     ) -> None:
-        self._conn = conn
-        self.path = path
+        self._db = db
+        # SQLite: the sqlite3 connection (tests read its PRAGMAs); PostgreSQL: psycopg's.
+        self._conn: Any = getattr(db, "conn", None)
+        self.path = path  # the SQLite file; None for PostgreSQL
+        self.where = db.where
         self._mailboxes: dict[str, str] = {}  # account -> bound mailbox identity (F4)
         self.crash_after = crash_after
         self.step_log = step_log
@@ -278,11 +287,7 @@ class Journal:
     ) -> Journal:
         """Open (creating when missing) the journal at ``path``; its folder is made 0700."""
         path = Path(path)
-        hooks = _test_hooks_allowed()
-        if hooks and crash_after is None and os.environ.get(CRASH_ENV, "").strip():
-            crash_after = int(os.environ[CRASH_ENV])
-        step_log = (Path(os.environ[STEP_LOG_ENV])
-                    if hooks and os.environ.get(STEP_LOG_ENV) else None)
+        crash_after, step_log = _hooks(crash_after)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             check_private_dir(path.parent)
@@ -293,7 +298,6 @@ class Journal:
             # FULL: every commit is fsynced before it returns; the executor relies on it.
             conn = sqlite.connect(str(path), _SCHEMA, version=SCHEMA_VERSION,
                                   migrate=_migrate, synchronous="FULL")
-            conn.row_factory = sqlite3.Row
             for suffix in ("-wal", "-shm"):  # journals created by an earlier version
                 # Another thread's last connection may delete them between the two calls
                 # (serve: one account's pass ends while another's opens the journal).
@@ -305,11 +309,40 @@ class Journal:
             raise JournalError(f"cannot open journal {path}: {e}") from None
         except OSError as e:
             raise JournalError(f"cannot open journal {path}: {e.strerror}") from None
-        return cls(conn, path, crash_after=crash_after, step_log=step_log, now=now)
+        return cls(SqliteDb(conn, str(path)), path, crash_after=crash_after,
+                   step_log=step_log, now=now)
+
+    @classmethod
+    def open_url(
+        cls,
+        url: str,
+        *,
+        crash_after: int | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> Journal:
+        """Open the journal in the PostgreSQL at ``url`` (tables created when missing).
+
+        Raises:
+            JournalError: unreachable, refused, or a newer schema; never with the password.
+        """
+        from retention.state.leases import redacted_url
+
+        crash_after, step_log = _hooks(crash_after)
+        where = redacted_url(url)
+        try:
+            db = PostgresDb(url)
+        except sqlite.NewerSchema as e:
+            raise JournalError(f"journal {where} was {e}") from None
+        except ImportError as e:
+            raise JournalError(f"journal {where}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - driver errors: only their first line
+            raise JournalError(f"cannot open journal {where}: "
+                               f"{describe_error(e, url)}") from None
+        return cls(db, None, crash_after=crash_after, step_log=step_log, now=now)
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+        with contextlib.suppress(*self._db.errors):
+            self._db.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -344,32 +377,40 @@ class Journal:
                 finally:
                     self._depth -= 1
                 return
+            db = self._db
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise JournalError(f"journal {self.path}: {e}") from None
+                db.begin()
+            except db.errors as e:
+                raise JournalError(f"journal {self.where}: {db.describe(e)}") from None
             self._depth = 1
             try:
                 yield
             except BaseException:
                 self._depth = 0
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
+                with contextlib.suppress(*db.errors):
+                    db.rollback()
                 raise
             self._depth = 0
             try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-                raise JournalError(f"journal {self.path}: commit failed: {e}") from None
+                db.commit()
+            except db.errors as e:
+                with contextlib.suppress(*db.errors):
+                    db.rollback()
+                raise JournalError(
+                    f"journal {self.where}: commit failed: {db.describe(e)}") from None
         self.step(f"journal:{name}")
 
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         try:
-            return self._conn.execute(sql, params)
-        except sqlite3.Error as e:
-            raise JournalError(f"journal {self.path}: {e}") from None
+            return self._db.execute(sql, params)
+        except self._db.errors as e:
+            raise JournalError(f"journal {self.where}: {self._db.describe(e)}") from None
+
+    def _insert(self, sql: str, params: Sequence[Any]) -> int:
+        try:
+            return self._db.insert(sql, params)
+        except self._db.errors as e:
+            raise JournalError(f"journal {self.where}: {self._db.describe(e)}") from None
 
     # -- writing -----------------------------------------------------------------------
 
@@ -404,24 +445,26 @@ class Journal:
         keys = [r.action.message.ref.key() for r in rows]
         with self.transaction("planned"):
             # One prepared statement for the whole batch (10,000 rows: ~0.2 s less CPU than
-            # one execute() each); the write lock is ours since BEGIN IMMEDIATE, so the new
-            # rows are exactly those above the current highest id.
-            top = self._exec("SELECT COALESCE(MAX(id), 0) FROM actions").fetchone()[0]
-            self._many(_INSERT, (_insert_params(r, key, run_id, account, now, mailbox)
-                                 for r, key in zip(rows, keys, strict=True)))
-            added = self._exec("SELECT id, msg_key FROM actions WHERE id > ? ORDER BY id",
-                               (top,)).fetchall()
-            # SQLite gives a new row the highest id + 1, so ids follow insertion order; checked,
-            # since every later step trusts that row i is action i.
-            if [r[1] for r in added] != keys:
-                raise JournalError(f"journal {self.path}: inserted rows do not match the batch")
+            # one execute() each). The backend returns (id, msg_key) of the new rows in
+            # insertion order (SQLite: the rows above the highest id before the batch, its
+            # write lock being ours since BEGIN IMMEDIATE; PostgreSQL: RETURNING).
+            try:
+                added = self._db.insert_many(
+                    "actions", _INSERT, [_insert_params(r, key, run_id, account, now, mailbox)
+                                         for r, key in zip(rows, keys, strict=True)],
+                    key="msg_key")
+            except self._db.errors as e:
+                raise JournalError(f"journal {self.where}: {self._db.describe(e)}") from None
+            # Checked, since every later step trusts that row i is action i.
+            if [r[1] for r in added] != [self._db.stored(k) for k in keys]:
+                raise JournalError(f"journal {self.where}: inserted rows do not match the batch")
         return [r[0] for r in added]
 
     def _many(self, sql: str, params: Iterable[Sequence[Any]]) -> int:
         try:
-            return self._conn.executemany(sql, params).rowcount
-        except sqlite3.Error as e:
-            raise JournalError(f"journal {self.path}: {e}") from None
+            return self._db.executemany(sql, params)
+        except self._db.errors as e:
+            raise JournalError(f"journal {self.where}: {self._db.describe(e)}") from None
 
     def mark(
         self,
@@ -477,13 +520,13 @@ class Journal:
 
     def add_intent(self, account: str, run_id: str, target: str, path: str, offset: int) -> int:
         with self.transaction("intent"):
-            cur = self._exec(
-                "INSERT INTO intents (account, run_id, target, path, offset, created)"
+            # "offset" quoted: a reserved word in PostgreSQL (the same column in SQLite).
+            row_id = self._insert(
+                'INSERT INTO intents (account, run_id, target, path, "offset", created)'
                 " VALUES (?,?,?,?,?,?)",
                 (account, run_id, target, path, offset, _iso(self._now())),
             )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return row_id
 
     def clear_intents(self, ids: Iterable[int]) -> None:
         with self.transaction("intent-cleared"):
@@ -504,12 +547,12 @@ class Journal:
         """Rows of ``account`` an interrupted run left unfinished, oldest first (only those
         of the bound mailbox, once ``bind_mailbox`` was called)."""
         mailbox = self._mailboxes.get(account)
-        # ``?6 IS NULL``: not bound (every row); else rows of this mailbox or from before it.
-        cur = self._exec(
-            "SELECT * FROM actions WHERE account=?1 AND state IN (?2,?3,?4,?5)"
-            " AND (?6 IS NULL OR mailbox IS NULL OR mailbox=?6) ORDER BY id",
-            (account, *sorted(OPEN_STATES), mailbox),
-        )
+        sql = "SELECT * FROM actions WHERE account=? AND state IN (?,?,?,?)"
+        params: list[Any] = [account, *sorted(OPEN_STATES)]
+        if mailbox is not None:  # bound: rows of this mailbox or from before binding
+            sql += " AND (mailbox IS NULL OR mailbox=?)"
+            params.append(mailbox)
+        cur = self._exec(sql + " ORDER BY id", params)
         return [_row(r) for r in cur.fetchall()]
 
     def all_open_rows(self, account: str) -> list[JournalRow]:
@@ -537,8 +580,10 @@ class Journal:
                 f" ({','.join('?' * len(chunk))}) ORDER BY id",
                 (account, *chunk),
             )
+            # The key as stored (PostgreSQL: NUL as U+FFFD) back to the caller's.
+            asked = {self._db.stored(k): k for k in chunk}
             for r in cur.fetchall():
-                out[r["msg_key"]] = _row(r)
+                out[asked[r["msg_key"]]] = _row(r)
         return out
 
     def intents(self, *, path: str | None = None, account: str | None = None) -> list[Intent]:
@@ -611,7 +656,17 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i:i + size]
 
 
-def _row(r: sqlite3.Row) -> JournalRow:
+def _hooks(crash_after: int | None) -> tuple[int | None, Path | None]:
+    """The test hooks the environment asks for (only with RETENTION_TEST_HOOKS=1)."""
+    hooks = _test_hooks_allowed()
+    if hooks and crash_after is None and os.environ.get(CRASH_ENV, "").strip():
+        crash_after = int(os.environ[CRASH_ENV])
+    step_log = (Path(os.environ[STEP_LOG_ENV])
+                if hooks and os.environ.get(STEP_LOG_ENV) else None)
+    return crash_after, step_log
+
+
+def _row(r: Any) -> JournalRow:
     created = _dt(r["created"])
     updated = _dt(r["updated"])
     assert created is not None and updated is not None

@@ -10,19 +10,24 @@ and its restores live together):
 * ``holds``: restored messages exempt from every rule until ``until`` (``restore_grace``):
   (account, folder, UIDVALIDITY, UID) and the Message-ID. The account pass reads the live
   ones and passes them to the planner in the snapshot (the planner stays pure).
+
+With ``state_url`` both tables are in the journal's PostgreSQL (``RestoreLog.open_url``),
+through the same storage interface as the journal (``retention.state.journaldb``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from retention.errors import JournalError
 from retention.state import sqlite
+from retention.state.journaldb import Cursor, Db, PostgresDb, SqliteDb, describe_error
 
 PLANNED, RESTORED, PRESENT, FAILED = "planned", "restored", "present", "failed"
 
@@ -77,23 +82,34 @@ def _iso(when: datetime) -> str:
 
 
 class RestoreLog:
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
-        self.path = path
+    def __init__(self, db: Db, path: Path | None) -> None:
+        self._db = db
+        self.path = path  # the SQLite file; None for PostgreSQL
+        self.where = db.where
 
     @classmethod
     def open(cls, journal_path: Path) -> RestoreLog:
         try:
             journal_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             conn = sqlite.connect(str(journal_path), _SCHEMA)
-            conn.row_factory = sqlite3.Row
         except sqlite3.Error as e:
             raise JournalError(f"journal {journal_path}: {e}") from None
-        return cls(conn, journal_path)
+        return cls(SqliteDb(conn, str(journal_path)), journal_path)
+
+    @classmethod
+    def open_url(cls, url: str) -> RestoreLog:
+        """The tables in the journal's PostgreSQL (created with the journal's)."""
+        from retention.state.leases import redacted_url
+
+        try:
+            return cls(PostgresDb(url), None)
+        except Exception as e:  # noqa: BLE001 - driver errors: only their first line
+            raise JournalError(f"journal {redacted_url(url)}: "
+                               f"{describe_error(e, url)}") from None
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+        with contextlib.suppress(*self._db.errors):
+            self._db.close()
 
     def __enter__(self) -> RestoreLog:
         return self
@@ -103,50 +119,60 @@ class RestoreLog:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
+        db = self._db
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            db.begin()
             try:
                 yield
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                db.rollback()
                 raise
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise JournalError(f"journal {self.path}: {e}") from None
+            db.commit()
+        except db.errors as e:
+            raise JournalError(f"journal {self.where}: {db.describe(e)}") from None
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except self._db.errors as e:
+            raise JournalError(f"journal {self.where}: {self._db.describe(e)}") from None
 
     def plan(self, restore_id: str, account: str, source_row: int, folder: str,
              message_id: str | None, digest: str | None, size: int) -> int:
         now = _iso(datetime.now(UTC))
         with self._tx():
-            cur = self._conn.execute(
+            row_id = self._db.insert(
                 "INSERT INTO restores (restore_id, account, source_row, folder, message_id,"
                 " sha256, size, state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (restore_id, account, source_row, folder, message_id, digest, size, PLANNED,
                  now, now),
             )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return row_id
 
     def finish(self, row_id: int, state: str, *, uidvalidity: int | None = None,
                uid: int | None = None, detail: str | None = None,
                hold: Hold | None = None) -> None:
         """Record the outcome (and the hold, in the same transaction)."""
         with self._tx():
-            self._conn.execute(
+            self._db.execute(
                 "UPDATE restores SET state=?, uidvalidity=?, uid=?, detail=?, updated=?"
                 " WHERE id=?",
                 (state, uidvalidity, uid, detail, _iso(datetime.now(UTC)), row_id),
             )
             if hold is not None:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO holds (account, folder, uidvalidity, uid,"
-                    " message_id, restored, until) VALUES (?,?,?,?,?,?,?)",
+                # An upsert (PostgreSQL has no INSERT OR REPLACE): the same row results.
+                self._db.execute(
+                    "INSERT INTO holds (account, folder, uidvalidity, uid,"
+                    " message_id, restored, until) VALUES (?,?,?,?,?,?,?)"
+                    " ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET"
+                    " message_id=excluded.message_id, restored=excluded.restored,"
+                    " until=excluded.until",
                     (hold.account, hold.folder, hold.uidvalidity, hold.uid, hold.message_id,
                      _iso(hold.restored), _iso(hold.until)),
                 )
 
     def restored_sources(self, account: str) -> set[int]:
-        cur = self._conn.execute(
+        cur = self._exec(
             "SELECT source_row FROM restores WHERE account=? AND state IN (?,?)",
             (account, RESTORED, PRESENT),
         )
@@ -157,11 +183,11 @@ class RestoreLog:
         if account is not None:
             sql += " WHERE account=?"
             params.append(account)
-        return [dict(r) for r in self._conn.execute(sql + " ORDER BY id", params)]
+        return [dict(r) for r in self._exec(sql + " ORDER BY id", params).fetchall()]
 
     def holds(self, account: str, now: datetime) -> list[Hold]:
         """The live exemptions of ``account`` (``until`` after ``now``)."""
-        cur = self._conn.execute(
+        cur = self._exec(
             "SELECT * FROM holds WHERE account=? AND until > ?", (account, _iso(now))
         )
         return [
@@ -171,8 +197,12 @@ class RestoreLog:
         ]
 
 
-def live_holds(journal_path: Path, account: str, now: datetime) -> list[Hold]:
+def live_holds(journal_path: Path, account: str, now: datetime,
+               state_url: str | None = None) -> list[Hold]:
     """The exemptions for a pass (none when the journal does not exist yet)."""
+    if state_url:
+        with RestoreLog.open_url(state_url) as log:
+            return log.holds(account, now)
     if not journal_path.exists():
         return []
     with RestoreLog.open(journal_path) as log:
