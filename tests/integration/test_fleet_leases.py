@@ -1,5 +1,6 @@
 """Leases on a real PostgreSQL, and two agents on overlapping shards against one
-PostgreSQL and one Dovecot: every mailbox is processed exactly once per sweep."""
+PostgreSQL and one Dovecot: every mailbox is processed exactly once per sweep, and the
+shared journal's history (either agent's ``retention history``) lists each removal once."""
 
 from __future__ import annotations
 
@@ -139,6 +140,21 @@ def test_two_agents_on_overlapping_shards_process_each_mailbox_once(
     for u in users:
         state = u.folder_state()
         assert len(state["INBOX"]) == 1, u.name
+    # One journal for both (state_url): either agent's history lists every mailbox's
+    # removals, each exactly once, whichever agent made them; none is in a state_dir.
+    histories = []
+    for pf in agents:
+        hist = pf.cli("history", "--format", "json", env=env)
+        assert hist.code == 0, hist.stderr
+        histories.append(json.loads(hist.stdout)["entries"])
+        assert not (pf.directory / pf.state_dir / "journal.sqlite3").exists()
+    assert histories[0] == histories[1]
+    entries = histories[0]
+    assert Counter(e["account"] for e in entries) == Counter({n: 3 for n in names})
+    assert len({(e["account"], e["folder"], e["uidvalidity"], e["uid"])
+                for e in entries}) == len(entries)
+    ran = {r["account"]: r["run_id"] for rep in reports for r in rep if r["status"] == "ok"}
+    assert {(e["account"], e["run_id"]) for e in entries} == set(ran.items())
     # A second sweep within once_within does nothing anywhere; done recently is no
     # failure, even without --skip-locked-ok.
     again = agents[0].cli("run", "--format", "json", "--shard", "0/1", env=env)
