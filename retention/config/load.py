@@ -480,6 +480,22 @@ def _command_warning(who: str, argv: Sequence[str] | None) -> list[str]:
             "(a name is looked up on PATH; the login will fail until it is there)"]
 
 
+def _shared_journal_warnings(config: Config) -> list[str]:
+    """File archives under a journal every replica shares (``state_url``)."""
+    out = []
+    for name, target in config.archives.items():
+        if target.type == "imap":
+            continue
+        note = ("with state_url the journal is shared, so keep the archive on a volume "
+                "every replica mounts: a copy only another replica can read is not trusted "
+                "by recovery (archived again) nor readable by restore")
+        if "{account}" not in target.path:
+            note += ("; and put {account} in path: one file name per account keeps "
+                     "replicas on separate volumes from sharing mbox intents")
+        out.append(f"archive {name}: {note}")
+    return out
+
+
 def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[str]:
     """Things ``check`` reports without failing: missing secrets, suspicious durations."""
     env = os.environ if env is None else env
@@ -487,6 +503,8 @@ def warnings(config: Config, *, env: Mapping[str, str] | None = None) -> list[st
     if config.state_url and ":" in config.state_url.partition("://")[2].rpartition("@")[0]:
         out.append("state_url carries a password: anyone who can read the policy file can "
                    "use it; set PGPASSWORD (or ~/.pgpass) and drop it from the URL")
+    if config.state_url:
+        out.extend(_shared_journal_warnings(config))
     for cname, cred in config.credentials.items():
         if not isinstance(cred, Credential):
             out.extend(oauth_warnings(f"credential {cname}", cred, env))

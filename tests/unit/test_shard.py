@@ -161,3 +161,18 @@ def test_a_password_in_state_url_is_warned_about(tmp_path) -> None:
     path = Path(_policy(tmp_path, 1))
     path.write_text(path.read_text() + "state_url: postgresql://u:pw@db/x\n")
     assert any("state_url carries a password" in w for w in warnings(load_config(path)))
+
+
+def test_file_archives_under_a_shared_journal_are_warned_about(tmp_path) -> None:
+    from retention.config.load import load_config, warnings
+
+    path = Path(_policy(tmp_path, 1))
+    text = path.read_text()
+    path.write_text(text + "state_url: postgresql://u@db/x\narchives:\n"
+                    "  flat: {type: mbox, path: '/srv/archive/{folder}.mbox'}\n"
+                    "  per: {type: maildir, path: '/srv/archive/{account}'}\n")
+    got = [w for w in warnings(load_config(path)) if w.startswith("archive ")]
+    assert len(got) == 2 and "put {account} in path" in got[0]
+    assert "{account} in path" not in got[1] and "every replica mounts" in got[1]
+    path.write_text(text + "archives:\n  flat: {type: mbox, path: '/srv/{folder}.mbox'}\n")
+    assert not [w for w in warnings(load_config(path)) if w.startswith("archive ")]
