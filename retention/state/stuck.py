@@ -20,17 +20,19 @@ Abandoning is a journal-only operation, so it can never lose mail:
   next writer of that file repairs under its locks (``archive.mbox``).
 
 It runs under the account's and the mailbox's locks, so it never races a pass that is
-acting on the account.
+acting on the account; with ``state_url`` (the journal in PostgreSQL, shared by every
+replica) under the mailbox's lease too, so no replica's pass acts on it meanwhile.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from retention.errors import ConfigError
+from retention.errors import AccountLocked, ConfigError
 from retention.state import StateDir
 from retention.state.journal import (
     ABANDONED,
@@ -125,10 +127,12 @@ def recover_command(config: Config, account: Account, *, abandon_rows: bool,
     """``retention recover``: (exit code, stdout, stderr). An unconfirmed ``--abandon``
     lists what it would abandon, changes nothing and exits 2. Raises ConfigError for a bad
     ``--row``, AccountLocked while a pass holds the account or its mailbox."""
-    state = StateDir(config.state_dir)
-    if not state.journal_path.exists():
+    state = StateDir(config.state_dir, config.state_url)
+    if not state.has_journal():
         return 0, _render([], fmt, done=False), ""
-    with state.lock(account.name, account.mailbox_identity()), state.journal() as journal:
+    mailbox = account.mailbox_identity()
+    with state.lock(account.name, mailbox), _lease(config, mailbox), \
+            state.journal() as journal:
         found = stuck(journal, account.name)
         if only:
             unknown = sorted(set(only) - {s.row.id for s in found})
@@ -144,6 +148,25 @@ def recover_command(config: Config, account: Account, *, abandon_rows: bool,
                 f"{len(found)} action(s)\n")
         abandon(journal, account.name, found)
         return 0, _render(found, fmt, done=True), ""
+
+
+@contextmanager
+def _lease(config: Config, mailbox: str) -> Iterator[None]:
+    """The mailbox's lease in the shared database (nothing without ``state_url``)."""
+    if not config.state_url:
+        yield
+        return
+    from retention.state.leases import LeaseStore, Refused, default_owner, held
+
+    store = LeaseStore.open(config.state_dir, config.state_url)
+    try:
+        with held(store, mailbox, default_owner(),
+                  ttl=config.leases.ttl.total_seconds()) as got:
+            if isinstance(got, Refused):
+                raise AccountLocked(f"another agent ({got.owner}) holds this mailbox's lease")
+            yield
+    finally:
+        store.close()
 
 
 def _render(found: Sequence[Stuck], fmt: str, *, done: bool) -> str:

@@ -296,3 +296,41 @@ def test_restore_from_another_replica_through_the_shared_journal(
         hist = json.loads(pf.cli("history", "--format", "json").stdout)["entries"]
         assert Counter(e["action"] for e in hist) == {"archive": 12, "restore": 12}
         assert not (pf.directory / pf.state_dir / "journal.sqlite3").exists()
+
+
+def test_recover_lists_and_abandons_rows_of_the_shared_journal(
+        tmp_path: Path, make_user: Any, postgres: Postgres,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``retention recover`` on a replica that never ran the account: the stuck rows are
+    the shared journal's; it waits for no local file, and a pass's lease elsewhere stops it."""
+    from retention.state.leases import Lease, LeaseStore
+    from tests.integration.helpers import PolicyFile
+
+    monkeypatch.setenv("PGPASSWORD", postgres.superuser_password)
+    url = fresh_database(postgres, "recover_replicas")
+    pf = PolicyFile(tmp_path, {"p": {"rules": [{"name": "old", "older_than": "30d",
+                                                "action": "delete"}]}},
+                    extra={"state_url": url})
+    pf.env["PGPASSWORD"] = postgres.superuser_password
+    name = pf.add_imap(make_user())
+    with Journal.open_url(url) as j:  # what another replica's killed pass left
+        [rid] = j.add_planned("run-elsewhere", name, [NewRow(_action(5))])
+    listed = pf.cli("recover", "--account", name, "--format", "json")
+    assert listed.code == 0, listed
+    assert [r["id"] for r in json.loads(listed.stdout)["open"]] == [rid]
+
+    mailbox = pf.load().accounts[0].mailbox_identity()
+    store = LeaseStore.open(tmp_path, url)
+    try:
+        lease = store.acquire(mailbox, "a-pass-on-another-pod", ttl=600)
+        assert isinstance(lease, Lease)
+        busy = pf.cli("recover", "--account", name, "--abandon", "--yes")
+        assert busy.code == 1 and "lease" in busy.stderr, busy
+        assert store.release(lease, done=False)
+    finally:
+        store.close()
+    gave_up = pf.cli("recover", "--account", name, "--abandon", "--yes", "--format", "json")
+    assert gave_up.code == 0, gave_up
+    hist_out = json.loads(pf.cli("history", "--format", "json").stdout)["entries"]
+    assert [(e["action"], e["run_id"]) for e in hist_out] == [("abandoned", "run-elsewhere")]
+    assert not (pf.directory / pf.state_dir / "journal.sqlite3").exists()
