@@ -298,7 +298,31 @@ def _session(fairy: Any) -> Any:
     return conn
 
 
+def _found_version(conn: Any) -> int:
+    if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.journal_schema",)
+                    ).fetchone()[0] is None:
+        return 0
+    row = conn.execute("SELECT max(version) FROM journal_schema").fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
 def _apply_schema(conn: Any) -> None:
+    # A journal already at this version is only read: CREATE ... IF NOT EXISTS needs the
+    # CREATE privilege even when nothing is created, and a role that may only read (an
+    # auditor's `retention history`) must still open it.
+    found = _found_version(conn)
+    if found > PG_SCHEMA_VERSION:
+        raise NewerSchema(found)
+    if found < PG_SCHEMA_VERSION:
+        _create_schema(conn)
+    fsync = conn.execute("SHOW fsync").fetchone()
+    if fsync and str(fsync[0]).lower() == "off":
+        _log.warning("event=journal_not_durable reason=%r",
+                     "the PostgreSQL server runs with fsync=off: a server crash can lose "
+                     "journal commits")
+
+
+def _create_schema(conn: Any) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         # CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege even when the schema
@@ -318,11 +342,6 @@ def _apply_schema(conn: Any) -> None:
             conn.execute("DELETE FROM journal_schema")
             conn.execute("INSERT INTO journal_schema (version) VALUES (%s)",
                          (PG_SCHEMA_VERSION,))
-    fsync = conn.execute("SHOW fsync").fetchone()
-    if fsync and str(fsync[0]).lower() == "off":
-        _log.warning("event=journal_not_durable reason=%r",
-                     "the PostgreSQL server runs with fsync=off: a server crash can lose "
-                     "journal commits")
 
 
 class PostgresDb:

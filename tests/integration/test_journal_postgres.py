@@ -334,3 +334,29 @@ def test_recover_lists_and_abandons_rows_of_the_shared_journal(
     hist_out = json.loads(pf.cli("history", "--format", "json").stdout)["entries"]
     assert [(e["action"], e["run_id"]) for e in hist_out] == [("abandoned", "run-elsewhere")]
     assert not (pf.directory / pf.state_dir / "journal.sqlite3").exists()
+
+
+def test_a_role_that_may_only_read_gets_the_history(tmp_path: Path, postgres: Postgres,
+                                                    pg_journal_url: str) -> None:
+    """An auditor's role with SELECT only: opening the journal creates nothing, so it works
+    (CREATE ... IF NOT EXISTS would need the CREATE privilege even when nothing is made)."""
+    with Journal.open_url(pg_journal_url, now=Clockwork()) as j:
+        _fill(j)
+    with Journal.open_url(pg_journal_url) as j:
+        j._conn.execute(f"GRANT CONNECT ON DATABASE journal_tests TO {postgres.reader}")
+        j._conn.execute(f"GRANT USAGE ON SCHEMA retention_journal TO {postgres.reader}")
+        j._conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA retention_journal"
+                        f" TO {postgres.reader}")
+    dispose_engines()
+
+    class Auditor:
+        state_dir = tmp_path / "auditor"
+        state_url = (f"postgresql://{postgres.reader}:{postgres.reader_password}"
+                     f"@127.0.0.1:{postgres.port}/journal_tests")
+
+    out = json.loads(hist.history(Auditor(), fmt="json"))
+    assert [e["action"] for e in out["entries"]] == ["archive", "trash", "delete"]
+    with Journal.open_url(Auditor.state_url) as j, pytest.raises(JournalError) as denied:
+        j.add_planned("r9", "mallory", [NewRow(_action(9))])
+    assert "permission denied" in str(denied.value)
+    assert postgres.reader_password not in str(denied.value)
