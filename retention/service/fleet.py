@@ -86,6 +86,14 @@ class FleetIndex:
             sweep = self.sweeps[schedule] = _Sweep()
         sweep.period = period
 
+    def constants(self, name: str) -> tuple[float | None, float | None]:
+        """(warn level, schedule period) of an owned account; (None, None) otherwise."""
+        m = self.members.get(name)
+        if m is None:
+            return None, None
+        sweep = self.sweeps.get(m.schedule)
+        return m.warn, sweep.period if sweep is not None else None
+
     def forget(self, name: str) -> None:
         m = self.members.pop(name, None)
         if m is None:

@@ -78,12 +78,12 @@ class _Account:
     messages: int | None = None
     fit: Fit | None = None
     fit_limit: int | None = None
-    warn_ratio: float | None = None
-    period: float | None = None
     last_run: float | None = None
     last_success: float | None = None
     short_by: int | None = None
-    # Plain dicts, not Counters: a million accounts are a million of these (C-fast to make).
+    # Plain dicts, not Counters. Made only for an account that has been observed: the
+    # policy's constants (warn level, schedule period) live in the FleetIndex member, so
+    # adopting a million-account policy makes no _Account at all.
     actions: dict[tuple[str, str], int] = field(default_factory=dict)
     freed: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
@@ -93,6 +93,9 @@ class _Account:
 
     def count_error(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+_UNOBSERVED = _Account()  # read-only stand-in for an owned account with no result yet
 
 
 # Prometheus' and Alertmanager's names for the same facts. The old name stays for one
@@ -142,7 +145,7 @@ class ServiceCollector:
 
     def selected(self) -> list[str] | None:
         """Names that get per-account series (None: all of them). Under the lock."""
-        k = parse_account_metrics(self.account_metrics, len(self.accounts))
+        k = parse_account_metrics(self.account_metrics, len(self.fleet.members))
         if k is None:
             return None
         if k == 0:
@@ -151,6 +154,10 @@ class ServiceCollector:
         seen = set(chosen)
         chosen.extend(n for n in self.fleet.in_error(ERRORS_PER_K * k) if n not in seen)
         return chosen
+
+    def _snapshot(self, name: str, now: float) -> _Snap:
+        warn, period = self.fleet.constants(name)
+        return _snapshot(self.accounts.get(name, _UNOBSERVED), now, warn, period)
 
     def label_of(self, name: str) -> str:
         """The ``account`` label value of ``name`` (its hash under ``account_label: hash``)."""
@@ -182,13 +189,14 @@ class ServiceCollector:
         now = self.clock()
         with self.lock:
             names = self.selected() if self.label != "none" else None
+            owned = self.fleet.members
             if names is None:
-                rows = [(self._label(n), _snapshot(a, now)) for n, a in self.accounts.items()]
-            else:
-                rows = [(self._label(n), _snapshot(self.accounts[n], now)) for n in names
-                        if n in self.accounts]
+                names = list(owned)
+                names.extend(n for n in self.accounts if n not in owned)
+            rows = [(self._label(n), self._snapshot(n, now)) for n in names
+                    if n in owned or n in self.accounts]
             reload_ok, reload_ok_at = self.reload_ok, self.reload_ok_at
-            total = len(self.accounts)
+            total = len(owned)
             fleet = list(self.fleet.families(now))
         per_account = self.label != "none"
         acct = ["account"] if per_account else []
@@ -247,7 +255,7 @@ class _Snap:
     counters: dict[str, Mapping[tuple[str, ...], float]]
 
 
-def _snapshot(a: _Account, now: float) -> _Snap:
+def _snapshot(a: _Account, now: float, warn: float | None, period: float | None) -> _Snap:
     full = None
     if a.fit is not None and a.fit_limit:
         at = a.fit.origin.timestamp()
@@ -260,8 +268,8 @@ def _snapshot(a: _Account, now: float) -> _Snap:
             "retention_mailbox_limit_bytes": a.limit,
             "retention_mailbox_messages": a.messages,
             "retention_mailbox_full_seconds": full,
-            "retention_mailbox_warn_ratio": a.warn_ratio,
-            "retention_schedule_period_seconds": a.period,
+            "retention_mailbox_warn_ratio": warn,
+            "retention_schedule_period_seconds": period,
             "retention_last_run_timestamp_seconds": a.last_run,
             "retention_last_success_timestamp_seconds": a.last_success,
             "retention_short_by_bytes": a.short_by,
@@ -345,7 +353,8 @@ class Metrics:
             registry=registry,
         )
 
-    def _account(self, name: str) -> _Account:
+    def account_state(self, name: str) -> _Account:
+        """The observed state of ``name``, made on first use (under the lock)."""
         a = self.collector.accounts.get(name)
         if a is None:
             a = self.collector.accounts[name] = _Account()
@@ -364,16 +373,15 @@ class Metrics:
             names = set()
             for account in config.accounts if accounts is None else accounts:
                 names.add(account.name)
-                a = self._account(account.name)
                 quota = config.policy_of(account).quota
-                a.warn_ratio = quota.warn_above
                 schedule = config.schedule_of(account)
                 period = periods.get(schedule)
-                a.period = period if period is not None and period != float("inf") else None
-                self.fleet.set_account(account.name, schedule=schedule, period=a.period,
-                                       warn=quota.warn_above, clean=quota.clean_above)
-            for gone in set(self.collector.accounts) - names:
-                del self.collector.accounts[gone]
+                self.fleet.set_account(
+                    account.name, schedule=schedule,
+                    period=period if period is not None and period != float("inf") else None,
+                    warn=quota.warn_above, clean=quota.clean_above)
+            for gone in (set(self.collector.accounts) | set(self.fleet.members)) - names:
+                self.collector.accounts.pop(gone, None)
                 self.fleet.forget(gone)
             self.fleet.prune_schedules(periods)
 
@@ -390,7 +398,7 @@ class Metrics:
 
     def observe_measurement(self, result: AccountResult) -> None:
         with self.collector.lock:
-            a = self._account(result.account)
+            a = self.account_state(result.account)
             if result.status == "error":
                 a.count_error(error_reason(result.error_kind))
                 self.fleet.set_error(result.account, error_reason(result.error_kind))
@@ -409,7 +417,7 @@ class Metrics:
         for notice in result.notices:
             self.notices.labels(notice.kind, notice.status).inc()
         with self.collector.lock:
-            a = self._account(result.account)
+            a = self.account_state(result.account)
             if result.status == "skipped":  # another agent held it, or did it recently
                 reason = result.skip_reason or "locked"
                 a.skipped[reason] = a.skipped.get(reason, 0) + 1
@@ -443,14 +451,14 @@ class Metrics:
     def observe_skip(self, account: str, schedule: str | None = None) -> None:
         """A tick found the account still in flight: nothing ran (nor is it due this sweep)."""
         with self.collector.lock:
-            skipped = self._account(account).skipped
+            skipped = self.account_state(account).skipped
             skipped["busy"] = skipped.get("busy", 0) + 1
             if schedule is not None:
                 self.fleet.not_due(schedule)
 
     def set_forecast(self, account: str, fit: Fit | None, limit: int | None) -> None:
         with self.collector.lock:
-            a = self._account(account)
+            a = self.account_state(account)
             a.fit, a.fit_limit = fit, limit
 
 

@@ -146,9 +146,9 @@ def _carry(metrics: Metrics, accounts: Sequence[Account], previous: Samples) -> 
     with collector.lock:
         for account in accounts:
             label = collector.label_of(account.name)
-            a = collector.accounts.get(account.name)
-            if a is None:
+            if account.name not in collector.fleet.members:
                 continue
+            a = metrics.account_state(account.name)
             for _, value in success.get(label, []):
                 a.last_success = value
                 metrics.fleet.succeeded(account.name, value)
