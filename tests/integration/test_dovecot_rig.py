@@ -9,6 +9,7 @@ import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from imapclient import IMAPClient
@@ -151,7 +152,18 @@ def test_japanese_trash_folder(dovecot_factory: Callable[..., Dovecot]) -> None:
     }
 
 
-def test_seed_20000_messages_quickly(mail_user: MailUser, imap: IMAPClient) -> None:
+def fetch_all(imap: IMAPClient, items: list[str]) -> dict[int, dict[bytes, Any]]:
+    """Every message of the selected folder. imapclient 4 keeps only the ids it was given
+    (a range such as "1:*" is refused), so the UIDs are searched first, then fetched in
+    batches short enough for any server's command-line limit."""
+    uids = imap.search("ALL")
+    fetched: dict[int, dict[bytes, Any]] = {}
+    for start in range(0, len(uids), 2000):
+        fetched.update(imap.fetch(uids[start:start + 2000], items))
+    return fetched
+
+
+def test_seed_20000_messages(mail_user: MailUser, imap: IMAPClient) -> None:
     messages = [
         SeedMessage(
             received=T0 + timedelta(minutes=7 * i),
@@ -160,13 +172,10 @@ def test_seed_20000_messages_quickly(mail_user: MailUser, imap: IMAPClient) -> N
         )
         for i in range(20_000)
     ]
-    started = time.monotonic()
-    raws = mail_user.seed("Archive/2021", messages)
-    elapsed = time.monotonic() - started
-    assert elapsed < 15, f"seeding 20k messages took {elapsed:.1f}s"
+    raws = mail_user.seed("Archive/2021", messages)  # its speed: bench/, never a test
 
     imap.select_folder("Archive/2021", readonly=True)
-    fetched = imap.fetch("1:*", ["INTERNALDATE", "FLAGS", "RFC822.SIZE"])
+    fetched = fetch_all(imap, ["INTERNALDATE", "FLAGS", "RFC822.SIZE"])
     assert len(fetched) == 20_000
     for index, uid in enumerate(sorted(fetched)):  # UIDs follow the seeding order
         data, msg = fetched[uid], messages[index]
@@ -196,7 +205,7 @@ def test_seed_message_variants(mail_user: MailUser, imap: IMAPClient) -> None:
     assert all(b"\n" not in r.replace(b"\r\n", b"") for r in raws)
 
     imap.select_folder("INBOX", readonly=True)
-    fetched = imap.fetch("1:*", ["BODY.PEEK[]", "INTERNALDATE", "FLAGS"])
+    fetched = fetch_all(imap, ["BODY.PEEK[]", "INTERNALDATE", "FLAGS"])
     bodies = [fetched[uid][b"BODY[]"] for uid in sorted(fetched)]
     assert bodies == raws
     third = fetched[sorted(fetched)[2]]
