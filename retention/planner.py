@@ -240,6 +240,15 @@ _Why = tuple[KeptReason, str | None]
 _NO_RULE: _Why = (KeptReason.NO_RULE, None)
 
 
+class _Whys(dict[_Why, _Why]):
+    """One shared ``_Why`` per (reason, rule): a million protected messages then hold a
+    million references to a handful of tuples, not a million tuples (56 B each)."""
+
+    def of(self, reason: KeptReason, rule: str | None) -> _Why:
+        key = (reason, rule)
+        return self.setdefault(key, key)
+
+
 def _matches(r: _Rule, m: Message, now: datetime) -> bool:
     """Whether every condition of ``r`` other than its folders holds for ``m``."""
     rule = r.rule
@@ -417,6 +426,7 @@ def _always_phase(
     open_: list[Message] = []
     why_open: list[_Why] = []
     failed: list[Action] = []
+    whys = _Whys()
     keep_within = policy.keep_within
     exempt = dict(snapshot.exempt)
     for m in snapshot.messages():
@@ -445,7 +455,7 @@ def _always_phase(
             kept = KeptReason.IN_TARGET
         if kept is not None:
             open_.append(m)  # kept by this rule; an over-quota rule may still take it
-            why_open.append((kept, r.name))
+            why_open.append(whys.of(kept, r.name))
         elif r.failure is not None:
             failed.append(_action(r, m, _reason(r, m)))
         else:
@@ -814,6 +824,7 @@ def _keep_open(
     taken = {id(a.message) for a in actions if a.over_quota}
     removed_ids = {a.message.global_id for a in actions if a.message.global_id is not None}
     groups: dict[_Why, list[Message]] = {}  # counted by group: see _Tally.bulk
+    whys = _Whys()
     for m, why in zip(open_, why_open, strict=True):
         if taken and id(m) in taken:
             continue
@@ -823,9 +834,9 @@ def _keep_open(
         elif why is _NO_RULE and over:  # an over-quota rule may match: protected, or unneeded
             r = _hit(over, m, now)
             if r is not None:
-                why = (_protected_reason(m, r.protect) or (
+                why = whys.of(_protected_reason(m, r.protect) or (
                     KeptReason.NOT_OWN if m.ref.folder in foreign else KeptReason.NOT_NEEDED),
-                       r.name)
+                              r.name)
         group = groups.get(why)
         if group is None:
             groups[why] = group = []
