@@ -178,9 +178,9 @@ class _Tally:
         self.listed: list[Kept] | None = [] if listing else None
 
     def add(self, m: Message, reason: KeptReason, rule: str | None = None) -> None:
-        c = self.counts.get((m.ref.folder, reason))
+        c = self.counts.get((m.folder, reason))
         if c is None:
-            self.counts[(m.ref.folder, reason)] = [1, m.size]
+            self.counts[(m.folder, reason)] = [1, m.size]
         else:
             c[0] += 1
             c[1] += m.size
@@ -196,7 +196,7 @@ class _Tally:
         folder: str | None = None
         n = size = 0
         for m in messages:
-            f = m.ref.folder
+            f = m.folder
             if f != folder:
                 if folder is not None:
                     c = counts.setdefault((folder, reason), [0, 0])
@@ -231,7 +231,7 @@ class _Tally:
             return None
         order = {f: i for i, f in enumerate(folder_order)}
         reasons = {r: i for i, r in enumerate(KeptReason)}
-        return tuple(sorted(self.listed, key=lambda k: (order.get(k.message.ref.folder, -1),
+        return tuple(sorted(self.listed, key=lambda k: (order.get(k.message.folder, -1),
                                                         reasons[k.reason])))
 
 
@@ -301,7 +301,7 @@ def _matcher(r: _Rule, now: datetime) -> Callable[[Message], bool]:
 
 def _hit(rules: Sequence[_Rule], m: Message, now: datetime) -> _Rule | None:
     """The first of ``rules`` that decides ``m`` (``_first`` without the reason)."""
-    folder = m.ref.folder
+    folder = m.folder
     for r in rules:
         if folder in r.folders and _matches(r, m, now):
             return r
@@ -372,7 +372,7 @@ def exemption(m: Message, exempt: Mapping[str, str]) -> str | None:
     """Why ``m`` is exempt from every rule (restored mail), or None."""
     if not exempt:
         return None
-    why = exempt.get(exempt_key(m.ref.folder, m.ref.uidvalidity, m.ref.uid))
+    why = exempt.get(exempt_key(m.folder, m.uidvalidity, m.uid))
     if why is None and m.message_id:
         why = exempt.get("mid:" + m.message_id)
     return why
@@ -442,7 +442,7 @@ def _always_phase(
                 exempted.append((m, why))  # never planned, over quota included
                 tally.add(m, KeptReason.RESTORED)
                 continue
-        folder = m.ref.folder
+        folder = m.folder
         for r, test in always:  # the first rule that decides m (``_hit``); r is read after
             if folder in r.folders and test(m):
                 break
@@ -451,7 +451,7 @@ def _always_phase(
             why_open.append(_NO_RULE)
             continue
         kept = _protected_reason(m, r.protect) if r.protect else None
-        if kept is None and m.ref.folder == r.to_folder:
+        if kept is None and m.folder == r.to_folder:
             kept = KeptReason.IN_TARGET
         if kept is not None:
             open_.append(m)  # kept by this rule; an over-quota rule may still take it
@@ -484,7 +484,7 @@ def _one_per_message(
         gid = m.global_id
         if gid is not None and gid not in kept_ids:
             have = best.get(gid)
-            if have is None or counts.get(m.ref.folder, 0) > counts.get(have[1].ref.folder, 0):
+            if have is None or counts.get(m.folder, 0) > counts.get(have[1].folder, 0):
                 best[gid] = (r, m)
     out: list[_Hit] = []
     back: list[Message] = []
@@ -534,17 +534,17 @@ def _empty_folder_rail(
     Checked per folder over all rules together (two rules emptying a folder between them
     trip it too); every rule involved that does not allow emptying loses its actions there.
     """
-    per_folder = Counter(m.ref.folder for _, m in hits)
+    per_folder = Counter(m.folder for _, m in hits)
     emptied = {f for f, n in per_folder.items() if n >= counts.get(f, 0)}
     if not emptied:
         return hits, []
     doomed = Counter(
-        (r.name, m.ref.folder) for r, m in hits
-        if m.ref.folder in emptied and not r.allow_empty
+        (r.name, m.folder) for r, m in hits
+        if m.folder in emptied and not r.allow_empty
     )
-    kept = [(r, m) for r, m in hits if (r.name, m.ref.folder) not in doomed]
+    kept = [(r, m) for r, m in hits if (r.name, m.folder) not in doomed]
     for r, m in hits:
-        if (r.name, m.ref.folder) in doomed:
+        if (r.name, m.folder) in doomed:
             tally.add(m, KeptReason.EMPTY_FOLDER, r.name)
     dropped = [
         Dropped(rule, folder, n, f"would remove every message of {folder}; "
@@ -590,7 +590,7 @@ def _over_quota_phase(
         t = _time(m, r.clock) or now  # unknown counts as now: youngest
         # POP3 has no UIDs: ties (all first seen on the same run) go by position, i.e. the
         # server's message order, which is arrival order; UIDLs are opaque and unordered.
-        key = (r.index, t, m.ref.folder, m.ref.uid or 0, position)
+        key = (r.index, t, m.folder, m.uid or 0, position)
         chosen.append((key, r, m))
     chosen.sort(key=lambda c: c[0])
     rail: Counter[tuple[str, str]] = Counter()
@@ -612,7 +612,7 @@ def _over_quota_phase(
                 overrides[id(m)] = (KeptReason.LABEL_COPY, r.name)
                 continue
             taken.add(m.global_id)
-        folder = m.ref.folder
+        folder = m.folder
         rf = (r.name, folder)
         if rf in banned:
             rail[rf] += 1
@@ -623,10 +623,10 @@ def _over_quota_phase(
             # (README "Quota"), and what they would have freed is wanted again from other
             # rules.
             mine = [a for a in state.actions
-                    if a.over_quota and a.rule == r.name and a.message.ref.folder == folder]
+                    if a.over_quota and a.rule == r.name and a.message.folder == folder]
             state.actions[:] = [a for a in state.actions if a not in mine]
             for gone in (*(a.message for a in mine), m,
-                         *(h[2] for h in held if (h[1].name, h[2].ref.folder) == rf)):
+                         *(h[2] for h in held if (h[1].name, h[2].folder) == rf)):
                 overrides[id(gone)] = (KeptReason.EMPTY_FOLDER, r.name)
             back = sum(a.message.size for a in mine)
             projected += back
@@ -639,13 +639,13 @@ def _over_quota_phase(
             if mine and held:
                 # The cap room given back goes to the candidates it had deferred, in their
                 # order (they come before the rest: the list is sorted).
-                redo = [h for h in held if (h[1].name, h[2].ref.folder) not in banned]
+                redo = [h for h in held if (h[1].name, h[2].folder) not in banned]
                 held = []
                 for _, hr, hm in redo:
                     overrides.pop(id(hm), None)
                     wanted += hm.size
                     state.deferred -= 1
-                    deferred[(hr.name, hm.ref.folder)].remove(hm.size)
+                    deferred[(hr.name, hm.folder)].remove(hm.size)
                     if hm.global_id is not None:
                         taken.discard(hm.global_id)  # considered again, as itself
                 todo = redo + todo[i:]
@@ -708,7 +708,7 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime, *,
             tally.add(m, KeptReason.CAPPED, r.name)
     state = _State(
         actions=actions,
-        removed=Counter(a.message.ref.folder for a in actions),
+        removed=Counter(a.message.folder for a in actions),
         counts=counts, cap_left=max(0, cap - len(hits)),
         deferred=max(0, len(hits) - cap),
     )
@@ -716,7 +716,7 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime, *,
     limit = snapshot.usage.limit_bytes or quota.limit
     foreign = {f.name for f in snapshot.folders if not f.info.namespace.own}
     projected = usage - sum(a.freed_bytes for a in state.actions
-                            if a.message.ref.folder not in foreign)
+                            if a.message.folder not in foreign)
     # What the scan left out (unreadable metadata: kept, never acted on) is reported.
     warnings: list[str] = [f"folder {f.name}: {w}" for f in snapshot.folders for w in f.warnings]
     warnings += label_notes
@@ -740,7 +740,7 @@ def plan(policy: Policy, snapshot: Snapshot, now: datetime, *,
         target = math.floor(Fraction(repr(quota.clean_to)) * limit)
         headline = f"over quota {_percent(usage, limit, quota.clean_above)}"
         projected, more = _over_quota_phase(
-            rules, [m for m in open_ if m.ref.folder not in foreign], state, projected,
+            rules, [m for m in open_ if m.folder not in foreign], state, projected,
             target, headline, now, overrides)
         dropped += more
         short_by = max(0, projected - target)
@@ -835,7 +835,7 @@ def _keep_open(
             r = _hit(over, m, now)
             if r is not None:
                 why = whys.of(_protected_reason(m, r.protect) or (
-                    KeptReason.NOT_OWN if m.ref.folder in foreign else KeptReason.NOT_NEEDED),
+                    KeptReason.NOT_OWN if m.folder in foreign else KeptReason.NOT_NEEDED),
                               r.name)
         group = groups.get(why)
         if group is None:
@@ -880,7 +880,7 @@ def _why_kept(
         words = protected_by(m, r.protect)
         if words:
             return r.name, None, f"protected ({', '.join(words)}) under rule {r.name}"
-        if m.ref.folder == r.to_folder:
+        if m.folder == r.to_folder:
             return r.name, None, f"already in {r.to_folder}"
         if r.failure is not None:
             return r.name, None, r.failure

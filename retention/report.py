@@ -25,10 +25,10 @@ def _iso(dt: datetime | None) -> str | None:
 
 def _message_dict(m: Message) -> dict[str, Any]:
     return {
-        "folder": m.ref.folder,
-        "uid": m.ref.uid,
-        "uidvalidity": m.ref.uidvalidity if m.ref.uid is not None else None,
-        "uidl": m.ref.uidl,
+        "folder": m.folder,
+        "uid": m.uid,
+        "uidvalidity": m.uidvalidity if m.uid is not None else None,
+        "uidl": m.uidl,
         "message_id": m.message_id,
         "internal_date": _iso(m.received),
         "size": m.size,
@@ -105,7 +105,7 @@ def account_dict(acct: AccountResult) -> dict[str, Any]:
         "totals": totals(r.action for r in done),
         # Kept although a rule might take them: restored mail within restore_grace.
         "exempted": [
-            {"folder": m.ref.folder, "uid": m.ref.uid, "message_id": m.message_id,
+            {"folder": m.folder, "uid": m.uid, "message_id": m.message_id,
              "size": m.size, "reason": why}
             for m, why in (plan.exempted if plan else ())
         ],
@@ -144,6 +144,13 @@ def _pct(used: int | None, limit: int | None) -> str:
     if used is None or not limit:
         return "-"
     return f"{100 * used / limit:.1f}%"
+
+
+def _minute(when: datetime) -> str:
+    """``%Y-%m-%d %H:%M`` of ``when``, by ``isoformat`` (strftime costs several times more
+    and a report can have 10,000 rows); strftime for years before 1000, which it does not
+    pad to four digits."""
+    return when.isoformat(" ", "minutes")[:16] if when.year >= 1000 else f"{when:%Y-%m-%d %H:%M}"
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -187,13 +194,10 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
         lines.append(f"   warning: {w}")
     if acct.results:
         rows = [["RESULT", "ACTION", "FOLDER", "ID", "RECEIVED", "SIZE", "RULE", "REASON"]]
-        # strftime once per distinct time (a scan shares runs of equal dates); keyed with the
-        # zone too, since equal instants in two zones print differently.
-        when: dict[tuple[datetime, Any], str] = {}
         for r in acct.results:
             a = r.action
             m = a.message
-            ident = str(m.ref.uid) if m.ref.uid is not None else (m.ref.uidl or "")
+            ident = str(m.uid) if m.uid is not None else (m.uidl or "")
             act = a.kind.value
             if a.to_folder:
                 act += f" -> {a.to_folder}"
@@ -204,10 +208,9 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
                 [
                     r.result,
                     act,
-                    m.ref.folder,
+                    m.folder,
                     ident,
-                    when.get((m.received, m.received.tzinfo)) or when.setdefault(
-                        (m.received, m.received.tzinfo), f"{m.received:%Y-%m-%d %H:%M}"),
+                    _minute(m.received),
                     human_size(m.size),
                     a.rule,
                     reason,
@@ -224,7 +227,7 @@ def _account_text(acct: AccountResult, dry_run: bool) -> list[str]:
     if plan:
         lines.extend(_kept_text(plan))
     for m, why in plan.exempted if plan else ():
-        lines.append(f"   kept {m.ref.folder} UID {m.ref.uid}: {why}")
+        lines.append(f"   kept {m.folder} UID {m.uid}: {why}")
     for n in acct.notices:
         how = f" by {n.channel}" if n.channel else ""
         lines.append(f"   notice {n.kind}: {n.status.replace('_', ' ')}{how}"
@@ -249,8 +252,8 @@ def _kept_text(plan: Plan) -> list[str]:
         rows = [["KEPT", "FOLDER", "ID", "RECEIVED", "SIZE", "RULE", "REASON"]]
         for k in plan.kept_messages:
             m = k.message
-            ident = str(m.ref.uid) if m.ref.uid is not None else (m.ref.uidl or "")
-            rows.append(["kept", m.ref.folder, ident, f"{m.received:%Y-%m-%d %H:%M}",
+            ident = str(m.uid) if m.uid is not None else (m.uidl or "")
+            rows.append(["kept", m.folder, ident, _minute(m.received),
                          human_size(m.size), k.rule or "-", k.reason.text])
         lines.extend("   " + row for row in _table(rows))
     return lines

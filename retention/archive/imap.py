@@ -97,7 +97,7 @@ class ImapWriter:
 
     def folder_for(self, item: Item) -> str:
         m = item.action.message
-        return expand(self.target.folder, account=self.account, folder=m.ref.folder,
+        return expand(self.target.folder, account=self.account, folder=m.folder,
                       received=m.received, filesystem=False)
 
     def place(self, items: Sequence[Item]) -> Batch:
@@ -192,7 +192,7 @@ class ImapWriter:
         if info is None:
             return []
         snap = s.scan(info, with_sent=False)
-        return [m.ref.uid for m in snap.messages if m.size == size and m.ref.uid is not None]
+        return [m.uid for m in snap.messages if m.size == size and m.uid is not None]
 
     def release(self, batch: Batch) -> None:
         return None

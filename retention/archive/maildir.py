@@ -75,11 +75,11 @@ class MaildirWriter:
 
     def maildir_for(self, item: Item) -> Path:
         m = item.action.message
-        base = expand(self.target.path, account=self.account, folder=m.ref.folder,
+        base = expand(self.target.path, account=self.account, folder=m.folder,
                       received=m.received, maildir=True)
         if "{folder}" in self.target.path:
             return Path(base)
-        return Path(base) / fs_folder(m.ref.folder, maildir=True)
+        return Path(base) / fs_folder(m.folder, maildir=True)
 
     def place(self, items: Sequence[Item]) -> Batch:
         placed: list[Placed] = []

@@ -261,7 +261,7 @@ class MboxWriter:
 
     def path_for(self, item: Item) -> str:
         m = item.action.message
-        path = expand(self.target.path, account=self.account, folder=m.ref.folder,
+        path = expand(self.target.path, account=self.account, folder=m.folder,
                       received=m.received)
         suffix = _SUFFIX[self.target.compress]
         path = path if not suffix or path.endswith(suffix) else path + suffix

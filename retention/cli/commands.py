@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retention.cli.common import emit, select, sharded, when, with_once_within
+from retention.cli.common import (
+    emit,
+    freeze_startup,
+    select,
+    sharded,
+    when,
+    with_once_within,
+)
 from retention.cli.parser import verbosity
 from retention.config.schema import Account, Config
 from retention.errors import ConfigError, ExitCode
@@ -45,6 +52,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     progress = _progress(len(accounts), args)
     # Only the JSON report shows Message-IDs; a pass that acts reads them anyway (journal).
     ids = args.format == "json"
+    freeze_startup()
 
     def one(a: Account) -> AccountResult:
         return _logged(run_account(config, a, dry_run=args.dry_run, now=now,
@@ -112,6 +120,7 @@ def cmd_usage(config: Config, args: argparse.Namespace) -> int:
     accounts = sharded(select(config, args.account), args)
     jobs, per_host = _jobs(config, args)
     progress = _progress(len(accounts), args)
+    freeze_startup()
     try:
         shared: Any = open_observations(config)  # one store for all: see measure_account
     except RetentionError:

@@ -153,7 +153,7 @@ def summarise(results: Iterable[ActionResult], outcomes: Sequence[str]) -> list[
         if r.result not in outcomes or kind not in SUMMARISED:
             continue
         count, size, folders = acc.get((r.action.rule, kind), (0, 0, set()))
-        folders.add(r.action.message.ref.folder)
+        folders.add(r.action.message.folder)
         acc[(r.action.rule, kind)] = (count + 1, size + r.action.message.size, folders)
     return [Line(rule, kind, c, s, tuple(sorted(f))) for (rule, kind), (c, s, f)
             in sorted(acc.items())]

@@ -128,7 +128,7 @@ def by_folder_and_rule(acct: AccountResult) -> list[tuple[str, str, int, int]]:
     for r in acct.results:
         if r.result not in ("planned", "done"):
             continue
-        key = (r.action.message.ref.folder, r.action.rule)
+        key = (r.action.message.folder, r.action.rule)
         t = acc.setdefault(key, [0, 0])
         t[0] += 1
         t[1] += r.action.message.size
@@ -169,9 +169,9 @@ def _table(acct: AccountResult) -> str:
         a, m = r.action, r.action.message
         act = a.kind.value + (f" → {a.to_folder}" if a.to_folder else
                               f" → {a.archive}" if a.archive else "")
-        ident = m.ref.uid if m.ref.uid is not None else (m.ref.uidl or "")
-        cells = [(r.result, r.result), (act, act), (m.ref.folder, m.ref.folder),
-                 (ident, ident if m.ref.uid is not None else 0),
+        ident = m.uid if m.uid is not None else (m.uidl or "")
+        cells = [(r.result, r.result), (act, act), (m.folder, m.folder),
+                 (ident, ident if m.uid is not None else 0),
                  (f"{m.received:%Y-%m-%d %H:%M}", m.received.isoformat()),
                  (human_size(m.size), m.size), (a.rule, a.rule),
                  (a.reason + (f" [{r.detail}]" if r.detail else ""), a.reason)]
@@ -179,7 +179,7 @@ def _table(acct: AccountResult) -> str:
             f'<td{" class=num" if heads[i][1] else ""} data-v="{_e(v)}">{_e(t)}</td>'
             for i, (t, v) in enumerate(cells)
         )
-        out.append(f'<tr data-folder="{_e(m.ref.folder)}" data-rule="{_e(a.rule)}">{tds}</tr>')
+        out.append(f'<tr data-folder="{_e(m.folder)}" data-rule="{_e(a.rule)}">{tds}</tr>')
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -203,8 +203,8 @@ def _kept(acct: AccountResult) -> str:
                    "<th>Reason</th></tr></thead><tbody>")
         for k in plan.kept_messages:
             m = k.message
-            ident = m.ref.uid if m.ref.uid is not None else (m.ref.uidl or "")
-            out.append(f'<tr data-reason="{_e(k.reason.value)}"><td>{_e(m.ref.folder)}</td>'
+            ident = m.uid if m.uid is not None else (m.uidl or "")
+            out.append(f'<tr data-reason="{_e(k.reason.value)}"><td>{_e(m.folder)}</td>'
                        f"<td>{_e(ident)}</td><td>{m.received:%Y-%m-%d %H:%M}</td>"
                        f"<td>{_e(human_size(m.size))}</td><td>{_e(k.rule or '-')}</td>"
                        f"<td>{_e(k.reason.text)}</td></tr>")
@@ -230,7 +230,7 @@ def _account(acct: AccountResult, levels: Levels, dry_run: bool) -> str:
     plan = acct.plan
     if plan and plan.exempted:
         parts.append('<h3>Kept as restored</h3><ul class="exempted">')
-        parts += [f"<li>{_e(m.ref.folder)} UID {_e(m.ref.uid)}: {_e(why)}</li>"
+        parts += [f"<li>{_e(m.folder)} UID {_e(m.uid)}: {_e(why)}</li>"
                   for m, why in plan.exempted]
         parts.append("</ul>")
     if acct.notices:

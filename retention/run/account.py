@@ -135,7 +135,7 @@ def with_message_ids(session: MailSession, plan: Plan, warnings: list[str],
         if mid is None or action.message.message_id is not None:
             return action
         return dataclasses.replace(
-            action, message=dataclasses.replace(action.message, message_id=mid)
+            action, message=action.message.replace(message_id=mid)
         )
 
     return dataclasses.replace(
@@ -248,7 +248,7 @@ class AccountPass:
         pop3 = self.account.protocol == "pop3"
         if not pop3 and snap.has_savedate:
             return snap
-        keys = [(m.ref.uidl if pop3 else str(m.ref.uid)) or "" for m in snap.messages]
+        keys = [(m.uidl if pop3 else str(m.uid)) or "" for m in snap.messages]
         if not self._bound:  # once per pass: each call may take SQLite's write lock
             observations.bind_mailbox(self.account.name, self.account.mailbox_identity())
             self._bound = True
@@ -258,12 +258,12 @@ class AccountPass:
         observations.prune(self.account.name, snap.name, snap.uidvalidity, keys)
         if pop3:
             msgs = tuple(
-                dataclasses.replace(m, received=seen[k], saved=seen[k])
+                m.replace(received=seen[k], saved=seen[k])
                 for m, k in zip(snap.messages, keys, strict=True)
             )
         else:
             msgs = tuple(
-                dataclasses.replace(m, saved=m.saved or seen[k])
+                m.replace(saved=m.saved or seen[k])
                 for m, k in zip(snap.messages, keys, strict=True)
             )
         return dataclasses.replace(snap, messages=msgs)

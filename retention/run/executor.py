@@ -141,7 +141,7 @@ class Executor:
                 slots[i] = ActionResult(a, "failed", failed_rules[a.rule])
             else:
                 target = a.archive if a.kind is ActionKind.ARCHIVE else a.to_folder
-                groups.setdefault((a.message.ref.folder, a.kind.value, target), []).append(i)
+                groups.setdefault((a.message.folder, a.kind.value, target), []).append(i)
         archive_error: ArchiveError | None = None
         fatal: AccountError | None = None
         skipped_folders: dict[str, str] = {}

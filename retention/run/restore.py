@@ -187,7 +187,7 @@ def _present(session: Any, folder: str, row: JournalRow, data: bytes) -> int | N
             if info is None:
                 return None
             snap = session.scan(info, with_sent=False)
-            candidates = [m.ref.uid for m in snap.messages if m.size == len(data)]
+            candidates = [m.uid for m in snap.messages if m.size == len(data)]
         if not candidates:
             return None
         bodies = session.fetch_uids(folder, candidates)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef
+from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message
 
 MAGIC = b"RSC2\n"
 MAX_IDS = 200_000  # Message-IDs kept per folder (of the planned messages only)
@@ -60,13 +60,13 @@ def merge(base: FolderSnapshot, changes: FolderChanges) -> FolderSnapshot | None
         i = bisect.bisect_right(starts, uid) - 1
         return i >= 0 and uid <= ends[i]
 
-    changed = {m.ref.uid: m for m in changes.changed if m.ref.uid is not None}
+    changed = {m.uid: m for m in changes.changed if m.uid is not None}
     if not changed and not starts:
         kept = list(base.messages)
     else:
-        kept = [m for m in base.messages if m.ref.uid not in changed and not gone(m.ref.uid or 0)]
+        kept = [m for m in base.messages if m.uid not in changed and not gone(m.uid or 0)]
         kept += [m for uid, m in changed.items() if not gone(uid)]
-        kept.sort(key=lambda m: m.ref.uid or 0)
+        kept.sort(key=lambda m: m.uid or 0)
     if len(kept) != changes.exists:
         return None
     return FolderSnapshot(base.info, base.uidvalidity, tuple(kept),
@@ -134,14 +134,15 @@ class ScanCache:
         append = out.append
         sizes_seen: dict[int, int] = {}
         last_r, last_rt, last_s, last_st = None, epoch, None, None
+        scanned = Message.scanned
         for uid, size, r, s, fi in zip(uids, sizes, received, saved, flag_index, strict=True):
             if r != last_r:
                 last_r, last_rt = r, epoch + r * us
             if s != last_s:
-                last_s, last_st = s, (None if s == _NONE else epoch + s * us)
+                last_s, last_st = s, (None if s == _NONE else
+                                      last_rt if s == r else epoch + s * us)
             size = sizes_seen.setdefault(size, size)
-            append(Message(MessageRef(name, validity, uid), size, last_rt, flag_sets[fi],
-                           None, last_st))
+            append(scanned(name, validity, uid, size, last_rt, flag_sets[fi], last_st))
         messages = tuple(out)
         del out
         return FolderSnapshot(info, validity, messages, has_savedate=bool(head["has_savedate"]),
@@ -155,10 +156,10 @@ class ScanCache:
         flag_sets: dict[frozenset[str], int] = {}
         msgs = snap.messages
         columns: list[Callable[[], array[int]]] = [
-            lambda: array("q", (m.ref.uid or 0 for m in msgs)),
+            lambda: array("q", (m.uid or 0 for m in msgs)),
             lambda: array("q", (m.size for m in msgs)),
-            lambda: array("q", (_micros(m.received) for m in msgs)),
-            lambda: array("q", (_NONE if m.saved is None else _micros(m.saved) for m in msgs)),
+            lambda: _micros_column(m.received for m in msgs),
+            lambda: _micros_column(m.saved for m in msgs),
             lambda: array("I", (flag_sets.setdefault(m.flags, len(flag_sets)) for m in msgs)),
         ]
 
@@ -230,6 +231,21 @@ def _write(path: Path, parts: Iterable[bytes | array[int]]) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _micros_column(dates: Iterable[datetime | None]) -> array[int]:
+    """Microseconds since 1970 of each date (``_NONE`` for None). A scan shares one
+    datetime among equal dates (and SAVEDATE with INTERNALDATE when equal): each object
+    is converted once per run of it."""
+    out = array("q")
+    append = out.append
+    last: object = out  # no date is this
+    value = _NONE
+    for when in dates:
+        if when is not last:
+            last, value = when, (_NONE if when is None else _micros(when))
+        append(value)
+    return out
 
 
 def _micros(when: datetime) -> int:

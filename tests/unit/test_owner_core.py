@@ -28,7 +28,7 @@ def test_exempt_messages_are_never_planned_not_even_over_quota() -> None:
     why = "restored from the archive on 2026-12-01: exempt from every rule until 2026-12-31"
     exempt = ((exempt_key("INBOX", a.ref.uidvalidity, 1), why),
               ("mid:<two@x>", why))
-    b = dataclasses.replace(b, message_id="<two@x>")
+    b = b.replace(message_id="<two@x>")
     snap = snapshot(*by_folder(a, b, c), limit=3000)
     snap = dataclasses.replace(snap, exempt=exempt)
     p = plan(pol, snap, NOW)
@@ -57,7 +57,7 @@ def test_mbox_copies_turn_back_into_the_exact_crlf_original(data: bytes, trim: b
 
 def test_html_page_is_self_contained_and_escaped() -> None:
     m = msg("<script>x</script>", 7, age=100 * DAY)
-    m = dataclasses.replace(m, received=datetime(2025, 1, 2, tzinfo=UTC))
+    m = m.replace(received=datetime(2025, 1, 2, tzinfo=UTC))
     from retention.plan import Action, ActionKind, Clock
 
     a = Action(m, ActionKind.DELETE, "r&d", Clock.RECEIVED, "older than 30d <b>")

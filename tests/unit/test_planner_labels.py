@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
 
 from retention.model import FLAGGED, Message
@@ -14,7 +13,7 @@ MB = 1_000_000
 
 
 def labelled(m: Message, gid: str) -> Message:
-    return dataclasses.replace(m, global_id=gid)
+    return m.replace(global_id=gid)
 
 
 def filler() -> tuple[Message, ...]:

@@ -272,6 +272,6 @@ def test_every_label_copy_is_acted_on_or_kept_for_one_reason(
     gids = st.none() | st.sampled_from(["g1", "g2", "g3"])
     folders = tuple(
         dataclasses.replace(f, messages=tuple(
-            dataclasses.replace(m, global_id=data.draw(gids)) for m in f.messages))
+            m.replace(global_id=data.draw(gids)) for m in f.messages))
         for f in snap.folders)
     _partition_holds(pol, dataclasses.replace(snap, folders=folders))

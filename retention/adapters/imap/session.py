@@ -347,7 +347,7 @@ class ImapSession(ImapActions):
                     else:
                         if gid is not None and data.get(gid.encode()) is not None:
                             value = data[gid.encode()]
-                            message = replace(message, global_id=(
+                            message = message.replace(global_id=(
                                 value.decode("ascii", "replace") if isinstance(value, bytes)
                                 else str(value)))
                         messages.append(message)
