@@ -261,6 +261,8 @@ def _lines(imap: Any, readline: Callable[[], bytes]) -> Iterator[bytes]:
 
 
 def _with_literals(imap: Any, readline: Callable[[], bytes], line: bytes) -> list[Any]:
+    if not line.endswith(b"}"):  # most lines: no literal, and no pattern search
+        return [line]
     m = _LITERAL.search(line)
     if m is None:
         return [line]
