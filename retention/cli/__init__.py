@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from retention.cli.parser import build_parser, verbosity
 from retention.errors import ConfigError, ExitCode, SourceError
 
-
 # A scan holds one object per message and none of them is garbage, yet the collector's
 # default pace (a young collection every 700 allocations, full ones as the heap grows)
 # spent 0.32 s of a 200,000-message dry-run walking them again; at this pace, with the

@@ -8,15 +8,17 @@ same-UID responses merge in arrival order, and dates are sliced exactly as
 
 from __future__ import annotations
 
+import imaplib
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retention.adapters.imap.fetch import parse_imap_datetime
-from retention.adapters.imap.scanread import HeaderLines, ScanLines, imap_utc
+from retention.adapters.imap.scanread import HeaderLines, ScanLines, imap_utc, stream
 from retention.adapters.imap.session import _general
-from retention.model import FLAGGED, SEEN
+from retention.model import FLAGGED, SEEN, Message
 
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
@@ -102,3 +104,69 @@ def test_dates_by_slicing_agree_with_the_general_parser(day, month, year, h, mi,
     except OverflowError:
         expected = None
     assert sliced == expected
+
+
+class _Wire:
+    """What ``stream`` uses of imaplib's connection, over canned bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        self.file = io.BytesIO(data)
+        self.sent: list[bytes] = []
+        self.tagged_commands: dict[bytes, object] = {}
+
+    def _new_tag(self) -> bytes:
+        return b"A1"
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def readline(self) -> bytes:
+        return self.file.readline()
+
+    def read(self, size: int) -> bytes:
+        return self.file.read(size)
+
+
+REPLY = (
+    b'* 1 FETCH (UID 5 FLAGS (\\Seen) INTERNALDATE "05-Jan-2020 13:04:05 +0100" '
+    b"RFC822.SIZE 10)\r\n"
+    b"* 2 FETCH (FLAGS (\\Flagged))\r\n"  # no UID: never attached to anything
+    b'* 2 FETCH (UID 6 FLAGS () INTERNALDATE {26}\r\n05-Jan-2020 13:04:06 +0100'
+    b" RFC822.SIZE 11)\r\n"
+    b'* 3 FETCH (UID 7 FLAGS () INTERNALDATE "31-Feb-2020 13:04:06 +0100" RFC822.SIZE 1)\r\n'
+    b"* 9 EXISTS\r\n"
+    b"A1 OK done\r\n"
+)
+
+
+@pytest.mark.parametrize("by_line", [False, True])
+def test_stream_gives_the_same_messages_with_or_without_the_line_feed(by_line: bool) -> None:
+    wire = _Wire(REPLY + b"* 10 EXISTS\r\n")
+    lines = ScanLines("INBOX", 3)
+    stream(wire, b"UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)", lines.feed,
+           lines.feed_line if by_line else None)
+    assert wire.sent == [b"A1 UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)\r\n"]
+    assert wire.file.read() == b"* 10 EXISTS\r\n"  # nothing read past the tagged reply
+    msgs = lines.messages(lambda ref, f: "bad date" if ref.uid == 7 else Message(
+        ref, f[b"RFC822.SIZE"], f[b"INTERNALDATE"].astimezone(UTC),
+        frozenset(f[b"FLAGS"])))
+    assert [(m.uid, m.size) for m in msgs] == [(5, 10), (6, 11)]
+    assert msgs[0].received == datetime(2020, 1, 5, 12, 4, 5, tzinfo=UTC)
+    assert msgs[1].received == datetime(2020, 1, 5, 12, 4, 6, tzinfo=UTC)
+    assert lines.exists == 9 and lines.left_out == ["UID 7: bad date"]
+
+
+@pytest.mark.parametrize("by_line", [False, True])
+@pytest.mark.parametrize(("tail", "error"), [
+    (b"* BYE going away\r\n", imaplib.IMAP4.abort),
+    (b"A1 NO [SERVERBUG] sorry\r\n", imaplib.IMAP4.error),
+    (b"* 4 FETCH (UID 8", imaplib.IMAP4.abort),  # EOF inside a line
+    (b"", imaplib.IMAP4.abort),
+])
+def test_stream_errors(by_line: bool, tail: bytes, error: type[Exception]) -> None:
+    wire = _Wire(REPLY.replace(b"A1 OK done\r\n", b"") + tail)
+    lines = ScanLines("INBOX", 3)
+    with pytest.raises(error):
+        stream(wire, b"NOOP", lines.feed, lines.feed_line if by_line else None)

@@ -316,7 +316,7 @@ class ImapSession(ImapActions):
         items = b"UID FLAGS INTERNALDATE RFC822.SIZE" + (b" SAVEDATE" if savedate else b"")
         with self.guard("UID FETCH"):
             stream(self._client._imap, b"UID FETCH " + uid_set + b" (" + items + b")"
-                   + modifiers, lines.feed)
+                   + modifiers, lines.feed, lines.feed_line)
         self._drain()
 
     def _scan_with_headers(self, folder: FolderInfo, *, with_sent: bool = True) -> FolderSnapshot:
