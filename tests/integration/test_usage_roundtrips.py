@@ -7,7 +7,10 @@ the same number.
 
 from __future__ import annotations
 
+import imaplib
 from datetime import UTC, datetime
+
+import pytest
 
 from retention.testing.dovecot import MailUser, SeedMessage
 from tests.integration.test_imap_adapter import open_session
@@ -26,3 +29,23 @@ def test_usage_counts_every_folder_with_one_list_status(mail_user: MailUser) -> 
         assert s.commands["STATUS"] == 0 and s.commands["LIST"] == 0
     with open_session(mail_user, readonly=True) as s:  # the folder-by-folder count agrees
         assert s._message_count(s.list_folders()) == 6
+
+
+def test_a_usage_session_is_three_round_trips_after_the_greeting(
+        mail_user: MailUser, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CAPABILITY (the greeting and LOGIN's completion carry it), and the three
+    read-only commands of a usage measurement go in one write (RFC 3501 5.5)."""
+    writes: list[list[bytes]] = []  # the command names of each write (not the password)
+    send = imaplib.IMAP4.send
+
+    def recording(self: imaplib.IMAP4, data: bytes) -> None:
+        writes.append([line.split(b" ")[1] for line in bytes(data).split(b"\r\n") if line])
+        send(self, data)
+
+    mail_user.seed("INBOX", [SeedMessage(received=datetime.now(UTC))] * 2)
+    monkeypatch.setattr(imaplib.IMAP4, "send", recording)
+    with open_session(mail_user, readonly=True) as s:
+        logged_in = len(writes)
+        assert s.usage(None).messages == 2
+        assert len(writes) == logged_in + 1
+    assert writes == [[b"LOGIN"], [b"GETQUOTAROOT", b"NAMESPACE", b"LIST"], [b"LOGOUT"]]

@@ -25,16 +25,23 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from retention.adapters.deadline import COMMAND_FACTOR, Watchdog, io_timeout
 from retention.adapters.imap.fetch import parse_fetch
-from retention.adapters.imap.namespaces import Namespaces, parse_namespaces, virtual_prefix
+from retention.adapters.imap.greeting import ImapClient
+from retention.adapters.imap.namespaces import (
+    Namespaces,
+    namespace_reply,
+    parse_namespaces,
+    virtual_prefix,
+)
+from retention.adapters.imap.pipeline import Reply
 from retention.adapters.imap.wire import (
     compress_uids,
     display_name,
     expand_uid_set,
+    one_line,
     prefixed_name,
     relative_name,
     reply_text,
@@ -88,7 +95,7 @@ def open_client(conn: Connection, password: str | SaslLogin, label: str) -> Any:
     timeout = io_timeout(conn)
     log.debug("connecting to %s (security %s)", label, conn.security)
     try:
-        client = IMAPClient(
+        client = ImapClient(
             conn.host, port=default_port(conn), ssl=conn.security == "tls",
             ssl_context=ctx, timeout=timeout,
         )
@@ -276,6 +283,8 @@ class ImapConnection:
         self._names: dict[str, str] | None = None  # agent name -> server name (decoded)
         self._folders: list[FolderInfo] | None = None
         self._namespaces: Namespaces | None = None
+        #: A pipelined NAMESPACE's reply, judged by ``namespaces()`` when first needed.
+        self.namespace_answer: Reply | None = None
         #: The account's ``virtual_prefixes`` (set by ``ImapSession.connect``).
         self.virtual_prefixes: tuple[str, ...] = ()
         self._delimiter: str | None = "/"
@@ -329,13 +338,17 @@ class ImapConnection:
     # -- errors ----------------------------------------------------------------------
 
     @contextmanager
-    def guard(self, what: str) -> Iterator[None]:
-        """Run one command; map whatever fails to the typed errors (one line, no secret)."""
+    def guard(self, what: str, *, counts: Sequence[str] | None = None) -> Iterator[None]:
+        """Run one command; map whatever fails to the typed errors (one line, no secret).
+
+        ``counts``: the commands counted (default ``what``): a pipelined write
+        (``pipeline``) counts each command it carries.
+        """
         if self._closed:
             raise ConnectError(f"{self.label}: the session is closed")
         if self._broken:
             raise ConnectError(f"{self.label}: the connection was lost earlier in this session")
-        self.commands[what] += 1
+        self.commands.update(counts if counts is not None else [what])
         log.debug("%s: %s", self.label, what)
         where = f"{self.label}: "
         try:
@@ -366,10 +379,7 @@ class ImapConnection:
                 raise Throttled(f"{where}{what}: throttled by the server: {text}") from exc
             raise ConnectError(f"{where}connection lost during {what}: {text}") from exc
         except imaplib.IMAP4.error as exc:  # NO / BAD, and imapclient's own errors
-            text = reply_text(exc)
-            if throttled(text):
-                raise Throttled(f"{where}{what}: throttled by the server: {text}") from exc
-            raise ProtocolError(f"{where}{what} failed: {text}") from exc
+            raise self.refusal(what, reply_text(exc)) from exc
         except ssl.SSLError as exc:
             self._broken = True
             raise ConnectError(f"{where}TLS error during {what}: {exc.reason or exc}") from exc
@@ -381,6 +391,15 @@ class ImapConnection:
             self._broken = True
             reason = exc.strerror or exc
             raise ConnectError(f"{where}connection lost during {what}: {reason}") from exc
+
+    def refusal(self, what: str, text: str) -> Throttled | ProtocolError:
+        """The typed error of a NO or BAD to ``what`` (server words ``text``): Throttled
+        when they say "slow down", else ProtocolError. ``guard`` raises it for a refusal
+        imaplib raised, a pipelined command's caller for a ``Reply``."""
+        text = one_line(text)
+        if throttled(text):
+            return Throttled(f"{self.label}: {what}: throttled by the server: {text}")
+        return ProtocolError(f"{self.label}: {what} failed: {text}")
 
     def _untagged(self) -> dict[str, list[Any]]:
         return self._client._imap.untagged_responses  # type: ignore[no-any-return]
@@ -408,13 +427,14 @@ class ImapConnection:
         """``NAMESPACE`` (RFC 2342) when advertised, once a session (review F2).
 
         Without it, or when the server refuses it, every folder counts as the user's own.
+        A reply already read (``namespace_answer``, from a pipelined NAMESPACE) is judged
+        here as the command's own would be: same warning, same errors.
         """
         if self._namespaces is None:
             reply = None
             if self.has("NAMESPACE"):
                 try:
-                    with self.guard("NAMESPACE"):
-                        reply = self._client.namespace()
+                    reply = self._namespace_reply()
                 except ProtocolError as exc:
                     log.warning("%s: %s: every folder counts as the user's own",
                                 self.label, exc)
@@ -422,6 +442,16 @@ class ImapConnection:
                     self._drain()
             self._namespaces = parse_namespaces(reply)
         return self._namespaces
+
+    def _namespace_reply(self) -> Any:
+        answer, self.namespace_answer = self.namespace_answer, None
+        if answer is None:
+            with self.guard("NAMESPACE"):
+                return self._client.namespace()
+        if not answer.ok:
+            raise self.refusal("NAMESPACE", f"{answer.status} {answer.text}")
+        with self._guarded("NAMESPACE"):  # a garbled reply: as imapclient's parse would
+            return namespace_reply(answer.data.get("NAMESPACE"))
 
     def namespace_of(self, name: str, shown: str | None = None) -> Namespace:
         """The namespace of decoded server name ``name`` (agent name ``shown``): what

@@ -39,10 +39,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imapclient import imap_utf7
+from imapclient.response_parser import parse_response
+
 from retention.adapters.imap.wire import display_name
 from retention.model import OWN, Namespace, NamespaceKind
 
-__all__ = ["Namespaces", "parse_namespaces", "virtual_prefix"]
+__all__ = ["Namespaces", "namespace_reply", "parse_namespaces", "virtual_prefix"]
 
 _KINDS: tuple[NamespaceKind, ...] = ("personal", "other", "shared")
 _ORDER = {kind: i for i, kind in enumerate(_KINDS)}
@@ -159,6 +162,27 @@ def parse_namespaces(reply: Sequence[Any] | None) -> Namespaces:
         # user's own, as without NAMESPACE.
         entries.insert(0, _Entry("personal", "", None))
     return Namespaces(tuple(entries))
+
+
+def namespace_reply(data: list[Any] | None) -> tuple[Any, ...] | None:
+    """The untagged ``NAMESPACE`` data (imaplib's form, from ``pipeline``) -> what
+    imapclient's ``namespace()`` returns for it: (personal, other, shared), each None or
+    ``((decoded prefix, delimiter), ...)``. None when the server sent no NAMESPACE line
+    (every folder is then the user's own). Raises what imapclient's parser raises on
+    garbage (``ProtocolError`` of imapclient, an ``imaplib.IMAP4.error``)."""
+    if not data:
+        return None
+    parts: list[Any] = []
+    for item in parse_response(data):
+        if item is None:
+            parts.append(None)
+            continue
+        # As imapclient: prefixes decoded from modified UTF-7, delimiters as text.
+        parts.append(tuple(
+            (imap_utf7.decode(prefix),
+             delim.decode("ascii", "ignore") if isinstance(delim, bytes) else delim)
+            for prefix, delim in item))
+    return tuple(parts)
 
 
 def _text(value: Any) -> str | None:

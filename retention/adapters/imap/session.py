@@ -47,6 +47,7 @@ from retention.adapters.deadline import io_timeout
 from retention.adapters.imap.actions import ImapActions, one_folder, ref_uid
 from retention.adapters.imap.connection import default_port, open_client
 from retention.adapters.imap.fetch import parse_imap_datetime
+from retention.adapters.imap.pipeline import Command, Reply, pipeline
 from retention.adapters.imap.scanread import HeaderLines, ScanLines, stream
 from retention.adapters.imap.wire import (
     aware_utc,
@@ -59,7 +60,7 @@ from retention.adapters.imap.wire import (
     uid_ranges,
 )
 from retention.adapters.spool import Body, Limits, Spooled
-from retention.errors import ProtocolError
+from retention.errors import ProtocolError, Throttled
 from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message, MessageRef, Usage
 
 if TYPE_CHECKING:
@@ -122,8 +123,9 @@ class ImapSession(ImapActions):
         """
         caps = self.capabilities()
         if "QUOTA" in caps or any(c.startswith("QUOTA=RES-") for c in caps):
+            replies = self._usage_replies(count=folders is None)
             try:
-                quota = self._quota()
+                quota = self._quota(replies["GETQUOTAROOT"])
             except ProtocolError as exc:  # a BAD for GETQUOTAROOT: measure instead
                 log.debug("%s: %s: summing sizes", self.label, exc)
                 quota = None
@@ -133,7 +135,8 @@ class ImapSession(ImapActions):
                     # messages gauge are about the whole account, not the scanned folders).
                     # Unlisted folders and LIST-STATUS (RFC 5819): one command for all, the
                     # difference between a fleet's usage sweep at the protocol's pace or not.
-                    count = self._list_status_count() if folders is None else None
+                    listed = replies.get("LIST-STATUS")
+                    count = self._list_status_count(listed) if listed is not None else None
                     if count is None:
                         infos = list(folders) if folders is not None else self.folders()
                         count = self._message_count(infos)
@@ -148,15 +151,42 @@ class ImapSession(ImapActions):
                 count += messages
         return Usage(usage_bytes=total, limit_bytes=None, source="sum", messages=count)
 
-    def _quota(self) -> Usage | None:
-        with self.guard("GETQUOTAROOT"):
-            typ, data = self._client._imap.getquotaroot("INBOX")
+    def _usage_replies(self, *, count: bool) -> dict[str, Reply]:
+        """``GETQUOTAROOT INBOX`` and, when the messages are to be ``count``ed, what
+        counting them needs: ``NAMESPACE`` (once a session) and ``LIST ... RETURN (STATUS
+        (MESSAGES))`` where offered. Pipelined (``imap.pipeline``): one round trip, not
+        three. The count's two are asked before the quota says whether it has a MESSAGE
+        resource (then they go unused), as waiting for it would cost the round trip
+        every account without one pays. By name; a NAMESPACE reply is left for
+        ``namespaces()`` to judge when (and if) it is needed.
+        """
+        commands = {"GETQUOTAROOT": Command(b"GETQUOTAROOT INBOX", ("QUOTAROOT", "QUOTA"))}
+        if count:
+            if (self._namespaces is None and self.namespace_answer is None
+                    and self.has("NAMESPACE")):
+                commands["NAMESPACE"] = Command(b"NAMESPACE", ("NAMESPACE",))
+            if self.has("LIST-STATUS"):
+                # Only STATUS lines are read: the LIST lines are the folders'.
+                commands["LIST-STATUS"] = Command(
+                    b'LIST "" "*" RETURN (STATUS (MESSAGES))', ("STATUS",))
+        names = list(commands)
+        with self.guard(" + ".join(names), counts=names):
+            answers = pipeline(self._client._imap, list(commands.values()))
         self._drain()
-        if typ != "OK":
-            log.debug("%s: GETQUOTAROOT answered %s: summing sizes", self.label, typ)
+        replies = dict(zip(names, answers, strict=True))
+        self.namespace_answer = replies.pop("NAMESPACE", self.namespace_answer)
+        return replies
+
+    def _quota(self, reply: Reply) -> Usage | None:
+        """The fullest quota root's STORAGE (and MESSAGE) of a GETQUOTAROOT ``reply``; None
+        when refused (NO) or without STORAGE. A BAD raises ``refusal``."""
+        if reply.status == "BAD":
+            raise self.refusal("GETQUOTAROOT", f"BAD {reply.text}")
+        if not reply.ok:
+            log.debug("%s: GETQUOTAROOT answered %s: summing sizes", self.label, reply.status)
             return None
         best: tuple[float, Usage] | None = None
-        for line in data[1] if len(data) > 1 else []:
+        for line in reply.data.get("QUOTA", []):
             resources = _quota_resources(line)
             if "STORAGE" not in resources:
                 continue
@@ -169,30 +199,23 @@ class ImapSession(ImapActions):
                 best = (ratio, usage)
         return best[1] if best else None
 
-    def _list_status_count(self) -> int | None:
-        """Messages in all folders from ``LIST "" "*" RETURN (STATUS (MESSAGES))``.
+    def _list_status_count(self, reply: Reply) -> int | None:
+        """Messages in all folders from the reply of ``LIST "" "*" RETURN (STATUS
+        (MESSAGES))``.
 
-        None when the server lacks LIST-STATUS or refuses it (then STATUS per folder).
-        Only selectable folders get a STATUS reply (RFC 5819 section 2).
+        None when the server refused it (then STATUS per folder); a BAD that says "slow
+        down" raises ``Throttled``. Only selectable folders get a STATUS reply (RFC 5819
+        section 2).
         """
-        if not self.has("LIST-STATUS"):
-            return None
-        imap = self._client._imap
-        try:
-            with self.guard("LIST-STATUS"):
-                typ, _ = imap._simple_command("LIST", '""', '"*"', "RETURN",
-                                              "(STATUS (MESSAGES))")
-                _, data = imap._untagged_response(typ, [None], "STATUS")
-        except ProtocolError as exc:
-            log.debug("%s: LIST-STATUS: %s", self.label, exc)
-            return None
-        finally:
-            self._drain()
-        if typ != "OK":
+        if not reply.ok:
+            refused = self.refusal("LIST-STATUS", f"{reply.status} {reply.text}")
+            if reply.status == "BAD" and isinstance(refused, Throttled):
+                raise refused
+            log.debug("%s: %s", self.label, refused)
             return None
         total = 0
         name: bytes | None = None
-        for item in data:
+        for item in reply.data.get("STATUS", []):
             # A name sent as a literal arrives as (prefix, name) then the rest of the line.
             if isinstance(item, tuple) and len(item) == 2:
                 name = bytes(item[1])
