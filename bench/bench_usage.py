@@ -1,6 +1,6 @@
 """Benchmark: a usage sweep over many accounts, `retention usage --jobs 8` against a raw loop.
 
-    .venv/bin/python bench/bench_usage.py [--accounts 1000] [--jobs 8] [--runs 3]
+    .venv/bin/python bench/bench_usage.py [--accounts 1000] [--jobs 8] [--runs 3] [--baseline DIR]
 
 Measured by hand, never asserted in tests. One private Dovecot with the quota plugin and
 ``--accounts`` users (empty mailboxes: a usage sweep is LOGIN, GETQUOTAROOT, LOGOUT).
@@ -12,8 +12,12 @@ Two commands, alternating, each in a fresh interpreter:
   CLI has it (``service.max_connections_per_host`` raised to N: every account is on
   127.0.0.1), else one account after another (the script says which).
 
+``--baseline DIR`` adds a third command, ``baseline``: the same ``retention usage`` run from
+another source tree (e.g. ``git archive main | tar -x -C DIR``), in the same alternation,
+so a change is compared with what it changes under the same load.
+
 It prints accounts per second of each (wall time of the whole command, start-up
-included), the medians and retention's share of the raw loop's rate.
+included), the medians and retention's (and the baseline's) share of the raw loop's rate.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another source tree whose retention runs as a third command")
     args, ignored = ap.parse_known_args()
     if ignored:
         print(f"ignoring arguments for other benchmarks: {' '.join(ignored)}")
@@ -102,6 +108,11 @@ def main() -> int:
                           "--format", "json",
                           *(["--jobs", str(args.jobs)] if jobs_flag else [])],
         }
+        envs = dict.fromkeys(argvs, env)
+        if args.baseline is not None:
+            argvs["baseline"] = argvs["retention"]
+            envs["baseline"] = dict(env, PYTHONPATH=str(args.baseline.resolve()))
+            rates["baseline"] = []
         tools = list(argvs)
         count = 0
         for run in range(-args.warmup + 1, args.runs + 1):
@@ -109,7 +120,7 @@ def main() -> int:
             for tool in tools[shift:] + tools[:shift]:
                 count += 1
                 out = work / f"{count:03d}-{tool}.txt"
-                wall, cpu, rss, code = timed(argvs[tool], env, out, args.timeout)
+                wall, cpu, rss, code = timed(argvs[tool], envs[tool], out, args.timeout)
                 rate = args.accounts / wall
                 label = f"run {run}" if run > 0 else "warm-up"
                 ok = "ok" if code == 0 else "FAILED: " + out.read_text(errors="replace")[-300:]
@@ -122,8 +133,9 @@ def main() -> int:
         if values:
             print(f"{tool:<10} median {med[tool]:.0f} accounts/s "
                   f"[{min(values):.0f} - {max(values):.0f}]")
-    if len(med) == 2:
-        print(f"retention / raw: {100 * med['retention'] / med['raw']:.0f}% of the raw rate")
+    for tool in ("baseline", "retention"):
+        if tool in med and "raw" in med:
+            print(f"{tool} / raw: {100 * med[tool] / med['raw']:.0f}% of the raw rate")
     return 0
 
 
