@@ -35,7 +35,7 @@ Invariants every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from retention.adapters.spool import Body
@@ -86,12 +86,15 @@ class MailSession(Protocol):
         """
         ...
 
-    def usage(self, folders: Sequence[FolderInfo] | None = None) -> Usage:
+    def usage(self, folders: Sequence[FolderInfo] | None = None, *,
+              counted: Mapping[str, int] | None = None) -> Usage:
         """Storage in use: the server's quota (``GETQUOTAROOT INBOX``, bytes) where offered.
 
         Otherwise the summed sizes of ``folders`` (all folders when None) with
         ``limit_bytes=None`` and ``source="sum"``; the caller applies the policy's limit.
-        POP3: ``STAT`` octets, ``source="sum"``.
+        POP3: ``STAT`` octets, ``source="sum"``. ``counted``: the message counts of folders
+        the caller has just read in full, by name; where messages would be counted one
+        folder at a time (``STATUS``), these are taken instead of asking again.
         """
         ...
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -296,7 +296,8 @@ class FakeSession:
         self._enter("list_folders")
         return [box.info() for box in self.server.folders.values()]
 
-    def usage(self, folders: Sequence[FolderInfo] | None = None) -> Usage:
+    def usage(self, folders: Sequence[FolderInfo] | None = None, *,
+              counted: Mapping[str, int] | None = None) -> Usage:
         self._enter("usage", folders)
         if self.server.quota_bytes is not None and "QUOTA" in self.server.capabilities:
             count = sum(len(b.messages) for b in self.server.folders.values())

@@ -31,7 +31,7 @@ import poplib
 import re
 import socket
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -506,7 +506,8 @@ class Pop3Session:
     def list_folders(self) -> list[FolderInfo]:
         return [FolderInfo(INBOX)]
 
-    def usage(self, folders: Sequence[FolderInfo] | None = None) -> Usage:
+    def usage(self, folders: Sequence[FolderInfo] | None = None, *,
+              counted: Mapping[str, int] | None = None) -> Usage:
         """``STAT``: octets and count, excluding messages DELE'd in this session."""
         count, octets = self._stat()
         return Usage(usage_bytes=octets, limit_bytes=None, source="sum", messages=count)

@@ -49,3 +49,22 @@ def test_a_usage_session_is_three_round_trips_after_the_greeting(
         assert s.usage(None).messages == 2
         assert len(writes) == logged_in + 1
     assert writes == [[b"LOGIN"], [b"GETQUOTAROOT", b"NAMESPACE", b"LIST"], [b"LOGOUT"]]
+
+
+def test_folders_the_caller_counted_get_no_status(mail_user: MailUser) -> None:
+    """An account pass scans before it measures: a folder read in full is counted from
+    the scan, not by a STATUS that costs a big maildir as much as its EXAMINE."""
+    now = datetime.now(UTC)
+    mail_user.seed("INBOX", [SeedMessage(received=now)] * 3)
+    mail_user.seed("Lists/rust", [SeedMessage(received=now)] * 2)
+    with open_session(mail_user, readonly=True) as s:
+        folders = s.list_folders()
+        before = s.commands["STATUS"]
+        usage = s.usage(folders, counted={"INBOX": 3})
+        assert usage.messages == 5
+        # Lists and Lists/rust (selectable, uncounted) are asked; INBOX is not.
+        asked = s.commands["STATUS"] - before
+        assert asked == sum(1 for f in folders if f.selectable and f.name != "INBOX")
+        everything = s.usage(folders)
+        assert everything.messages == 5
+        assert s.commands["STATUS"] - before - asked == asked + 1

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -114,7 +114,8 @@ class ImapSession(ImapActions):
 
     # -- usage -----------------------------------------------------------------------
 
-    def usage(self, folders: Sequence[FolderInfo] | None = None) -> Usage:
+    def usage(self, folders: Sequence[FolderInfo] | None = None, *,
+              counted: Mapping[str, int] | None = None) -> Usage:
         """``GETQUOTAROOT INBOX`` (STORAGE KiB -> bytes), else summed sizes (source sum).
 
         Summed sizes and message counts are of the user's own folders only (review F2):
@@ -139,7 +140,7 @@ class ImapSession(ImapActions):
                     count = self._list_status_count(listed) if listed is not None else None
                     if count is None:
                         infos = list(folders) if folders is not None else self.folders()
-                        count = self._message_count(infos)
+                        count = self._message_count(infos, counted)
                     quota = replace(quota, messages=count)
                 return quota
         infos = list(folders) if folders is not None else self.folders()
@@ -231,12 +232,16 @@ class ImapSession(ImapActions):
             name = None
         return total
 
-    def _message_count(self, infos: Sequence[FolderInfo]) -> int | None:
-        """Messages in the user's own selectable folders (``STATUS (MESSAGES)``); None if
-        refused."""
+    def _message_count(self, infos: Sequence[FolderInfo],
+                       counted: Mapping[str, int] | None = None) -> int | None:
+        """Messages in the user's own selectable folders (``STATUS (MESSAGES)``, except
+        those ``counted`` already); None if refused."""
         total = 0
         for info in infos:
             if not info.selectable or not info.namespace.own:
+                continue
+            if counted is not None and info.name in counted:
+                total += counted[info.name]
                 continue
             try:
                 with self.guard("STATUS"):
