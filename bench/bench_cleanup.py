@@ -301,6 +301,15 @@ sys.exit(code if code >= 0 else 1)
 """
 
 
+def byte_compile(root: Path = ROOT) -> None:
+    """Compile the package's bytecode before measuring, as ``pip install`` does. Without
+    it, under ``PYTHONDONTWRITEBYTECODE=1`` (set on some CI machines and shells) every
+    command compiled the modules that had no ``.pyc`` yet from source: about 0.3 s of a
+    200,000-message repeat dry-run's 1.36 s."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "retention")],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def rusage_method() -> str:
     if os.access(GNU_TIME, os.X_OK):
         return "GNU time"
@@ -404,6 +413,7 @@ def main() -> int:
     # `make bench BENCH_ARGS=...` passes the same arguments to every bench script:
     # ignore the ones meant for another.
     args, ignored = ap.parse_known_args()
+    byte_compile()
     if ignored:
         print(f"ignoring arguments for other benchmarks: {' '.join(ignored)}")
     reason = dovecot_unavailable_reason()

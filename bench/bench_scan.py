@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cleanup import ROOT, rusage_method, timed  # noqa: E402
+from bench_cleanup import ROOT, byte_compile, rusage_method, timed  # noqa: E402
 
 from retention.testing.dovecot import Dovecot, MailUser, dovecot_unavailable_reason  # noqa: E402
 
@@ -128,6 +128,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", type=Path)
     args, ignored = ap.parse_known_args()
+    byte_compile()
     if ignored:
         print(f"ignoring arguments for other benchmarks: {' '.join(ignored)}")
     reason = dovecot_unavailable_reason()

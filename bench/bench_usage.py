@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cleanup import ROOT, rusage_method, timed  # noqa: E402
+from bench_cleanup import ROOT, byte_compile, rusage_method, timed  # noqa: E402
 
 from retention.testing.dovecot import Dovecot, dovecot_unavailable_reason  # noqa: E402
 
@@ -69,6 +69,7 @@ def main() -> int:
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another source tree whose retention runs as a third command")
     args, ignored = ap.parse_known_args()
+    byte_compile()
     if ignored:
         print(f"ignoring arguments for other benchmarks: {' '.join(ignored)}")
     reason = dovecot_unavailable_reason()
@@ -112,6 +113,7 @@ def main() -> int:
         if args.baseline is not None:
             argvs["baseline"] = argvs["retention"]
             envs["baseline"] = dict(env, PYTHONPATH=str(args.baseline.resolve()))
+            byte_compile(args.baseline.resolve())
             rates["baseline"] = []
         tools = list(argvs)
         count = 0
