@@ -29,7 +29,16 @@ GC_THRESHOLDS = (50_000, 10, 10)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        return _main(argv)
+    finally:  # as it was, for a caller in the same process (tests, an embedding)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("completion", "man"):
         from retention.cli.docs import cmd_docs
