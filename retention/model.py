@@ -181,6 +181,17 @@ class Message:
         fields.update(changes)
         return Message(**fields)
 
+    def with_message_id(self, message_id: str | None) -> Message:
+        """``replace(message_id=...)`` at a fraction of its cost (the Message-IDs of a
+        plan's 10,000 actions are filled in one by one)."""
+        m = _NEW(Message)
+        for name in _SLOTS:
+            _SETTERS[name](m, getattr(self, name))
+        sent, _, date_header, global_id = self._rare or _RARE_NONE
+        rare = (sent, message_id, date_header, global_id)
+        _SET_RARE(m, None if rare == _RARE_NONE else rare)
+        return m
+
     def _key(self) -> tuple[Any, ...]:
         return (self.folder, self.uidvalidity, self.uid, self.uidl, self.size, self.received,
                 self.flags, self.saved, self._rare or _RARE_NONE)
@@ -221,6 +232,8 @@ _SET_RECEIVED = Message.__dict__["received"].__set__
 _SET_FLAGS = Message.__dict__["flags"].__set__
 _SET_SAVED = Message.__dict__["saved"].__set__
 _SET_RARE = Message.__dict__["_rare"].__set__
+_SLOTS = tuple(n for n in Message.__slots__ if n != "_rare")
+_SETTERS = {n: Message.__dict__[n].__set__ for n in _SLOTS}
 
 
 def _rebuilt(*fields: Any) -> Message:

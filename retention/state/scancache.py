@@ -32,8 +32,10 @@ import sys
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from retention.model import FolderChanges, FolderInfo, FolderSnapshot, Message
 
@@ -99,16 +101,23 @@ class ScanCache:
 
     def load(self, info: FolderInfo) -> FolderSnapshot | None:
         """The folder's cached scan, or None (missing, another mailbox, corrupt...)."""
+        cached = self.open(info)
+        return cached.snapshot() if cached is not None else None
+
+    def open(self, info: FolderInfo) -> CachedScan | None:
+        """The folder's cached scan, its header read and checked but its columns not yet
+        decoded (``CachedScan.snapshot``), or None (missing, another mailbox, a bad
+        header...). The header is enough to ask a server what changed since."""
         try:
             data = self.path(info.name).read_bytes()
         except OSError:
             return None
         try:
-            return self._decode(info, data)
+            return self._open(info, data)
         except (ValueError, KeyError, TypeError, OverflowError, IndexError):
             return None
 
-    def _decode(self, info: FolderInfo, data: bytes) -> FolderSnapshot | None:
+    def _open(self, info: FolderInfo, data: bytes) -> CachedScan | None:
         if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 17:
             return None
         size = int(data[-16:], 16)
@@ -120,33 +129,10 @@ class ScanCache:
         n = int(head["count"])
         if (head.get("identity") != self.identity or head.get("folder") != info.name
                 or head.get("byteorder") != sys.byteorder or len(body) != int(head["length"])
-                or zlib.crc32(body) != int(head["crc"]) or len(body) != n * 36):
+                or len(body) != n * 36):
             return None
-        # Views on the file's bytes, no copy: four int64 columns, then one uint32.
-        uids, sizes, received, saved = (body[i * 8 * n:(i + 1) * 8 * n].cast("q")
-                                        for i in range(4))
-        flag_index = body[32 * n:].cast("I")
-        flag_sets = [frozenset(str(f) for f in fs) for fs in head["flags"]]
-        name, validity = info.name, int(head["uidvalidity"])
-        epoch, us = _EPOCH, _US
-        # Shared objects, as a scan makes them: runs of equal dates, repeated sizes.
-        out: list[Message] = []
-        append = out.append
-        sizes_seen: dict[int, int] = {}
-        last_r, last_rt, last_s, last_st = None, epoch, None, None
-        scanned = Message.scanned
-        for uid, size, r, s, fi in zip(uids, sizes, received, saved, flag_index, strict=True):
-            if r != last_r:
-                last_r, last_rt = r, epoch + r * us
-            if s != last_s:
-                last_s, last_st = s, (None if s == _NONE else
-                                      last_rt if s == r else epoch + s * us)
-            size = sizes_seen.setdefault(size, size)
-            append(scanned(name, validity, uid, size, last_rt, flag_sets[fi], last_st))
-        messages = tuple(out)
-        del out
-        return FolderSnapshot(info, validity, messages, has_savedate=bool(head["has_savedate"]),
-                              modseq=int(head["modseq"]))
+        return CachedScan(info, int(head["uidvalidity"]), int(head["modseq"]), n,
+                          bool(head["has_savedate"]), head, body)
 
     def save(self, snap: FolderSnapshot) -> None:
         """Write ``snap`` (atomically: a reader sees the old file or the new one)."""
@@ -212,6 +198,60 @@ class ScanCache:
                "ids": {str(uid): ids[uid] for uid in keep}}
         _write(self.path(folder).with_suffix(".ids"),
                [json.dumps(doc, separators=(",", ":")).encode()])
+
+
+@dataclass(frozen=True, eq=False)
+class CachedScan:
+    """One folder's cached scan as ``ScanCache.open`` found it: its header (UIDVALIDITY,
+    HIGHESTMODSEQ, message count) checked, its columns decoded only by ``snapshot``. A
+    caller can ask the server what changed while another thread decodes (``run.scanning``).
+    """
+
+    info: FolderInfo
+    uidvalidity: int
+    modseq: int
+    count: int
+    has_savedate: bool
+    _head: dict[str, Any] = field(repr=False)
+    _body: memoryview = field(repr=False)
+
+    def snapshot(self) -> FolderSnapshot | None:
+        """The cached scan's messages (built as a scan builds them), or None when the
+        columns do not match their checksum (a corrupt file)."""
+        try:
+            return self._snapshot()
+        except (ValueError, KeyError, TypeError, OverflowError, IndexError):
+            return None
+
+    def _snapshot(self) -> FolderSnapshot | None:
+        body, n, head = self._body, self.count, self._head
+        if zlib.crc32(body) != int(head["crc"]):
+            return None
+        # Views on the file's bytes, no copy: four int64 columns, then one uint32.
+        uids, sizes, received, saved = (body[i * 8 * n:(i + 1) * 8 * n].cast("q")
+                                        for i in range(4))
+        flag_index = body[32 * n:].cast("I")
+        flag_sets = [frozenset(str(f) for f in fs) for fs in head["flags"]]
+        name, validity = self.info.name, self.uidvalidity
+        epoch, us = _EPOCH, _US
+        # Shared objects, as a scan makes them: runs of equal dates, repeated sizes.
+        out: list[Message] = []
+        append = out.append
+        sizes_seen: dict[int, int] = {}
+        last_r, last_rt, last_s, last_st = None, epoch, None, None
+        scanned = Message.scanned
+        for uid, size, r, s, fi in zip(uids, sizes, received, saved, flag_index, strict=True):
+            if r != last_r:
+                last_r, last_rt = r, epoch + r * us
+            if s != last_s:
+                last_s, last_st = s, (None if s == _NONE else
+                                      last_rt if s == r else epoch + s * us)
+            size = sizes_seen.setdefault(size, size)
+            append(scanned(name, validity, uid, size, last_rt, flag_sets[fi], last_st))
+        messages = tuple(out)
+        del out
+        return FolderSnapshot(self.info, validity, messages, has_savedate=self.has_savedate,
+                              modseq=self.modseq)
 
 
 def _write(path: Path, parts: Iterable[bytes | array[int]]) -> None:

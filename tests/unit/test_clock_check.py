@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from retention.adapters.pop3 import received_stamp
 from retention.config.schema import Policy
 from retention.model import FolderInfo, FolderSnapshot, Message, MessageRef, Snapshot, Usage
-from retention.planner import clock_refusal, newest_server_date
+from retention.planner import _newest_in, _newest_walk, clock_refusal, newest_server_date
 from retention.run.clock import server_time
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -109,3 +112,20 @@ def test_inbox_delivery_proves_the_clock_when_the_scanned_folders_are_idle() -> 
     assert server_time(_Inbox(NOW - 90 * DAY), trash, NOW, 30 * DAY) == NOW - 90 * DAY  # type: ignore[arg-type]
     assert server_time(_Inbox(NOW + DAY), trash, NOW, 30 * DAY) == NOW - 100 * DAY  # type: ignore[arg-type]
     assert server_time(_Inbox(None), trash, NOW, 30 * DAY) == NOW - 100 * DAY  # type: ignore[arg-type]
+
+
+@given(st.lists(st.tuples(st.integers(-5, 5), st.one_of(st.none(), st.integers(-5, 5))),
+                max_size=12),
+       st.booleans())
+def test_newest_in_a_folder_is_the_first_newest_pair_in_scan_order(
+        dates: list[tuple[int, int | None]], has_savedate: bool) -> None:
+    """The fast path (``max`` and ``index``) picks exactly the message and date the walk
+    over every (INTERNALDATE, SAVEDATE) pair picks, ties and future dates included."""
+    msgs = tuple(Message(MessageRef("INBOX", 7, i + 1), 100, NOW + r * DAY, frozenset(),
+                         saved=None if s is None else NOW + s * DAY)
+                 for i, (r, s) in enumerate(dates))
+    folder = FolderSnapshot(info=FolderInfo("INBOX"), uidvalidity=7, messages=msgs,
+                            has_savedate=has_savedate)
+    fast, walk = _newest_in(folder, NOW), _newest_walk(folder, NOW)
+    assert fast == walk
+    assert fast is None or walk is None or fast[0] is walk[0]
